@@ -1,0 +1,5 @@
+import sys
+
+from harmonic.cli import main
+
+sys.exit(main())

@@ -1,0 +1,83 @@
+"""Box functions in numpy for the torch-free side (evaluation, runtime).
+
+The training side uses ``torchvision.ops``; these are the numpy twins it lacks.
+All boxes are ``float[N, 4]`` as ``x1, y1, x2, y2`` in pixels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def box_area(boxes: np.ndarray) -> np.ndarray:
+    """Area of ``boxes[N, 4]`` -> ``[N]`` (zero for degenerate boxes)."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of ``a[N, 4]`` and ``b[M, 4]`` -> ``[N, M]`` float64; 0 where a union is empty."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, inter / union, 0.0)
+    return iou
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS. ``boxes[N, 4]``, ``scores[N]`` -> kept indices ``int64[K]`` by decreasing score.
+
+    A box is suppressed when its IoU with a kept, higher-scoring box is strictly
+    greater than ``iou_threshold`` (the rule of torchvision and ONNX NonMaxSuppression).
+    """
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    areas = box_area(boxes)
+    keep: list[int] = []
+    while order.size:
+        i = order[0]
+        keep.append(int(i))
+        rest = order[1:]
+        if not rest.size:
+            break
+        lt = np.maximum(boxes[i, :2], boxes[rest, :2])
+        rb = np.minimum(boxes[i, 2:], boxes[rest, 2:])
+        wh = np.clip(rb - lt, 0, None)
+        inter = wh[:, 0] * wh[:, 1]
+        union = areas[i] + areas[rest] - inter
+        iou = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+        order = rest[iou <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Class-aware NMS: boxes of different ``classes[N]`` never suppress each other.
+
+    Runs :func:`nms` per class (no coordinate-offset trick, so it is exact for any
+    box range) and returns kept indices sorted by decreasing score.
+    """
+    classes = np.asarray(classes)
+    scores = np.asarray(scores)
+    keep = [np.nonzero(classes == c)[0][nms(boxes[classes == c], scores[classes == c], iou_threshold)]
+            for c in np.unique(classes)]
+    if not keep:
+        return np.zeros(0, dtype=np.int64)
+    keep_all = np.concatenate(keep)
+    return keep_all[np.argsort(-scores[keep_all], kind="stable")]
+
+
+def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
+    """``[N, 4]`` x1,y1,x2,y2 -> x,y,w,h (COCO)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+
+
+def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    """``[N, 4]`` x,y,w,h (COCO) -> x1,y1,x2,y2."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)

@@ -1,0 +1,48 @@
+"""The model spec: everything needed to rebuild a detector from a checkpoint, and to deploy it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Bump when the checkpoint layout changes incompatibly.
+FORMAT_VERSION = 1
+CHECKPOINT_FORMAT = "harmonicdet-checkpoint"
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ModelSpec:
+    """Architecture and pre-processing of a trained detector.
+
+    ``num_classes`` counts object classes (no background); torchvision modules are
+    built with ``num_classes + 1`` (see docs/CONTRACTS.md).
+    """
+
+    name: str
+    num_classes: int
+    class_names: list[str]
+    img_size: int
+    loss: str = "harmonic"
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # builder options, e.g. fpn_channels
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    stride: int = 32
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model spec keys {sorted(unknown)}")
+        d = dict(d)
+        d["mean"], d["std"] = tuple(d.get("mean", IMAGENET_MEAN)), tuple(d.get("std", IMAGENET_STD))
+        return cls(**d)
