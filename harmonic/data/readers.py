@@ -1,0 +1,420 @@
+"""Annotation readers and writers for COCO json, Pascal VOC xml and YOLO txt (numpy only, no torch).
+
+Every reader returns ``list[ImageRecord]`` with boxes as ``x1, y1, x2, y2`` in
+absolute pixels and labels as 0-based indices into ``names``. Boxes partly
+outside the image are clipped, boxes with zero area after clipping are dropped;
+both are counted and reported in one warning per annotation file / directory.
+COCO ``iscrowd`` and VOC ``difficult`` objects are kept with ``ignore=True``:
+ignored regions, never positives.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harmonic.errors import HarmonicError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+_TOL = 1e-2  # px: coordinates this far outside the image are rounding, not a bad box
+
+
+@dataclass(eq=False)
+class ImageRecord:
+    """One image and its objects.
+
+    ``boxes`` float32[N, 4] xyxy in absolute pixels, ``labels`` int64[N] (0-based
+    index into ``names``), ``ignore`` bool[N] (crowd / difficult regions).
+    ``file_name`` is relative to the split's images directory.
+    """
+
+    image_id: int
+    file_name: str
+    width: int
+    height: int
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    ignore: np.ndarray = field(default_factory=lambda: np.zeros((0,), bool))
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        self.ignore = np.asarray(self.ignore, dtype=bool).reshape(-1)
+        if not (len(self.boxes) == len(self.labels) == len(self.ignore)):
+            raise ValueError(f"{self.file_name}: boxes, labels and ignore differ in length")
+
+
+class _BoxStats:
+    """Counts clipped / dropped boxes of one source and reports them once."""
+
+    def __init__(self, source: Path | str) -> None:
+        self.source = source
+        self.clipped = 0
+        self.dropped = 0
+
+    def sanitize(self, boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        """``boxes[N, 4]`` -> (clipped boxes[N, 4] float32, keep bool[N]) for a ``width x height`` image."""
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        lo = np.zeros(4)
+        hi = np.array([width, height, width, height], dtype=np.float64)
+        outside = ((boxes < lo - _TOL) | (boxes > hi + _TOL)).any(axis=1)
+        clipped = np.clip(boxes, lo, hi)
+        keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+        self.clipped += int((outside & keep).sum())
+        self.dropped += int((~keep).sum())
+        return clipped.astype(np.float32), keep
+
+    def report(self) -> None:
+        if self.clipped or self.dropped:
+            log.warning("%s: %d box(es) partly outside the image clipped, %d box(es) with zero area "
+                        "(after clipping) dropped", self.source, self.clipped, self.dropped)
+
+
+def _make_record(stats: _BoxStats, image_id: int, file_name: str, width: int, height: int,
+                 boxes: list[list[float]], labels: list[int], ignore: list[bool]) -> ImageRecord:
+    b, keep = stats.sanitize(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), width, height)
+    return ImageRecord(image_id, file_name, int(width), int(height), b[keep],
+                       np.asarray(labels, np.int64).reshape(-1)[keep],
+                       np.asarray(ignore, bool).reshape(-1)[keep])
+
+
+# ---------------------------------------------------------------- image sizes
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of an image, from the PNG/JPEG header when possible (no decode), else OpenCV.
+
+    Raises :class:`HarmonicError` naming the file when it is missing or unreadable.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            head = f.read(26)
+            if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+                w, h = struct.unpack(">II", head[16:24])
+                return int(w), int(h)
+            if head[:2] == b"\xff\xd8":
+                size = _jpeg_size(f)
+                if size is not None:
+                    return size
+    except OSError as exc:
+        raise HarmonicError(f"{path}: cannot read image ({exc.strerror or exc})") from None
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise HarmonicError(f"{path}: missing or corrupt image")
+    return int(img.shape[1]), int(img.shape[0])
+
+
+def _jpeg_size(f: Any) -> tuple[int, int] | None:
+    """Scan JPEG markers for a SOFn segment; ``None`` if the stream is odd (the caller decodes instead)."""
+    f.seek(2)
+    while True:
+        byte = f.read(1)
+        while byte and byte != b"\xff":
+            byte = f.read(1)
+        while byte == b"\xff":
+            byte = f.read(1)
+        if not byte:
+            return None
+        marker = byte[0]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            continue
+        seg = f.read(2)
+        if len(seg) < 2:
+            return None
+        length = struct.unpack(">H", seg)[0]
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            data = f.read(5)
+            if len(data) < 5:
+                return None
+            h, w = struct.unpack(">HH", data[1:5])
+            return (int(w), int(h)) if w and h else None
+        f.seek(length - 2, 1)
+
+
+def _list_images(images_dir: Path) -> list[Path]:
+    return sorted(p for p in Path(images_dir).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _class_index(names: Sequence[str]) -> dict[str, int]:
+    return {str(n): i for i, n in enumerate(names)}
+
+
+# ---------------------------------------------------------------- COCO
+
+def read_coco(json_path: str | Path, names: Sequence[str] | None = None) -> list[ImageRecord]:
+    """Read a COCO detection json.
+
+    Category ids of the file are mapped to indices **by name** through ``names``;
+    with ``names=None`` the file's categories sorted by id define the order.
+    Records come in the file's image order; ``image_id`` is the file's id.
+    """
+    json_path = Path(json_path)
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HarmonicError(f"{json_path}: annotation file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HarmonicError(f"{json_path}: malformed json ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise HarmonicError(f"{json_path}: not a COCO detection file (no 'images' list)")
+    cats = data.get("categories") or []
+    try:
+        cat_names = {int(c["id"]): str(c["name"]) for c in cats}
+    except (KeyError, TypeError, ValueError):
+        raise HarmonicError(f"{json_path}: malformed 'categories' (each needs 'id' and 'name')") from None
+    if names is None:
+        names = [cat_names[k] for k in sorted(cat_names)]
+    index = _class_index(names)
+
+    stats = _BoxStats(json_path)
+    per_image: dict[int, tuple[list, list, list]] = {}
+    for ann in data.get("annotations") or []:
+        try:
+            iid = int(ann["image_id"])
+            cid = int(ann["category_id"])
+            x, y, w, h = (float(v) for v in ann["bbox"])
+        except (KeyError, TypeError, ValueError):
+            raise HarmonicError(f"{json_path}: malformed annotation {ann.get('id', '?') if isinstance(ann, dict) else ann!r}"
+                                " (needs image_id, category_id, bbox [x, y, w, h])") from None
+        if cid not in cat_names:
+            raise HarmonicError(f"{json_path}: annotation {ann.get('id', '?')} has unknown category id {cid}")
+        cname = cat_names[cid]
+        if cname not in index:
+            raise HarmonicError(f"{json_path}: unknown class {cname!r} (category id {cid}); "
+                                f"expected one of {list(names)}")
+        ignore = bool(ann.get("iscrowd", 0)) or bool(ann.get("ignore", 0))
+        b, lab, ig = per_image.setdefault(iid, ([], [], []))
+        b.append([x, y, x + w, y + h])
+        lab.append(index[cname])
+        ig.append(ignore)
+
+    records = []
+    known_ids = set()
+    for img in data["images"]:
+        try:
+            iid, fname, width, height = int(img["id"]), str(img["file_name"]), int(img["width"]), int(img["height"])
+        except (KeyError, TypeError, ValueError):
+            raise HarmonicError(f"{json_path}: malformed image entry {img!r} "
+                                "(needs id, file_name, width, height)") from None
+        known_ids.add(iid)
+        b, lab, ig = per_image.get(iid, ([], [], []))
+        records.append(_make_record(stats, iid, fname, width, height, b, lab, ig))
+    stats.report()
+    orphans = sum(len(v[0]) for k, v in per_image.items() if k not in known_ids)
+    if orphans:
+        log.warning("%s: %d annotation(s) refer to image ids missing from 'images' and were skipped",
+                    json_path, orphans)
+    return records
+
+
+def records_to_coco(records: Sequence[ImageRecord], names: Sequence[str]) -> dict[str, Any]:
+    """COCO ground-truth dict: ``category_id = index + 1``, ``bbox`` xywh, ``area`` = box area, ``iscrowd`` = ignore."""
+    images, annotations = [], []
+    ann_id = 1
+    for r in records:
+        images.append({"id": int(r.image_id), "file_name": r.file_name, "width": int(r.width),
+                       "height": int(r.height)})
+        for box, label, ign in zip(r.boxes.tolist(), r.labels.tolist(), r.ignore.tolist()):
+            x1, y1, x2, y2 = box
+            w, h = x2 - x1, y2 - y1
+            annotations.append({"id": ann_id, "image_id": int(r.image_id), "category_id": int(label) + 1,
+                                "bbox": [x1, y1, w, h], "area": w * h, "iscrowd": int(ign)})
+            ann_id += 1
+    categories = [{"id": i + 1, "name": str(n), "supercategory": "object"} for i, n in enumerate(names)]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def write_coco(records: Sequence[ImageRecord], names: Sequence[str], path: str | Path) -> Path:
+    """Write :func:`records_to_coco` to ``path`` (parents created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(records_to_coco(records, names)), encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------- Pascal VOC
+
+def _xml_text(node: ET.Element | None, tag: str) -> str | None:
+    child = node.find(tag) if node is not None else None
+    return child.text.strip() if child is not None and child.text is not None else None
+
+
+def _find_image(images_dir: Path, stem: str) -> Path | None:
+    for suf in IMAGE_SUFFIXES:
+        for cand in (images_dir / f"{stem}{suf}", images_dir / f"{stem}{suf.upper()}"):
+            if cand.is_file():
+                return cand
+    return None
+
+
+def read_voc(xml_dir: str | Path, images_dir: str | Path, names: Sequence[str]) -> list[ImageRecord]:
+    """Read a directory of Pascal VOC xml files (sorted by path; ``image_id`` = 1, 2, ...).
+
+    VOC corners are 1-based inclusive pixels; as in detectron2 they become
+    ``(xmin - 1, ymin - 1, xmax, ymax)``. ``difficult`` objects get ``ignore=True``.
+    Image size comes from ``<size>``, or from the image header when absent.
+    """
+    xml_dir, images_dir = Path(xml_dir), Path(images_dir)
+    index = _class_index(names)
+    stats = _BoxStats(xml_dir)
+    records = []
+    for image_id, xml_path in enumerate(sorted(xml_dir.rglob("*.xml")), start=1):
+        try:
+            root = ET.parse(xml_path).getroot()
+        except (ET.ParseError, OSError) as exc:
+            raise HarmonicError(f"{xml_path}: malformed xml ({exc})") from None
+        fname = _xml_text(root, "filename")
+        rel_stem = xml_path.relative_to(xml_dir).with_suffix("")
+        if fname:  # <filename> is a base name; a nested xml's image sits in the same sub-directory
+            file_name = (rel_stem.parent / fname).as_posix()
+        else:
+            found = _find_image(images_dir / rel_stem.parent, rel_stem.name)
+            if found is None:
+                raise HarmonicError(f"{xml_path}: no <filename> and no image named {rel_stem.name}.* "
+                                    f"in {images_dir}")
+            file_name = found.relative_to(images_dir).as_posix()
+        size = root.find("size")
+        try:
+            width, height = int(float(_xml_text(size, "width") or 0)), int(float(_xml_text(size, "height") or 0))
+        except ValueError:
+            raise HarmonicError(f"{xml_path}: malformed <size>") from None
+        if width <= 0 or height <= 0:
+            width, height = image_size(images_dir / file_name)
+        boxes, labels, ignore = [], [], []
+        for obj in root.findall("object"):
+            cname = _xml_text(obj, "name")
+            if cname not in index:
+                raise HarmonicError(f"{xml_path}: unknown class {cname!r}; expected one of {list(names)}")
+            bnd = obj.find("bndbox")
+            try:
+                x1, y1, x2, y2 = (float(_xml_text(bnd, k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            except (TypeError, ValueError):
+                raise HarmonicError(f"{xml_path}: object {cname!r} has a malformed <bndbox>") from None
+            boxes.append([x1 - 1.0, y1 - 1.0, x2, y2])
+            labels.append(index[cname])
+            ignore.append(_xml_text(obj, "difficult") in {"1", "true", "True"})
+        records.append(_make_record(stats, image_id, file_name, width, height, boxes, labels, ignore))
+    stats.report()
+    return records
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+def write_voc(records: Sequence[ImageRecord], names: Sequence[str], xml_dir: str | Path) -> Path:
+    """One Pascal VOC xml per record (``<stem>.xml``, 1-based corners: ``xmin = x1 + 1``); returns ``xml_dir``."""
+    xml_dir = Path(xml_dir)
+    for r in records:
+        root = ET.Element("annotation")
+        ET.SubElement(root, "filename").text = Path(r.file_name).name
+        size = ET.SubElement(root, "size")
+        ET.SubElement(size, "width").text = str(r.width)
+        ET.SubElement(size, "height").text = str(r.height)
+        ET.SubElement(size, "depth").text = "3"
+        for box, label, ign in zip(r.boxes.tolist(), r.labels.tolist(), r.ignore.tolist()):
+            obj = ET.SubElement(root, "object")
+            ET.SubElement(obj, "name").text = str(names[label])
+            ET.SubElement(obj, "difficult").text = "1" if ign else "0"
+            bnd = ET.SubElement(obj, "bndbox")
+            for tag, v in zip(("xmin", "ymin", "xmax", "ymax"), (box[0] + 1, box[1] + 1, box[2], box[3])):
+                ET.SubElement(bnd, tag).text = _num(v)
+        out = xml_dir / Path(r.file_name).with_suffix(".xml")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        ET.ElementTree(root).write(out, encoding="utf-8")
+    return xml_dir
+
+
+# ---------------------------------------------------------------- YOLO
+
+def read_yolo(labels_dir: str | Path, images_dir: str | Path, names: Sequence[str]) -> list[ImageRecord]:
+    """Read YOLO txt labels (``class cx cy w h`` normalised; polygon rows use their bounding box).
+
+    The images define the records (sorted by path; ``image_id`` = 1, 2, ...); an
+    image without a label file has no objects. Image sizes are read from the
+    file headers. Label files without an image are counted in a warning.
+    """
+    labels_dir, images_dir = Path(labels_dir), Path(images_dir)
+    stats = _BoxStats(labels_dir)
+    records = []
+    used: set[Path] = set()
+    for image_id, img_path in enumerate(_list_images(images_dir), start=1):
+        rel = img_path.relative_to(images_dir)
+        width, height = image_size(img_path)
+        txt = labels_dir / rel.with_suffix(".txt")
+        boxes, labels = [], []
+        if txt.is_file():
+            used.add(txt.resolve())
+            for lineno, line in enumerate(txt.read_text(encoding="utf-8").splitlines(), start=1):
+                parts = line.split()
+                if not parts:
+                    continue
+                try:
+                    cls = int(float(parts[0]))
+                    vals = [float(v) for v in parts[1:]]
+                except ValueError:
+                    raise HarmonicError(f"{txt}:{lineno}: malformed YOLO row {line.strip()!r}") from None
+                if cls < 0 or cls >= len(names) or float(parts[0]) != cls:
+                    raise HarmonicError(f"{txt}:{lineno}: unknown class id {parts[0]} "
+                                        f"(names has {len(names)} classes)")
+                if len(vals) == 4:
+                    cx, cy, w, h = vals
+                    box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+                elif len(vals) >= 6 and len(vals) % 2 == 0:  # segment: x1 y1 x2 y2 ...
+                    xs, ys = vals[0::2], vals[1::2]
+                    box = [min(xs), min(ys), max(xs), max(ys)]
+                else:
+                    raise HarmonicError(f"{txt}:{lineno}: expected 'class cx cy w h', got {len(parts)} values")
+                boxes.append([box[0] * width, box[1] * height, box[2] * width, box[3] * height])
+                labels.append(cls)
+        records.append(_make_record(stats, image_id, rel.as_posix(), width, height, boxes, labels,
+                                    [False] * len(labels)))
+    stats.report()
+    orphans = sum(1 for p in labels_dir.rglob("*.txt") if p.resolve() not in used and p.name != "classes.txt")
+    if orphans:
+        log.warning("%s: %d label file(s) have no matching image in %s and were skipped",
+                    labels_dir, orphans, images_dir)
+    return records
+
+
+def write_yolo(records: Sequence[ImageRecord], labels_dir: str | Path) -> Path:
+    """One YOLO txt per record (``class cx cy w h`` normalised; ignored boxes are not representable and skipped)."""
+    labels_dir = Path(labels_dir)
+    for r in records:
+        lines = []
+        for box, label, ign in zip(r.boxes.tolist(), r.labels.tolist(), r.ignore.tolist()):
+            if ign:
+                continue
+            x1, y1, x2, y2 = box
+            cx, cy = (x1 + x2) / 2 / r.width, (y1 + y2) / 2 / r.height
+            w, h = (x2 - x1) / r.width, (y2 - y1) / r.height
+            lines.append(f"{label} {cx:.8f} {cy:.8f} {w:.8f} {h:.8f}")
+        out = labels_dir / Path(r.file_name).with_suffix(".txt")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+    return labels_dir
+
+
+# ---------------------------------------------------------------- dispatch
+
+def read_split(spec: Any, names: Sequence[str]) -> list[ImageRecord]:
+    """Records of a :class:`harmonic.data.dataset_file.SplitSpec` in its detected format."""
+    if spec.format == "coco":
+        return read_coco(spec.annotations, names)
+    if spec.format == "voc":
+        return read_voc(spec.annotations, spec.images, names)
+    if spec.format == "yolo":
+        return read_yolo(spec.annotations, spec.images, names)
+    raise HarmonicError(f"{spec.annotations}: unknown annotation format {spec.format!r}")
