@@ -1,0 +1,300 @@
+"""Load and validate evaluation inputs: ground truth -> one canonical COCO dict, detections -> arrays.
+
+Ground truth may be a COCO json path, a COCO dict, a dataset file plus split
+(``("data.yaml", "val")`` or ``"data.yaml:val"``), or a list of
+:class:`harmonic.data.readers.ImageRecord` with ``names``. Detections (and
+pre-NMS candidates) are COCO results: a list of dicts, a json file, or a dict
+of columns ``{"image_id"[N], "category_id"[N], "bbox"[N, 4] xywh, "score"[N]}``.
+Category ids follow ``docs/CONTRACTS.md``: ``category_id = class index + 1``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harmonic.errors import HarmonicError
+
+log = logging.getLogger(__name__)
+
+PathLike = str | Path
+
+
+@dataclass
+class GroundTruth:
+    """Ground truth in one canonical form.
+
+    ``dataset`` is a COCO dict pycocotools can index (fresh dicts; the caller's
+    input is never mutated). The arrays describe its annotations: ``ann_image``
+    int64[G], ``ann_category`` int64[G], ``ann_boxes`` float64[G, 4] xyxy px,
+    ``ann_crowd`` bool[G] (crowd / ignored boxes). ``image_ids`` int64[I] and
+    ``category_ids`` int64[C] are sorted; ``names[k]`` names ``category_ids[k]``.
+    """
+
+    dataset: dict
+    names: list[str]
+    source: str
+    image_ids: np.ndarray
+    category_ids: np.ndarray
+    ann_image: np.ndarray
+    ann_category: np.ndarray
+    ann_boxes: np.ndarray
+    ann_crowd: np.ndarray
+
+
+@dataclass
+class Detections:
+    """COCO results as columns: ``image_id`` int64[N], ``category_id`` int64[N],
+    ``boxes`` float64[N, 4] xyxy px, ``xywh`` float64[N, 4], ``score`` float64[N]."""
+
+    image_id: np.ndarray
+    category_id: np.ndarray
+    boxes: np.ndarray
+    xywh: np.ndarray
+    score: np.ndarray
+    source: str
+
+    def __len__(self) -> int:
+        return int(self.score.shape[0])
+
+    def select(self, mask: np.ndarray) -> Detections:
+        return Detections(self.image_id[mask], self.category_id[mask], self.boxes[mask], self.xywh[mask],
+                          self.score[mask], self.source)
+
+
+# ----------------------------------------------------------------------------- ground truth
+
+def _split_yaml_spec(gt: Any) -> tuple[Path, str] | None:
+    """``("a.yaml", "val")`` or ``"a.yaml:val"`` or ``"a.yaml"`` (split ``val``) -> (path, split)."""
+    if isinstance(gt, tuple) and len(gt) == 2 and isinstance(gt[1], str):
+        return Path(gt[0]), gt[1]
+    if isinstance(gt, (str, Path)):
+        text = str(gt)
+        head, sep, tail = text.rpartition(":")
+        if sep and head.lower().endswith((".yaml", ".yml")) and tail and "/" not in tail and "\\" not in tail:
+            return Path(head), tail
+        if text.lower().endswith((".yaml", ".yml")):
+            return Path(text), "val"
+    return None
+
+
+def _from_dataset_file(path: Path, split: str, names: Sequence[str] | None) -> tuple[dict, list[str], str]:
+    from harmonic.data.dataset_file import load_dataset_config
+    from harmonic.data.readers import read_split, records_to_coco
+
+    if not path.exists():
+        raise HarmonicError(f"{path}: dataset file not found")
+    cfg = load_dataset_config(path)
+    if split not in cfg.splits:
+        raise HarmonicError(f"{path}: no split {split!r} (has {', '.join(sorted(cfg.splits)) or 'none'})")
+    cfg_names = list(cfg.names)
+    if names is not None and list(names) != cfg_names:
+        log.warning("%s: --names %s ignored; the dataset file names %s", path, list(names), cfg_names)
+    records = read_split(cfg.splits[split], cfg_names)
+    return records_to_coco(records, cfg_names), cfg_names, f"{path}:{split}"
+
+
+def _from_records(records: Sequence[Any], names: Sequence[str] | None) -> tuple[dict, list[str], str]:
+    if names is None:
+        raise HarmonicError("ground truth given as ImageRecords needs names (the class list)")
+    from harmonic.data.readers import records_to_coco
+
+    return records_to_coco(list(records), list(names)), list(names), "records"
+
+
+def _read_json(path: Path, what: str) -> Any:
+    if not path.exists():
+        raise HarmonicError(f"{path}: {what} file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HarmonicError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _canonical_coco(data: Any, names: Sequence[str] | None, source: str) -> tuple[dict, list[str]]:
+    """Validate a COCO dict and rebuild it with fresh dicts; with ``names``, map categories by name to index+1."""
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise HarmonicError(f"{source}: not a COCO ground-truth file (needs 'images', 'annotations', 'categories')")
+    cats = data.get("categories") or []
+    anns = data.get("annotations") or []
+    try:
+        file_cats = {int(c["id"]): str(c["name"]) for c in cats}
+    except (KeyError, TypeError, ValueError):
+        raise HarmonicError(f"{source}: every category needs an integer 'id' and a 'name'") from None
+    if names is None:
+        out_names = [file_cats[k] for k in sorted(file_cats)]
+        remap = {k: k for k in file_cats}
+        out_cats = [{"id": k, "name": file_cats[k]} for k in sorted(file_cats)]
+    else:
+        out_names = [str(n) for n in names]
+        index = {n: i for i, n in enumerate(out_names)}
+        unknown = sorted({n for n in file_cats.values() if n not in index})
+        if unknown:
+            raise HarmonicError(f"{source}: {len(unknown)} categor{'y' if len(unknown) == 1 else 'ies'} not in names "
+                                f"{out_names}: {unknown[:5]}")
+        remap = {k: index[n] + 1 for k, n in file_cats.items()}
+        out_cats = [{"id": i + 1, "name": n} for i, n in enumerate(out_names)]
+    if not out_cats:
+        raise HarmonicError(f"{source}: ground truth has no categories")
+    try:
+        images = [{"id": int(im["id"]), "width": int(im.get("width", 0)), "height": int(im.get("height", 0)),
+                   "file_name": str(im.get("file_name", ""))} for im in data["images"]]
+    except (KeyError, TypeError, ValueError):
+        raise HarmonicError(f"{source}: every image needs an integer 'id'") from None
+    image_ids = {im["id"] for im in images}
+    out_anns = []
+    bad_img = bad_cat = bad_box = 0
+    for i, a in enumerate(anns):
+        try:
+            img, cat = int(a["image_id"]), int(a["category_id"])
+            x, y, w, h = (float(v) for v in a["bbox"])
+        except (KeyError, TypeError, ValueError):
+            raise HarmonicError(f"{source}: annotation {i} needs image_id, category_id and bbox [x, y, w, h]") from None
+        if img not in image_ids:
+            bad_img += 1
+            continue
+        if cat not in remap:
+            bad_cat += 1
+            continue
+        if not np.isfinite([x, y, w, h]).all() or w < 0 or h < 0:
+            bad_box += 1
+            continue
+        crowd = int(bool(a.get("iscrowd", 0)) or bool(a.get("ignore", 0)))
+        area = float(a["area"]) if "area" in a and a["area"] is not None else w * h
+        out_anns.append({"id": len(out_anns) + 1, "image_id": img, "category_id": remap[cat],
+                         "bbox": [x, y, w, h], "area": area, "iscrowd": crowd})
+    problems = [f"{n} annotation(s) {what}" for n, what in
+                ((bad_img, "with an image_id not in 'images'"), (bad_cat, "with an unknown category_id"),
+                 (bad_box, "with a NaN/inf or negative-size bbox")) if n]
+    if problems:
+        raise HarmonicError(f"{source}: " + "; ".join(problems))
+    return {"images": images, "annotations": out_anns, "categories": out_cats}, out_names
+
+
+def load_ground_truth(ground_truth: Any, names: Sequence[str] | None = None) -> GroundTruth:
+    """Load any supported ground truth into a :class:`GroundTruth` (see the module docstring)."""
+    yaml_spec = _split_yaml_spec(ground_truth)
+    if yaml_spec is not None:
+        raw, names_, source = _from_dataset_file(*yaml_spec, names)
+        names = names_
+    elif isinstance(ground_truth, (str, Path)):
+        source = str(ground_truth)
+        raw = _read_json(Path(ground_truth), "ground-truth")
+    elif isinstance(ground_truth, dict):
+        source, raw = "ground truth", ground_truth
+    elif isinstance(ground_truth, (list, tuple)) and all(hasattr(r, "boxes") and hasattr(r, "labels")
+                                                       for r in ground_truth):
+        raw, names_, source = _from_records(ground_truth, names)
+        names = names_
+    else:
+        raise HarmonicError(f"unsupported ground truth {type(ground_truth).__name__}: give a COCO json, "
+                            "a dataset.yaml[:split], a COCO dict or a list of ImageRecord with names")
+    dataset, out_names = _canonical_coco(raw, names, source)
+    anns = dataset["annotations"]
+    crowd = np.array([a["iscrowd"] for a in anns], dtype=bool)
+    if not dataset["images"] or not (~crowd).any():
+        raise HarmonicError(f"{source}: ground truth has no objects ({len(dataset['images'])} images, "
+                            f"{int((~crowd).sum())} boxes, {int(crowd.sum())} ignored): nothing to evaluate")
+    xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+    return GroundTruth(
+        dataset=dataset, names=out_names, source=source,
+        image_ids=np.unique(np.array([im["id"] for im in dataset["images"]], dtype=np.int64)),
+        category_ids=np.array(sorted(c["id"] for c in dataset["categories"]), dtype=np.int64),
+        ann_image=np.array([a["image_id"] for a in anns], dtype=np.int64),
+        ann_category=np.array([a["category_id"] for a in anns], dtype=np.int64),
+        ann_boxes=np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1),
+        ann_crowd=crowd,
+    )
+
+
+# ----------------------------------------------------------------------------- detections
+
+def _columns_from_list(items: list, source: str) -> tuple[np.ndarray, ...]:
+    n = len(items)
+    cols = []
+    for key in ("image_id", "category_id", "bbox", "score"):
+        try:
+            col = np.array([d[key] for d in items], dtype=np.float64)
+        except (KeyError, TypeError) as exc:
+            raise HarmonicError(f"{source}: every detection needs image_id, category_id, bbox and score "
+                                f"(COCO results format): {type(exc).__name__} {exc}") from None
+        except ValueError:
+            what = "4 numbers [x, y, w, h]" if key == "bbox" else "a number"
+            raise HarmonicError(f"{source}: {key} must be {what} in every detection") from None
+        cols.append(col)
+    img, cat, bbox, score = cols
+    bbox = bbox.reshape(n, -1) if n else np.zeros((0, 4))
+    if bbox.shape != (n, 4) or img.shape != (n,) or cat.shape != (n,) or score.shape != (n,):
+        raise HarmonicError(f"{source}: each detection needs scalar image_id, category_id, score and a bbox "
+                            "of 4 numbers [x, y, w, h]")
+    return img, cat, bbox, score
+
+
+def load_detections(detections: Any, gt: GroundTruth, what: str = "detections") -> Detections:
+    """Parse and validate COCO results against ``gt``; raise :class:`HarmonicError` with counts on bad input."""
+    if isinstance(detections, (str, Path)):
+        source = str(detections)
+        detections = _read_json(Path(detections), what)
+        if isinstance(detections, dict) and "annotations" in detections:
+            detections = detections["annotations"]
+    else:
+        source = what
+    if detections is None:
+        detections = []
+    if isinstance(detections, dict):
+        try:
+            img = np.asarray(detections["image_id"], dtype=np.float64).reshape(-1)
+            cat = np.asarray(detections["category_id"], dtype=np.float64).reshape(-1)
+            score = np.asarray(detections["score"], dtype=np.float64).reshape(-1)
+            bbox = np.asarray(detections["bbox"], dtype=np.float64).reshape(-1, 4)
+        except (KeyError, ValueError) as exc:
+            raise HarmonicError(f"{source}: column dict needs image_id[N], category_id[N], bbox[N,4], score[N] "
+                                f"({exc})") from None
+        if not (len(img) == len(cat) == len(score) == len(bbox)):
+            raise HarmonicError(f"{source}: columns have different lengths")
+    elif isinstance(detections, (list, tuple)):
+        img, cat, bbox, score = _columns_from_list(list(detections), source)
+    else:
+        raise HarmonicError(f"{source}: expected a list of COCO results, got {type(detections).__name__}")
+
+    n = len(score)
+    problems = []
+    nonint = ~np.isfinite(img) | (img != np.round(img)) | ~np.isfinite(cat) | (cat != np.round(cat))
+    if nonint.any():
+        problems.append(f"{int(nonint.sum())} with a non-integer image_id or category_id")
+    img_i = np.where(nonint, -1, img).astype(np.int64)
+    cat_i = np.where(nonint, -1, cat).astype(np.int64)
+    pos = np.searchsorted(gt.image_ids, img_i).clip(0, len(gt.image_ids) - 1)
+    unknown_img = ~nonint & (gt.image_ids[pos] != img_i)
+    if unknown_img.any():
+        problems.append(f"{int(unknown_img.sum())} with an image_id not in the ground truth "
+                        f"(e.g. {int(img_i[unknown_img][0])})")
+    cpos = np.searchsorted(gt.category_ids, cat_i).clip(0, len(gt.category_ids) - 1)
+    unknown_cat = ~nonint & (gt.category_ids[cpos] != cat_i)
+    if unknown_cat.any():
+        problems.append(f"{int(unknown_cat.sum())} with a category_id not in the ground truth "
+                        f"(e.g. {int(cat_i[unknown_cat][0])}; expected {gt.category_ids.min()}.."
+                        f"{gt.category_ids.max()}, class index + 1)")
+    nan_box = ~np.isfinite(bbox).all(axis=1)
+    if nan_box.any():
+        problems.append(f"{int(nan_box.sum())} with a NaN/inf bbox")
+    neg_box = ~nan_box & (bbox < 0).any(axis=1)
+    if neg_box.any():
+        problems.append(f"{int(neg_box.sum())} with a negative bbox coordinate or size")
+    nan_score = ~np.isfinite(score)
+    if nan_score.any():
+        problems.append(f"{int(nan_score.sum())} with a NaN/inf score")
+    neg_score = ~nan_score & (score < 0)
+    if neg_score.any():
+        problems.append(f"{int(neg_score.sum())} with a negative score")
+    if problems:
+        raise HarmonicError(f"{source}: " + "; ".join(problems) + f" (of {n} {what})")
+    boxes = np.concatenate([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]], axis=1)
+    return Detections(img_i, cat_i, boxes, bbox, score, source)
