@@ -1,0 +1,282 @@
+"""``harmonic infer`` / ``python infer/run.py``: torch-free inference, benchmark and accuracy report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harmonic.errors import HarmonicError
+from harmonic.runtime import bench as bench_mod
+from harmonic.runtime.backends import open_backend
+from harmonic.runtime.pipeline import RunStats, infer_images, run_engine
+from harmonic.runtime.postprocess import coco_results, draw_detections, save_image
+from harmonic.runtime.preprocess import decode_image
+from harmonic.runtime.sources import ImageList, expand_sources
+
+log = logging.getLogger("harmonic.infer")
+FAIR_SCORE_THRESHOLD = 0.05
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harmonic infer", description=__doc__)
+    p.add_argument("--engine", required=True, help="model.onnx | model.engine (.plan/.trt)")
+    p.add_argument("--images", required=True, nargs="+", help="image directories, globs or files")
+    p.add_argument("--out", default="runs/infer", help="output folder (default runs/infer)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="batch size (default: the engine's fixed batch, else min(8, its max))")
+    p.add_argument("--annotations", default=None, help="ground truth: COCO json or dataset.yaml (+ --split)")
+    p.add_argument("--split", default="val", help="split of a dataset.yaml for --annotations (default val)")
+    p.add_argument("--bench", action="store_true", help="benchmark: per-stage latency, throughput")
+    p.add_argument("--warmup", type=int, default=5, help="untimed warm-up runs with --bench (default 5)")
+    p.add_argument("--iters", type=int, default=30, help="timed engine-only runs with --bench (default 30)")
+    p.add_argument("--save-vis", action="store_true", help="draw labelled boxes into OUT/vis/")
+    p.add_argument("--conf", type=float, default=None, help="drop detections scoring below this")
+    p.add_argument("--device", default=None, help="cpu | cuda[:N]")
+    p.add_argument("--provider", default=None, choices=["cpu", "cuda", "tensorrt"],
+                   help="ONNX Runtime execution provider (default: cuda if available, else cpu)")
+    p.add_argument("--img-size", type=int, default=None, help="input size for a model without our metadata")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--workers", type=int, default=None, help="decode/preprocess threads (default min(4, cores))")
+    p.add_argument("--fast-decode", action="store_true",
+                   help="decode large JPEGs scaled down by 2/4/8 in libjpeg (much cheaper; same geometry, "
+                        "slightly different resampling than training)")
+    return p
+
+
+def default_batch(backend: Any) -> int:
+    if backend.fixed_batch:
+        return int(backend.fixed_batch)
+    return min(8, backend.max_batch) if backend.max_batch else 8
+
+
+def load_ground_truth(path: Path, names: list[str] | None, split: str) -> tuple[list[Any], list[str]]:
+    """GT records (``harmonic.data.readers.ImageRecord``) from a COCO json or a dataset.yaml split,
+    and the class names they are indexed by (the engine's, else the file's)."""
+    if not path.exists():
+        raise HarmonicError(f"{path}: annotations not found")
+    try:
+        from harmonic.data import readers
+    except ImportError as exc:
+        raise HarmonicError(f"--annotations needs harmonic.data.readers, which is not available ({exc})") from exc
+    if path.suffix.lower() in {".yaml", ".yml"}:
+        from harmonic.data.dataset_file import load_dataset_config
+
+        cfg = load_dataset_config(path)
+        if split not in cfg.splits:
+            raise HarmonicError(f"{path}: no split {split!r} (has {', '.join(cfg.splits)}); pass --split")
+        names = names or list(cfg.names)
+        return list(readers.read_split(cfg.splits[split], names)), names
+    if names is None:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        names = [str(c["name"]) for c in sorted(data.get("categories") or [], key=lambda c: int(c["id"]))]
+    return list(readers.read_coco(path, names)), names
+
+
+def match_image_ids(images: ImageList, records: Sequence[Any]) -> tuple[list[int | None], int]:
+    """Image id per input image from GT ``file_name`` (relative path, then a path suffix, then basename).
+
+    Returns ``(ids, n_unmatched)``; an unmatched image gets ``None``.
+    """
+    by_rel = {str(r.file_name).replace("\\", "/"): int(r.image_id) for r in records}
+    by_base: dict[str, int | None] = {}
+    for rel, iid in by_rel.items():
+        base = rel.rsplit("/", 1)[-1]
+        by_base[base] = None if base in by_base else iid  # ambiguous basenames don't match
+    ids: list[int | None] = []
+    for i, p in enumerate(images.paths):
+        rel = images.relative_name(i)
+        parts = rel.split("/")
+        iid = next((by_rel[s] for s in ("/".join(parts[k:]) for k in range(len(parts))) if s in by_rel), None)
+        if iid is None:
+            iid = by_base.get(p.name)
+        ids.append(iid)
+    return ids, sum(1 for x in ids if x is None)
+
+
+class _JsonListWriter:
+    """Streams a JSON list to disk so 100k images don't keep their detections in memory."""
+
+    def __init__(self, path: Path) -> None:
+        self.f = path.open("w", encoding="utf-8")
+        self.f.write("[")
+        self.first = True
+
+    def extend(self, entries: list[dict[str, Any]]) -> None:
+        for e in entries:
+            self.f.write(("\n" if self.first else ",\n") + json.dumps(e))
+            self.first = False
+
+    def close(self) -> None:
+        self.f.write("\n]\n")
+        self.f.close()
+
+
+def evaluate_report(records: list[Any], dets: list[dict[str, Any]], names: list[str],
+                    out: Path, title: str) -> dict[str, Any]:
+    """``harmonic.evaluation.evaluate`` -> ``report.json`` (+ pairs sidecar) and ``score_iou.png`` under ``out``."""
+    try:
+        from harmonic.evaluation import evaluate, save_report
+    except ImportError as exc:
+        raise HarmonicError(f"--annotations needs harmonic.evaluation, which is not available ({exc})") from exc
+    report = evaluate(records, dets, names=names, return_pairs=True)
+    save_report(report, out / "report.json")
+    try:
+        from harmonic.evaluation.plots import scatter_score_iou
+
+        scatter_score_iou(report, out / "score_iou.png", title)
+    except Exception as exc:  # a missing plot must not lose the report
+        log.warning("score-IoU plot not written: %s", exc)
+    return report
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.warmup < 0 or args.iters < 1:
+        raise HarmonicError("--warmup must be >= 0 and --iters >= 1")
+    import cv2
+
+    cv2.setNumThreads(1)  # parallelism is across images (decode threads); nested OpenCV pools oversubscribe
+    engine_path = Path(args.engine)
+    backend = open_backend(engine_path, provider=args.provider, device=args.device, threads=args.threads,
+                           img_size=args.img_size, max_batch=args.batch)
+    try:
+        return _run(args, backend)
+    finally:
+        backend.close()
+
+
+def _run(args: argparse.Namespace, backend: Any) -> int:
+    batch = args.batch or default_batch(backend)
+    backend.check_batch(batch)
+    images = expand_sources(args.images)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = backend.names
+    thr = backend.score_threshold
+    if args.conf is not None and thr is not None and args.conf < thr:
+        log.warning("--conf %.3g is below the score threshold baked into the engine (%.3g): "
+                    "it can't bring back what the graph dropped", args.conf, thr)
+
+    records: list[Any] | None = None
+    gt_names: list[str] = []
+    ids: list[int | None]
+    if args.annotations:
+        records, gt_names = load_ground_truth(Path(args.annotations), names, args.split)
+        ids, unmatched = match_image_ids(images, records)
+        if unmatched:
+            log.warning("%d of %d images are not in %s; they get new ids and are left out of the report",
+                        unmatched, len(images.paths), args.annotations)
+        next_id = max((int(r.image_id) for r in records), default=0) + 1
+        for i, v in enumerate(ids):
+            if v is None:
+                ids[i] = next_id
+                next_id += 1
+        if thr is not None and thr > FAIR_SCORE_THRESHOLD:
+            log.warning("%s: the engine drops detections below score %.3g; AP is only fair with <= %.2g "
+                        "(re-export with: python export/run.py ... --conf 0.001)", args.engine, thr, FAIR_SCORE_THRESHOLD)
+        gt_ids = {int(r.image_id) for r in records}
+    else:
+        ids = list(range(1, len(images.paths) + 1))
+        gt_ids = set()
+
+    if args.bench and args.warmup:
+        dummy = np.zeros((batch, 3, backend.img_size, backend.img_size), np.float32)
+        for _ in range(args.warmup):
+            run_engine(backend, dummy)
+
+    stats = RunStats()
+    writer = _JsonListWriter(out / "detections.json")
+    kept: list[dict[str, Any]] = []
+    vis_dir = out / "vis"
+    t0 = time.perf_counter()
+
+    def on_skip(p: Path, reason: str) -> None:
+        log.warning("skipped %s", reason)
+
+    try:
+        for item, det in infer_images(backend, images.paths, batch, conf=args.conf, workers=args.workers,
+                                      stats=stats, on_skip=on_skip, fast_decode=args.fast_decode):
+            iid = ids[item.index]
+            entries = coco_results(det, iid, images.relative_name(item.index))
+            writer.extend(entries)
+            if records is not None and iid in gt_ids:
+                kept.extend(entries)
+            if args.save_vis:
+                vis = draw_detections(decode_image(item.path), det, names)
+                save_image(vis_dir / (Path(images.relative_name(item.index)).with_suffix(".jpg")), vis)
+    finally:
+        writer.close()
+    elapsed = time.perf_counter() - t0
+
+    skipped = len(stats.skipped) + len(images.missing)
+    print(f"images: {stats.processed} processed, {skipped} skipped "
+          f"({len(stats.skipped)} unreadable, {len(images.missing)} missing); "
+          f"{stats.detections} detections; {elapsed:.2f} s ({stats.processed / max(elapsed, 1e-9):.1f} img/s)")
+    print(f"wrote {out / 'detections.json'}" + (f" and {vis_dir}/" if args.save_vis else ""))
+    if stats.processed == 0:
+        log.error("no image could be processed")
+        return 1
+
+    if args.bench:
+        first_batch = _bench_batch(backend, images, batch)
+        report = {
+            "backend": backend.name, "device": backend.device, "engine": str(args.engine),
+            "batch": batch, "img_size": backend.img_size, "warmup": args.warmup, "iters": args.iters,
+            "versions": bench_mod.library_versions(backend),
+            "note": "engine_only = backend.infer on one ready batch in a loop (no decode/pre/post); "
+                    "end_to_end throughput = files in -> detections out through the pipeline / wall time; "
+                    "end_to_end latency per batch = its first decode start -> its detections out (includes "
+                    "the prefetch queue); decode/preprocess = summed worker time of the batch's images, "
+                    "overlapped with the engine; times in ms",
+            "end_to_end": bench_mod.end_to_end(stats.timings, stats.wall, stats.processed),
+            "engine_only": bench_mod.engine_only(backend, first_batch, warmup=min(args.warmup, 2),
+                                                 iters=args.iters),
+        }
+        e2e_tp, eng_tp = report["end_to_end"].get("throughput_img_s"), report["engine_only"]["throughput_img_s"]
+        report["end_to_end_over_engine_only"] = e2e_tp / eng_tp if e2e_tp and eng_tp else None
+        (out / "bench.json").write_text(json.dumps(report, indent=2, default=_json_default))
+        print()
+        print(bench_mod.format_table(report))
+        print(f"wrote {out / 'bench.json'}")
+
+    if records is not None:
+        report = evaluate_report(records, kept, gt_names, out, f"{Path(args.engine).name} on {args.annotations}")
+        coco, cons = report.get("coco") or {}, report.get("consistency") or {}
+        parts = [f"{k} {coco[k]:.4f}" for k in ("AP", "AP50", "AP75") if isinstance(coco.get(k), float)]
+        parts += [f"{k} {cons[k]:.3f}" for k in ("spearman", "kendall", "aic") if isinstance(cons.get(k), float)]
+        print(f"wrote {out / 'report.json'}" + (f": {', '.join(parts)}" if parts else ""))
+    return 0
+
+
+def _bench_batch(backend: Any, images: ImageList, batch: int) -> np.ndarray:
+    """A real batch of ``batch`` images (repeating when there are fewer) for the engine-only timing."""
+    from harmonic.runtime.preprocess import ImageDecodeError, prepare_image, to_batch
+
+    chws = []
+    for p in images.paths:
+        try:
+            chws.append(prepare_image(decode_image(p), backend.img_size)[0])
+        except ImageDecodeError:
+            continue
+        if len(chws) == batch:
+            break
+    while len(chws) < batch:
+        chws.append(chws[len(chws) % max(1, len(chws))])
+    return to_batch(chws)

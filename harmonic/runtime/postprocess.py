@@ -1,0 +1,178 @@
+"""Graph outputs -> detections in original image pixels, COCO results, drawings (numpy + OpenCV)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from harmonic.data.letterbox import LetterboxInfo, unletterbox_boxes
+
+
+@dataclass
+class Detections:
+    """Detections of one image: ``boxes[N, 4]`` x1,y1,x2,y2 float32, ``scores[N]``, ``classes[N]`` int 0-based."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+def raw_to_nms_outputs(boxes: np.ndarray, scores: np.ndarray, score_threshold: float,
+                       iou_threshold: float, max_det: int) -> dict[str, np.ndarray]:
+    """A raw-head graph's ``boxes[B, A, 4]`` and ``scores[B, A, C]`` -> the four NMS outputs.
+
+    Same rule as the ONNX ``NonMaxSuppression`` in the exported graph: every
+    (anchor, class) pair with score > ``score_threshold`` is a candidate, class-aware
+    NMS at ``iou_threshold``, the top ``max_det`` by score; rows past ``num_dets`` are zero.
+    """
+    b = boxes.shape[0]
+    boxes = np.asarray(boxes, dtype=np.float32)
+    scores = np.asarray(scores, dtype=np.float32)
+    num = np.zeros((b, 1), np.int32)
+    out_boxes = np.zeros((b, max_det, 4), np.float32)
+    out_scores = np.zeros((b, max_det), np.float32)
+    out_classes = np.zeros((b, max_det), np.int32)
+    for i in range(b):
+        a_idx, c_idx = np.nonzero(scores[i] > score_threshold)
+        s = scores[i][a_idx, c_idx]
+        bx = boxes[i][a_idx]
+        keep = topk_batched_nms(bx, s, c_idx, iou_threshold, max_det)
+        k = keep.size
+        num[i, 0] = k
+        out_boxes[i, :k] = bx[keep]
+        out_scores[i, :k] = s[keep]
+        out_classes[i, :k] = c_idx[keep]
+    return {"num_dets": num, "det_boxes": out_boxes, "det_scores": out_scores, "det_classes": out_classes}
+
+
+def topk_batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float,
+                     k: int) -> np.ndarray:
+    """``harmonic.boxes.batched_nms(...)[:k]``, stopping once ``k`` boxes are kept.
+
+    Greedy NMS decides a box only from higher-scoring boxes of its class, so walking
+    all candidates by decreasing score and stopping at ``k`` keeps gives the same
+    result, in ``k`` vectorised steps instead of one per kept box of every class.
+    ``boxes[N, 4]``, ``scores[N]``, ``classes[N]`` -> kept indices ``int64[<=k]``.
+    """
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    boxes = np.asarray(boxes, dtype=np.float32)[order]
+    classes = np.asarray(classes)[order]
+    areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    alive = np.ones(order.size, dtype=bool)
+    keep: list[int] = []
+    pos = 0
+    while len(keep) < k:
+        nxt = np.flatnonzero(alive[pos:])
+        if not nxt.size:
+            break
+        i = pos + int(nxt[0])
+        keep.append(i)
+        alive[i] = False
+        pos = i + 1
+        rest = pos + np.flatnonzero(alive[pos:] & (classes[pos:] == classes[i]))
+        if rest.size:
+            lt = np.maximum(boxes[i, :2], boxes[rest, :2])
+            rb = np.minimum(boxes[i, 2:], boxes[rest, 2:])
+            wh = np.clip(rb - lt, 0, None)
+            inter = wh[:, 0] * wh[:, 1]
+            union = areas[i] + areas[rest] - inter
+            iou = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+            alive[rest[iou > iou_threshold]] = False
+    return order[np.asarray(keep, dtype=np.int64)]
+
+
+def find_raw_outputs(outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Pick ``boxes[B, A, 4]`` and ``scores[B, A, C]`` from a raw graph's outputs (by name, else by shape)."""
+    if "boxes" in outputs and "scores" in outputs:
+        return outputs["boxes"], outputs["scores"]
+    three_d = [v for v in outputs.values() if v.ndim == 3]
+    boxes = [v for v in three_d if v.shape[-1] == 4]
+    scores = [v for v in three_d if not boxes or v is not boxes[0]]
+    if not boxes or not scores:
+        raise ValueError(f"raw graph outputs not recognised: {[(k, v.shape) for k, v in outputs.items()]}")
+    return boxes[0], scores[0]
+
+
+def split_outputs(outputs: dict[str, np.ndarray], n: int, conf: float | None = None) -> list[Detections]:
+    """The four graph outputs -> one :class:`Detections` per image for the first ``n`` rows.
+
+    Boxes stay in letterboxed input pixels. ``conf`` drops detections scoring below it.
+    """
+    num = np.asarray(outputs["num_dets"]).reshape(-1)
+    out = []
+    for i in range(n):
+        k = int(num[i])
+        boxes = np.asarray(outputs["det_boxes"][i, :k], dtype=np.float32)
+        scores = np.asarray(outputs["det_scores"][i, :k], dtype=np.float32)
+        classes = np.asarray(outputs["det_classes"][i, :k]).astype(np.int64)
+        if conf is not None:
+            m = scores >= conf
+            boxes, scores, classes = boxes[m], scores[m], classes[m]
+        out.append(Detections(boxes, scores, classes))
+    return out
+
+
+def unletterbox(det: Detections, info: LetterboxInfo) -> Detections:
+    """Letterboxed-pixel detections -> original image pixels (clipped to the image)."""
+    return Detections(unletterbox_boxes(det.boxes, info), det.scores, det.classes)
+
+
+def coco_results(det: Detections, image_id: int, file_name: str | None = None) -> list[dict[str, Any]]:
+    """COCO results entries: ``category_id = class + 1``, bbox ``[x, y, w, h]`` rounded to 0.01 px, score to 1e-5."""
+    res = []
+    for (x1, y1, x2, y2), s, c in zip(det.boxes.tolist(), det.scores.tolist(), det.classes.tolist()):
+        entry: dict[str, Any] = {
+            "image_id": int(image_id),
+            "category_id": int(c) + 1,
+            "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+            "score": round(float(s), 5),
+        }
+        if file_name is not None:
+            entry["file_name"] = file_name
+        res.append(entry)
+    return res
+
+
+def class_name(c: int, names: Sequence[str] | None) -> str:
+    return names[c] if names is not None and 0 <= c < len(names) else f"class{c}"
+
+
+def _color(c: int) -> tuple[int, int, int]:
+    rng = np.random.default_rng(c * 7919 + 17)
+    r, g, b = (int(v) for v in rng.integers(64, 256, 3))
+    return r, g, b
+
+
+def draw_detections(img: np.ndarray, det: Detections, names: Sequence[str] | None = None) -> np.ndarray:
+    """Draw labelled boxes on a copy of ``img[H, W, 3]`` uint8 RGB (boxes in its pixels)."""
+    out = np.ascontiguousarray(img.copy())
+    thick = max(1, round(max(out.shape[:2]) / 400))
+    scale = max(0.35, max(out.shape[:2]) / 1200)
+    for (x1, y1, x2, y2), s, c in zip(det.boxes.tolist(), det.scores.tolist(), det.classes.tolist()):
+        color = _color(int(c))
+        p1, p2 = (int(round(x1)), int(round(y1))), (int(round(x2)), int(round(y2)))
+        cv2.rectangle(out, p1, p2, color, thick, cv2.LINE_AA)
+        label = f"{class_name(int(c), names)} {s:.2f}"
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        ty = max(p1[1], th + base)
+        cv2.rectangle(out, (p1[0], ty - th - base), (p1[0] + tw, ty), color, -1)
+        cv2.putText(out, label, (p1[0], ty - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return out
+
+
+def save_image(path: str | Path, rgb: np.ndarray) -> None:
+    """Write ``rgb[H, W, 3]`` uint8 to ``path`` (format from the suffix; unicode paths work)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(path.suffix or ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"{path}: cannot encode image")
+    buf.tofile(str(path))
