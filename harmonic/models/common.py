@@ -1,0 +1,187 @@
+"""Helpers shared by the detector adapters: backbones, weights, transform settings, loss selection."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import ResNet18_Weights, ResNet50_Weights, resnet18, resnet50
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops import misc as misc_nn_ops
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelP6P7
+
+from harmonic.errors import HarmonicError
+from harmonic.losses import HarmonicConfig, HarmonicDetLoss
+from harmonic.models.spec import IMAGENET_MEAN, IMAGENET_STD
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("harmonic", "baseline")
+
+RESNETS: dict[str, tuple[Callable[..., nn.Module], Any]] = {
+    "resnet18": (resnet18, ResNet18_Weights),
+    "resnet50": (resnet50, ResNet50_Weights),
+}
+
+
+def check_loss(loss: str, loss_options: dict[str, Any] | None) -> HarmonicConfig:
+    """Validate ``loss`` and ``loss_options``; return the HarmonicDet config (unused for baseline)."""
+    if loss not in LOSSES:
+        raise HarmonicError(f"unknown loss {loss!r}: expected one of {list(LOSSES)}")
+    try:
+        return HarmonicConfig.from_options(loss_options)
+    except (TypeError, ValueError) as exc:
+        raise HarmonicError(f"bad loss options {loss_options}: {exc}") from exc
+
+
+def make_loss_module(loss: str, loss_options: dict[str, Any] | None) -> HarmonicDetLoss | None:
+    """``HarmonicDetLoss`` for ``loss="harmonic"``, ``None`` for ``"baseline"``."""
+    config = check_loss(loss, loss_options)
+    return HarmonicDetLoss(config) if loss == "harmonic" else None
+
+
+def check_img_size(name: str, img_size: int, stride: int) -> int:
+    """``img_size`` as int; a positive multiple of ``stride`` or ``HarmonicError``."""
+    size = int(img_size)
+    if size != img_size or size < stride or size % stride:
+        raise HarmonicError(f"model {name}: img_size must be a positive multiple of {stride} (got {img_size})")
+    return size
+
+
+def transform_kwargs(
+    img_size: int,
+    mean: Iterable[float] = IMAGENET_MEAN,
+    std: Iterable[float] = IMAGENET_STD,
+) -> dict[str, Any]:
+    """Keywords for torchvision's ``GeneralizedRCNNTransform``.
+
+    ``min_size = max_size = img_size``: a letterboxed ``img_size`` square is resized by a factor of
+    exactly 1 (a no-op), so training and deployment see the same pixels; normalisation by
+    ``mean``/``std`` stays inside the model.
+    """
+    return {"min_size": img_size, "max_size": img_size, "image_mean": list(mean), "image_std": list(std)}
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
+    """Read a local torchvision state dict saved with ``torch.save(model.state_dict(), path)``."""
+    p = Path(path)
+    if not p.is_file():
+        raise HarmonicError(f"{p}: backbone weights file not found")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, unsupported pickle, ...
+        raise HarmonicError(f"{p}: cannot read backbone weights ({type(exc).__name__}: {exc})") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise HarmonicError(f"{p}: backbone weights must be a plain state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def resolve_backbone_weights(backbone_weights: str | None, enum: Any) -> tuple[Any, Path | None]:
+    """Split ``backbone_weights`` into ``(torchvision weights, local path)``; at most one is set.
+
+    ``None`` -> random init (nothing is downloaded); ``"DEFAULT"`` or a member name of ``enum``
+    (e.g. ``"IMAGENET1K_V1"``) -> torchvision's weights, downloaded by torchvision; anything else
+    is a path to a local state dict and must exist.
+    """
+    if backbone_weights is None:
+        return None, None
+    text = str(backbone_weights)
+    if text == "DEFAULT" or text in getattr(enum, "__members__", {}):
+        return enum.verify(text), None
+    path = Path(text)
+    if not path.is_file():
+        raise HarmonicError(
+            f"{path}: backbone weights file not found (use DEFAULT for torchvision's {enum.__name__})"
+        )
+    return None, path
+
+
+def resnet_fpn_backbone(
+    arch: str,
+    backbone_weights: str | None = None,
+    fpn_channels: int = 256,
+    returned_layers: tuple[int, ...] = (2, 3, 4),
+    extra_blocks: ExtraFPNBlock | None = None,
+    trainable_layers: int | None = None,
+) -> BackboneWithFPN:
+    """A torchvision ResNet + FPN for detection.
+
+    Args:
+        arch: ``"resnet18"`` or ``"resnet50"``.
+        backbone_weights: ``None`` (random init: trainable ``nn.BatchNorm2d``, all layers trainable,
+            because FrozenBatchNorm2d with identity statistics cannot learn), ``"DEFAULT"``
+            (torchvision ImageNet weights: FrozenBatchNorm2d, 3 trainable stages, as torchvision)
+            or a path to a local torchvision ResNet state dict (same layout as ``"DEFAULT"``).
+        fpn_channels: FPN output channels (a lighter head with fewer channels).
+        returned_layers: ResNet stages fed to the FPN (2, 3, 4 = C3-C5 for RetinaNet/FCOS).
+        extra_blocks: extra FPN levels; default ``LastLevelP6P7(fpn_channels, fpn_channels)``
+            (P6/P7 from P5, as torchvision's RetinaNet/FCOS).
+        trainable_layers: 0-5 trainable stages from the top; default 5 from scratch, 3 pretrained.
+
+    Returns:
+        ``BackboneWithFPN`` with ``out_channels == fpn_channels``.
+    """
+    if arch not in RESNETS:
+        raise HarmonicError(f"unknown backbone {arch!r}; expected one of {list(RESNETS)}")
+    fn, enum = RESNETS[arch]
+    weights, path = resolve_backbone_weights(backbone_weights, enum)
+    pretrained = backbone_weights is not None
+    norm_layer = misc_nn_ops.FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
+    body = fn(weights=weights, norm_layer=norm_layer)
+    if path is not None:
+        state = load_state_dict_file(path)
+        try:
+            body.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = " ".join(str(exc).strip().splitlines()[:2])[:300]
+            raise HarmonicError(f"{path}: backbone weights do not fit {arch} ({first})") from exc
+    if trainable_layers is None:
+        trainable_layers = 3 if pretrained else 5
+    if not 0 <= int(trainable_layers) <= 5:
+        raise HarmonicError(f"trainable_backbone_layers must be in [0, 5] (got {trainable_layers})")
+    layers = ["layer4", "layer3", "layer2", "layer1", "conv1"][: int(trainable_layers)]
+    if trainable_layers == 5:
+        layers.append("bn1")
+    for pname, param in body.named_parameters():
+        if not any(pname.startswith(layer) for layer in layers):
+            param.requires_grad_(False)
+    stage1 = body.inplanes // 8  # channels of layer1's output: 64 (resnet18) or 256 (resnet50)
+    if extra_blocks is None:
+        extra_blocks = LastLevelP6P7(fpn_channels, fpn_channels)
+    return BackboneWithFPN(
+        body,
+        return_layers={f"layer{k}": str(i) for i, k in enumerate(returned_layers)},
+        in_channels_list=[stage1 * 2 ** (k - 1) for k in returned_layers],
+        out_channels=fpn_channels,
+        extra_blocks=extra_blocks,
+    )
+
+
+def pop_options(name: str, options: dict[str, Any], allowed: Iterable[str]) -> dict[str, Any]:
+    """Copy of ``options``; unknown keys raise ``HarmonicError`` naming the model."""
+    allowed = set(allowed)
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise HarmonicError(f"model {name}: unknown option(s) {unknown}; allowed: {sorted(allowed)}")
+    return dict(options)
+
+
+@torch.no_grad()
+def aic_stats(class_probs: Tensor, labels: Tensor, iou: Tensor) -> dict[str, Tensor]:
+    """Detached ``stat_aic`` (mean |p_y - IoU|) and ``stat_num_pos`` for baseline losses.
+
+    Args:
+        class_probs: ``Tensor[P, C]``; labels: ``Tensor[P]`` column indices; iou: ``Tensor[P]``.
+    """
+    num = labels.numel()
+    zero = class_probs.new_zeros((), dtype=torch.float32)
+    if num == 0:
+        return {"stat_aic": zero, "stat_num_pos": zero.clone()}
+    p_true = class_probs.gather(1, labels.long().view(-1, 1)).squeeze(1).float()
+    return {"stat_aic": (p_true - iou.float()).abs().mean(), "stat_num_pos": zero + num}

@@ -1,0 +1,240 @@
+"""Faster R-CNN ResNet-18/50-FPN with the HarmonicDet loss adapter on the box head.
+
+torchvision keeps the box-head loss in ``roi_heads.fastrcnn_loss``, called from
+``RoIHeads.forward``. :class:`HarmonicRoIHeads` reimplements only the training branch of that
+forward (sampling, RoI pooling and the box head are torchvision's methods) and swaps the loss;
+evaluation is ``RoIHeads.forward`` untouched. The RPN loss (objectness + box) is torchvision's in
+both modes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from harmonic.errors import HarmonicError
+from harmonic.losses import elementwise_box_iou
+from harmonic.models.common import (
+    aic_stats,
+    check_loss,
+    make_loss_module,
+    pop_options,
+    resnet_fpn_backbone,
+    transform_kwargs,
+)
+
+log = logging.getLogger(__name__)
+
+FASTER_RCNN_NAMES = ("fasterrcnn_resnet18_fpn", "fasterrcnn_resnet50_fpn")
+_ARCH = {"fasterrcnn_resnet18_fpn": "resnet18", "fasterrcnn_resnet50_fpn": "resnet50"}
+# FasterRCNN keywords a user may set through builder options (transform/backbone ones are ours).
+_FRCNN_OPTIONS = frozenset(
+    {
+        "rpn_pre_nms_top_n_train",
+        "rpn_pre_nms_top_n_test",
+        "rpn_post_nms_top_n_train",
+        "rpn_post_nms_top_n_test",
+        "rpn_nms_thresh",
+        "rpn_fg_iou_thresh",
+        "rpn_bg_iou_thresh",
+        "rpn_batch_size_per_image",
+        "rpn_positive_fraction",
+        "rpn_score_thresh",
+        "box_score_thresh",
+        "box_nms_thresh",
+        "box_detections_per_img",
+        "box_fg_iou_thresh",
+        "box_bg_iou_thresh",
+        "box_batch_size_per_image",
+        "box_positive_fraction",
+    }
+)
+
+
+class HarmonicRoIHeads(RoIHeads):
+    """``RoIHeads`` (box only) whose training loss is torchvision's ``fastrcnn_loss`` or HarmonicDet's.
+
+    Per sampled positive RoI i (``loss="harmonic"``):
+      * ``cls_loss_i`` = softmax cross-entropy over the C+1 columns (background = 0),
+      * ``reg_loss_i`` = SmoothL1 of the class-specific encoded deltas summed over the 4 coords,
+        beta 1/9 as torchvision's ``fastrcnn_loss`` (``loss_options["smooth_l1_beta"]`` overrides it),
+      * IoU between the decoded class-specific box and the RoI's matched ground truth,
+      * ``class_probs`` = softmax over all C+1 columns, ``labels`` = target label (1..C).
+    Negatives: the sampled background RoIs' CE sum.
+    Normaliser: the number of sampled RoIs (positives + negatives), exactly like torchvision's
+    ``fastrcnn_loss`` (mean CE, box sum / #sampled), so both losses have the same scale; Eq. 13's
+    1/#positives would scale the box-head loss by #sampled/#positives (>= 4 with the default 1:3
+    sampling, far more early in training when few proposals are positive).
+    """
+
+    def __init__(self, *args: Any, loss: str = "harmonic", loss_options: dict[str, Any] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.loss_kind = loss
+        self.harmonic_loss = make_loss_module(loss, loss_options)
+        # SmoothL1 beta of torchvision's fastrcnn_loss unless loss_options set one explicitly.
+        self.smooth_l1_beta = float((loss_options or {}).get("smooth_l1_beta", 1.0 / 9.0))
+
+    @classmethod
+    def from_roi_heads(cls, heads: RoIHeads, loss: str, loss_options: dict[str, Any] | None) -> HarmonicRoIHeads:
+        """The same modules and hyper-parameters as torchvision's ``heads``, with the loss adapter."""
+        return cls(
+            heads.box_roi_pool,
+            heads.box_head,
+            heads.box_predictor,
+            heads.proposal_matcher.high_threshold,
+            heads.proposal_matcher.low_threshold,
+            heads.fg_bg_sampler.batch_size_per_image,
+            heads.fg_bg_sampler.positive_fraction,
+            heads.box_coder.weights,
+            heads.score_thresh,
+            heads.nms_thresh,
+            heads.detections_per_img,
+            loss=loss,
+            loss_options=loss_options,
+        )
+
+    def forward(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        if not self.training:
+            return super().forward(features, proposals, image_shapes, targets)
+        if targets is None:
+            raise ValueError("targets should not be None in training mode")
+        for t in targets:
+            if t["boxes"].dtype not in (torch.float, torch.double, torch.half):
+                raise TypeError(f"target boxes must of float type, instead got {t['boxes'].dtype}")
+            if t["labels"].dtype != torch.int64:
+                raise TypeError(f"target labels must of int64 type, instead got {t['labels'].dtype}")
+        proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+        return [], self.box_loss(class_logits, box_regression, proposals, matched_idxs, labels, regression_targets, targets)
+
+    def box_loss(
+        self,
+        class_logits: Tensor,
+        box_regression: Tensor,
+        proposals: list[Tensor],
+        matched_idxs: list[Tensor],
+        labels: list[Tensor],
+        regression_targets: list[Tensor],
+        targets: list[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        """The box-head loss over the R sampled RoIs of the batch.
+
+        Args:
+            class_logits: Tensor[R, C+1]; box_regression: Tensor[R, (C+1)*4] class-specific deltas.
+            proposals: per image Tensor[R_i, 4] xyxy sampled RoIs (sum R_i = R).
+            matched_idxs: per image Tensor[R_i] matched gt index (0 for background/empty images).
+            labels: per image Tensor[R_i] int64, 0 = background, 1..C.
+            regression_targets: per image Tensor[R_i, 4] encoded deltas to the matched gt.
+            targets: per image ``boxes`` Tensor[N_i, 4] (transformed coordinates).
+        """
+        labels_all = torch.cat(labels)
+        pos = torch.where(labels_all > 0)[0]
+        labels_pos = labels_all[pos]
+        num_rois = class_logits.shape[0]
+        deltas = box_regression.reshape(num_rois, -1, 4)[pos, labels_pos]
+        rois_pos = torch.cat(proposals)[pos]
+        gt_pos = self._matched_gt(proposals, matched_idxs, targets)[pos]
+        target_deltas = torch.cat(regression_targets)[pos]
+
+        if self.harmonic_loss is None:
+            loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+            losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+            with torch.no_grad():
+                iou = elementwise_box_iou(self.box_coder.decode_single(deltas, rois_pos), gt_pos)
+                losses.update(aic_stats(F.softmax(class_logits[pos], dim=-1), labels_pos, iou))
+            return losses
+
+        ce = F.cross_entropy(class_logits, labels_all, reduction="none")
+        reg = F.smooth_l1_loss(deltas, target_deltas, beta=self.smooth_l1_beta, reduction="none").sum(dim=1)
+        return self.harmonic_loss(
+            ce[pos],
+            reg,
+            self.box_coder.decode_single(deltas, rois_pos),
+            gt_pos,
+            F.softmax(class_logits[pos], dim=-1),
+            labels_pos,
+            ce[labels_all == 0].sum(),
+            max(1, num_rois),
+        )
+
+    @staticmethod
+    def _matched_gt(
+        proposals: list[Tensor], matched_idxs: list[Tensor], targets: list[dict[str, Tensor]]
+    ) -> Tensor:
+        """Tensor[R, 4]: each sampled RoI's matched gt box (zeros for images without objects)."""
+        out = []
+        for props, idx, tgt in zip(proposals, matched_idxs, targets):
+            gt = tgt["boxes"].to(props.dtype)
+            if gt.numel() == 0:
+                gt = props.new_zeros((1, 4))
+            out.append(gt[idx])
+        return torch.cat(out)
+
+
+def build_faster_rcnn(
+    name: str,
+    num_classes: int,
+    *,
+    loss: str,
+    img_size: int,
+    backbone_weights: str | None,
+    loss_options: dict[str, Any] | None,
+    **options: Any,
+) -> FasterRCNN:
+    """Build ``fasterrcnn_resnet18_fpn`` or ``fasterrcnn_resnet50_fpn`` for square ``img_size`` inputs.
+
+    ``cls_loss`` (weighted by ``1 + beta_r``) is the softmax cross-entropy over background + C
+    classes of each sampled positive RoI of the box head; negatives are the sampled background
+    RoIs' CE; regression is SmoothL1 (beta 1/9) on the class-specific deltas plus the HIoU term on
+    the decoded box. All of it is divided by the number of sampled RoIs, as torchvision does (see
+    :class:`HarmonicRoIHeads`). The RPN keeps torchvision's objectness + box loss in both modes.
+
+    Args:
+        name: one of :data:`FASTER_RCNN_NAMES`.
+        num_classes: C object classes; the model has C + 1 outputs (0 = background), labels 1..C.
+        loss: ``"harmonic"`` or ``"baseline"`` (torchvision's loss, unchanged).
+        img_size: square input side S (``min_size = max_size = S``): letterboxed S x S inputs are
+            not resized; they are padded to a multiple of 32 inside the model if S is not one.
+        backbone_weights: ``None`` (random init, trainable BatchNorm, nothing downloaded), a
+            torchvision weights name (``"DEFAULT"``), or a path to a local torchvision ResNet
+            state dict; pretrained backbones use FrozenBatchNorm2d and 3 trainable stages.
+        loss_options: keyword arguments of :class:`harmonic.losses.HarmonicConfig`.
+        **options: ``fpn_channels`` (default 256), ``trainable_backbone_layers`` (0-5) and
+            FasterRCNN keywords (``box_score_thresh``, ``box_batch_size_per_image``, ``rpn_*``, ...).
+
+    Normalisation is ImageNet mean/std inside the model (``model.transform``).
+    """
+    if name not in _ARCH:
+        raise HarmonicError(f"unknown Faster R-CNN model {name!r}; expected one of {list(FASTER_RCNN_NAMES)}")
+    if num_classes < 1:
+        raise HarmonicError(f"model {name}: num_classes must be >= 1 (got {num_classes})")
+    options = pop_options(name, options, _FRCNN_OPTIONS | {"fpn_channels", "trainable_backbone_layers"})
+    fpn_channels = int(options.pop("fpn_channels", 256))
+    trainable = options.pop("trainable_backbone_layers", None)
+    check_loss(loss, loss_options)  # validate before the (slower) network build
+    # From scratch: trainable BatchNorm2d, all stages trainable; pretrained: FrozenBN, 3 stages (torchvision).
+    backbone = resnet_fpn_backbone(
+        _ARCH[name],
+        backbone_weights,
+        fpn_channels=fpn_channels,
+        returned_layers=(1, 2, 3, 4),  # P2-P5 + max-pool P6, torchvision's Faster R-CNN FPN
+        extra_blocks=LastLevelMaxPool(),
+        trainable_layers=trainable,
+    )
+    model = FasterRCNN(backbone, num_classes=num_classes + 1, **transform_kwargs(int(img_size)), **options)
+    model.roi_heads = HarmonicRoIHeads.from_roi_heads(model.roi_heads, loss, loss_options)
+    return model

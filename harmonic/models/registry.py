@@ -1,0 +1,171 @@
+"""The detector names: a plain dict of builders, no import-time registration.
+
+Every builder has the signature ``build_<family>(name, num_classes, *, loss, img_size,
+backbone_weights, loss_options, **options) -> nn.Module`` with ``num_classes`` = C object classes
+(the torchvision module gets C + 1, docs/CONTRACTS.md). Families are imported lazily, so listing
+the names costs no model import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from harmonic.errors import HarmonicError
+from harmonic.models.common import check_loss
+from harmonic.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+
+
+def _retinanet(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    from harmonic.models.retinanet import build_retinanet
+
+    return build_retinanet(name, num_classes, **kwargs)
+
+
+def _fcos(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    from harmonic.models.fcos import build_fcos
+
+    return build_fcos(name, num_classes, **kwargs)
+
+
+def _ssd(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    from harmonic.models.ssd import build_ssd
+
+    return build_ssd(name, num_classes, **kwargs)
+
+
+def _faster_rcnn(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    from harmonic.models.faster_rcnn import build_faster_rcnn
+
+    return build_faster_rcnn(name, num_classes, **kwargs)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One detector name: its builder, family, default square input, input stride, a description."""
+
+    builder: Callable[..., nn.Module]
+    family: str
+    default_img_size: int
+    stride: int
+    description: str
+
+
+MODELS: dict[str, ModelInfo] = {
+    "retinanet_resnet18_fpn": ModelInfo(
+        _retinanet, "retinanet", 320, 32, "RetinaNet, ResNet-18-FPN (P3-P7), focal loss; small/CPU"),
+    "retinanet_resnet50_fpn": ModelInfo(
+        _retinanet, "retinanet", 640, 32, "RetinaNet, ResNet-50-FPN (P3-P7), focal loss; the paper's"),
+    "fcos_resnet18_fpn": ModelInfo(
+        _fcos, "fcos", 320, 32, "FCOS, ResNet-18-FPN (P3-P7), anchor-free; small/CPU"),
+    "fcos_resnet50_fpn": ModelInfo(
+        _fcos, "fcos", 640, 32, "FCOS, ResNet-50-FPN (P3-P7), anchor-free"),
+    "ssdlite320_mobilenet_v3_large": ModelInfo(
+        _ssd, "ssd", 320, 1, "SSDlite, MobileNetV3-Large, softmax CE + hard-negative mining; edge"),
+    "ssd300_vgg16": ModelInfo(
+        _ssd, "ssd", 300, 1, "SSD300, VGG-16, softmax CE + hard-negative mining (input >= 268)"),
+    "fasterrcnn_resnet18_fpn": ModelInfo(
+        _faster_rcnn, "faster_rcnn", 320, 32, "Faster R-CNN, ResNet-18-FPN, two-stage; small/CPU"),
+    "fasterrcnn_resnet50_fpn": ModelInfo(
+        _faster_rcnn, "faster_rcnn", 640, 32, "Faster R-CNN, ResNet-50-FPN, two-stage; the paper's"),
+}
+
+
+def model_info(name: str) -> ModelInfo:
+    """``MODELS[name]`` or a ``HarmonicError`` listing the names."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise HarmonicError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}") from None
+
+
+def _check_common(name: str, num_classes: int, loss: str, img_size: int | None,
+                  loss_options: dict[str, Any] | None) -> tuple[ModelInfo, int]:
+    info = model_info(name)
+    if int(num_classes) != num_classes or num_classes < 1:
+        raise HarmonicError(f"model {name}: num_classes must be a positive integer (got {num_classes})")
+    check_loss(loss, loss_options)
+    size = info.default_img_size if img_size is None else img_size
+    if int(size) != size or size < info.stride or size % info.stride:
+        raise HarmonicError(f"model {name}: img_size must be a positive multiple of {info.stride} (got {size})")
+    return info, int(size)
+
+
+def build_detector(
+    name: str,
+    num_classes: int,
+    loss: str = "harmonic",
+    img_size: int | None = None,
+    backbone_weights: str | None = None,
+    loss_options: dict[str, Any] | None = None,
+    **options: Any,
+) -> nn.Module:
+    """Build detector ``name`` for ``num_classes`` object classes (no background).
+
+    Args:
+        name: a key of :data:`MODELS`.
+        num_classes: C; labels fed to the model are 1..C.
+        loss: ``"harmonic"`` (HarmonicDet) or ``"baseline"`` (torchvision's loss unchanged).
+        img_size: square letterboxed input side; default the model's ``default_img_size``.
+        backbone_weights: ``None`` (random init; nothing is ever downloaded by default),
+            ``"DEFAULT"`` (torchvision's ImageNet weights) or a local torchvision state-dict path.
+        loss_options: :class:`harmonic.losses.HarmonicConfig` fields.
+        **options: builder options (e.g. ``fpn_channels``); see each family's builder.
+
+    Returns:
+        The torchvision detector with its loss adapter; in training mode its forward returns
+        ``loss_*`` and ``stat_*`` entries (docs/CONTRACTS.md).
+    """
+    info, size = _check_common(name, num_classes, loss, img_size, loss_options)
+    return info.builder(name, int(num_classes), loss=loss, img_size=size, backbone_weights=backbone_weights,
+                        loss_options=dict(loss_options or {}), **options)
+
+
+def model_spec(
+    name: str,
+    num_classes: int,
+    class_names: list[str] | None = None,
+    loss: str = "harmonic",
+    img_size: int | None = None,
+    loss_options: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
+) -> ModelSpec:
+    """The :class:`ModelSpec` of a detector built by ``build_detector`` with the same arguments.
+
+    ``class_names`` defaults to ``class0..class{C-1}``; it must have ``num_classes`` entries.
+    """
+    info, size = _check_common(name, num_classes, loss, img_size, loss_options)
+    names = [f"class{i}" for i in range(num_classes)] if class_names is None else list(class_names)
+    if len(names) != num_classes:
+        raise HarmonicError(f"model {name}: {len(names)} class names for num_classes={num_classes}")
+    return ModelSpec(
+        name=name,
+        num_classes=int(num_classes),
+        class_names=names,
+        img_size=size,
+        loss=loss,
+        loss_options=dict(loss_options or {}),
+        options=dict(options or {}),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        stride=info.stride,
+    )
+
+
+def build_from_spec(spec: ModelSpec) -> nn.Module:
+    """Rebuild the detector described by ``spec`` (random weights; load the state dict after).
+
+    The backbone is built without pretrained weights; a state dict trained from a pretrained
+    (FrozenBatchNorm2d) backbone loads into the BatchNorm2d layout too, with identical eval outputs.
+    The spec's ``mean``/``std`` replace the transform's normalisation.
+    """
+    model = build_detector(spec.name, spec.num_classes, loss=spec.loss, img_size=spec.img_size,
+                           backbone_weights=None, loss_options=spec.loss_options, **spec.options)
+    transform = getattr(model, "transform", None)
+    if transform is not None:
+        transform.image_mean = list(spec.mean)
+        transform.image_std = list(spec.std)
+    return model

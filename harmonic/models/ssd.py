@@ -1,0 +1,307 @@
+"""SSD300-VGG16 and SSDlite320-MobileNetV3 with the HarmonicDet loss adapter.
+
+torchvision keeps the SSD loss in ``SSD.compute_loss``; :class:`HarmonicSSD` overrides only that
+hook. Matching (``SSDMatcher``), hard-negative mining (3:1) and everything outside training are
+torchvision's, so ``loss="baseline"`` and ``loss="harmonic"`` models share weights layout and
+inference behaviour exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models import MobileNet_V3_Large_Weights, VGG16_Weights, mobilenet_v3_large
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+from torchvision.models.detection.ssd import SSD, _vgg_extractor
+from torchvision.models.detection.ssdlite import SSDLiteHead, _mobilenet_extractor, _normal_init
+from torchvision.models.vgg import cfgs as vgg_cfgs
+from torchvision.models.vgg import make_layers as vgg_make_layers
+
+from harmonic.errors import HarmonicError
+from harmonic.losses import elementwise_box_iou
+from harmonic.models.common import (
+    aic_stats,
+    check_loss,
+    load_state_dict_file,
+    make_loss_module,
+    pop_options,
+    resolve_backbone_weights,
+)
+from harmonic.models.spec import IMAGENET_MEAN, IMAGENET_STD
+
+log = logging.getLogger(__name__)
+
+SSD_NAMES = ("ssdlite320_mobilenet_v3_large", "ssd300_vgg16")
+# Smallest square input for which every VGG extra block still has a 3x3 map (probed: 268 -> 1x1).
+SSD300_MIN_SIZE = 268
+# Keyword arguments of torchvision's SSD that a user may set through builder options.
+_SSD_OPTIONS = frozenset(
+    {"score_thresh", "nms_thresh", "detections_per_img", "iou_thresh", "topk_candidates", "positive_fraction"}
+)
+
+
+def _regression_beta(loss_options: dict[str, Any] | None, detector_default: float) -> float:
+    """SmoothL1 beta on encoded deltas: ``loss_options["smooth_l1_beta"]`` when given explicitly,
+    else the detector's torchvision value, so harmonic and baseline regress with the same SmoothL1."""
+    return float((loss_options or {}).get("smooth_l1_beta", detector_default))
+
+
+class HarmonicSSD(SSD):
+    """torchvision ``SSD`` whose ``compute_loss`` is torchvision's (baseline) or HarmonicDet's.
+
+    Per positive default box i (``loss="harmonic"``):
+      * ``cls_loss_i`` = softmax cross-entropy over the C+1 columns (background = 0),
+      * ``reg_loss_i`` = SmoothL1 of the encoded deltas summed over 4 coords, beta 1 as torchvision's
+        SSD (``loss_options["smooth_l1_beta"]`` overrides it),
+      * IoU between the decoded predicted box and its matched ground truth,
+      * ``class_probs`` = softmax over all C+1 columns, ``labels`` = target label (1..C).
+    Negatives: the hard-mined negatives' cross-entropy sum (torchvision's 3:1 mining on the CE).
+    Normaliser: the number of positives (torchvision's ``N = max(1, num_foreground)``).
+
+    Loss keys: ``loss_classifier``, ``loss_box_reg`` (+ ``loss_tc`` for harmonic) and detached
+    ``stat_*``. Baseline values equal torchvision's ``classification`` / ``bbox_regression``.
+    """
+
+    def __init__(self, *args: Any, loss: str = "harmonic", loss_options: dict[str, Any] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.loss_kind = loss
+        self.harmonic_loss = make_loss_module(loss, loss_options)
+        self.smooth_l1_beta = _regression_beta(loss_options, 1.0)
+
+    def compute_loss(
+        self,
+        targets: list[dict[str, Tensor]],
+        head_outputs: dict[str, Tensor],
+        anchors: list[Tensor],
+        matched_idxs: list[Tensor],
+    ) -> dict[str, Tensor]:
+        """Loss hook called by ``SSD.forward`` in training.
+
+        Args:
+            targets: per image ``boxes`` Tensor[N_i, 4] xyxy (transformed), ``labels`` Tensor[N_i] in 1..C.
+            head_outputs: ``bbox_regression`` Tensor[B, A, 4], ``cls_logits`` Tensor[B, A, C+1].
+            anchors: per image Tensor[A, 4] xyxy default boxes.
+            matched_idxs: per image Tensor[A] int64, matched gt index or -1.
+        """
+        if self.harmonic_loss is None:
+            tv = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
+            losses = {"loss_classifier": tv["classification"], "loss_box_reg": tv["bbox_regression"]}
+            with torch.no_grad():
+                pos = self._gather_positives(targets, head_outputs, anchors, matched_idxs)
+                iou = elementwise_box_iou(pos["pred_boxes"], pos["gt_boxes"])
+                losses.update(aic_stats(F.softmax(pos["logits"], dim=-1), pos["labels"], iou))
+            return losses
+
+        pos = self._gather_positives(targets, head_outputs, anchors, matched_idxs)
+        cls_logits = head_outputs["cls_logits"]
+        num_columns = cls_logits.size(-1)
+        cls_targets = pos["cls_targets"]
+        cls_loss = F.cross_entropy(
+            cls_logits.reshape(-1, num_columns), cls_targets.reshape(-1), reduction="none"
+        ).view(cls_targets.shape)
+        # Hard-negative mining exactly as torchvision: the top (ratio * #pos) CE among negatives, per image.
+        foreground = cls_targets > 0
+        num_negative = self.neg_to_pos_ratio * foreground.sum(1, keepdim=True)
+        negative_loss = cls_loss.detach().clone()
+        negative_loss[foreground] = -float("inf")
+        _, order = negative_loss.sort(1, descending=True)
+        background = order.sort(1)[1] < num_negative
+
+        b, a = pos["image_idx"], pos["anchor_idx"]
+        reg_loss = F.smooth_l1_loss(
+            pos["deltas"], pos["target_deltas"], beta=self.smooth_l1_beta, reduction="none"
+        ).sum(dim=1)
+        return self.harmonic_loss(
+            cls_loss[b, a],
+            reg_loss,
+            pos["pred_boxes"],
+            pos["gt_boxes"],
+            F.softmax(pos["logits"], dim=-1),
+            pos["labels"],
+            cls_loss[background].sum(),
+            max(1, int(b.numel())),
+        )
+
+    def _gather_positives(
+        self,
+        targets: list[dict[str, Tensor]],
+        head_outputs: dict[str, Tensor],
+        anchors: list[Tensor],
+        matched_idxs: list[Tensor],
+    ) -> dict[str, Tensor]:
+        """Per-positive tensors (P = all positives of the batch) and the dense class targets [B, A]."""
+        bbox_regression = head_outputs["bbox_regression"]
+        cls_logits = head_outputs["cls_logits"]
+        image_idx, anchor_idx, gt_boxes, cls_targets = [], [], [], []
+        for i, (tgt, matched) in enumerate(zip(targets, matched_idxs)):
+            fg = torch.where(matched >= 0)[0]
+            gt_idx = matched[fg]
+            image_idx.append(torch.full_like(fg, i))
+            anchor_idx.append(fg)
+            gt_boxes.append(tgt["boxes"][gt_idx])
+            dense = torch.zeros(matched.shape, dtype=tgt["labels"].dtype, device=matched.device)
+            dense[fg] = tgt["labels"][gt_idx]
+            cls_targets.append(dense)
+        b = torch.cat(image_idx)
+        a = torch.cat(anchor_idx)
+        cls_targets_t = torch.stack(cls_targets)
+        anchors_pos = torch.stack(anchors)[b, a]
+        gt = torch.cat(gt_boxes).to(anchors_pos.dtype)
+        deltas = bbox_regression[b, a]
+        return {
+            "image_idx": b,
+            "anchor_idx": a,
+            "cls_targets": cls_targets_t,
+            "labels": cls_targets_t[b, a],
+            "logits": cls_logits[b, a],
+            "deltas": deltas,
+            "target_deltas": self.box_coder.encode_single(gt, anchors_pos),
+            "pred_boxes": self.box_coder.decode_single(deltas, anchors_pos),
+            "gt_boxes": gt,
+        }
+
+
+def _load_into(module: nn.Module, state: dict[str, Tensor], path: Any, what: str) -> None:
+    """Strict ``load_state_dict`` with a one-line error naming the file."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = " ".join(str(exc).strip().splitlines()[:2])[:300]
+        raise HarmonicError(f"{path}: backbone weights do not fit {what} ({first})") from exc
+
+
+def _ssd_kwargs(
+    name: str, options: dict[str, Any], defaults: dict[str, Any], extra: frozenset[str] = frozenset()
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(SSD keyword arguments, backbone options popped from ``options``)."""
+    options = pop_options(name, options, _SSD_OPTIONS | {"trainable_backbone_layers"} | extra)
+    backbone_opts = {k: options.pop(k) for k in ({"trainable_backbone_layers"} | extra) if k in options}
+    kwargs = {**defaults, **options, "image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD)}
+    return kwargs, backbone_opts
+
+
+def _ssdlite_mobilenet(
+    num_classes: int, loss: str, img_size: int, backbone_weights: str | None, loss_options: dict, options: dict
+) -> HarmonicSSD:
+    defaults = {"score_thresh": 0.001, "nms_thresh": 0.55, "detections_per_img": 300, "topk_candidates": 300}
+    kwargs, opts = _ssd_kwargs("ssdlite320_mobilenet_v3_large", options, defaults, frozenset({"reduced_tail"}))
+    # torchvision halves the tail when training from scratch (MobileNetV3 paper, Table 6). Here it is an
+    # explicit option (default off), so the architecture never depends on backbone_weights and a
+    # checkpoint rebuilt from its spec (always without backbone weights) has the same layout.
+    reduced_tail = bool(opts.get("reduced_tail", False))
+    weights, path = resolve_backbone_weights(backbone_weights, MobileNet_V3_Large_Weights)
+    if reduced_tail and backbone_weights is not None:
+        raise HarmonicError("ssdlite320_mobilenet_v3_large: reduced_tail=True has no pretrained backbone weights")
+    norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
+    backbone = mobilenet_v3_large(weights=weights, norm_layer=norm_layer, reduced_tail=reduced_tail)
+    if path is not None:
+        _load_into(backbone, load_state_dict_file(path), path, "mobilenet_v3_large")
+    if backbone_weights is None:
+        _normal_init(backbone)  # torchvision's init for a from-scratch SSDlite backbone
+    trainable = opts.get("trainable_backbone_layers")
+    backbone = _mobilenet_extractor(backbone, 6 if trainable is None else int(trainable), norm_layer)
+    size = (img_size, img_size)
+    anchor_generator = DefaultBoxGenerator([[2, 3] for _ in range(6)], min_ratio=0.2, max_ratio=0.95)
+    out_channels = det_utils.retrieve_out_channels(backbone, size)
+    head = SSDLiteHead(out_channels, anchor_generator.num_anchors_per_location(), num_classes + 1, norm_layer)
+    return HarmonicSSD(
+        backbone, anchor_generator, size, num_classes + 1, head=head, loss=loss, loss_options=loss_options, **kwargs
+    )
+
+
+def _vgg16_features(backbone_weights: str | None) -> nn.Sequential:
+    """VGG16 ``features`` as torchvision builds and initialises them, without the 120M-parameter classifier."""
+    weights, path = resolve_backbone_weights(backbone_weights, VGG16_Weights)
+    if weights is not None:
+        from torchvision.models import vgg16
+
+        return vgg16(weights=weights).features
+    features = vgg_make_layers(vgg_cfgs["D"], batch_norm=False)
+    if path is not None:
+        state = load_state_dict_file(path)
+        state = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
+        _load_into(features, state, path, "vgg16 features")
+        return features
+    for m in features.modules():  # torchvision VGG._initialize_weights for convs
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.constant_(m.bias, 0)
+    return features
+
+
+def _ssd300_vgg16(
+    num_classes: int, loss: str, img_size: int, backbone_weights: str | None, loss_options: dict, options: dict
+) -> HarmonicSSD:
+    if img_size < SSD300_MIN_SIZE:
+        raise HarmonicError(f"ssd300_vgg16 needs --img-size >= {SSD300_MIN_SIZE} (got {img_size})")
+    defaults = {"score_thresh": 0.01, "nms_thresh": 0.45, "detections_per_img": 200, "topk_candidates": 400}
+    kwargs, opts = _ssd_kwargs("ssd300_vgg16", options, defaults)
+    features = _vgg16_features(backbone_weights)
+    trainable = opts.get("trainable_backbone_layers")
+    if trainable is None:
+        trainable = 4 if backbone_weights is not None else 5
+    # _vgg_extractor only reads ``.features``.
+    backbone = _vgg_extractor(types.SimpleNamespace(features=features), False, int(trainable))
+    # torchvision's steps are tuned to 300 px; at other sizes tile the default boxes on each feature grid.
+    steps = [8, 16, 32, 64, 100, 300] if img_size == 300 else None
+    anchor_generator = DefaultBoxGenerator(
+        [[2], [2, 3], [2, 3], [2, 3], [2], [2]], scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05], steps=steps
+    )
+    return HarmonicSSD(
+        backbone, anchor_generator, (img_size, img_size), num_classes + 1, loss=loss, loss_options=loss_options, **kwargs
+    )
+
+
+def build_ssd(
+    name: str,
+    num_classes: int,
+    *,
+    loss: str,
+    img_size: int,
+    backbone_weights: str | None,
+    loss_options: dict[str, Any] | None,
+    **options: Any,
+) -> HarmonicSSD:
+    """Build ``ssdlite320_mobilenet_v3_large`` or ``ssd300_vgg16`` for square ``img_size`` inputs.
+
+    ``cls_loss`` (the classification term weighted by ``1 + beta_r``) is the softmax cross-entropy
+    over background + C classes of each positive default box; the negatives' term is the CE of
+    the hard-mined negatives (3 per positive); regression is SmoothL1 (beta 1, torchvision's SSD
+    value) on the encoded deltas (weights 10, 10, 5, 5) plus the HIoU term on the decoded box.
+    Everything is divided by the number of positives, as torchvision's SSD loss is.
+
+    Args:
+        name: one of :data:`SSD_NAMES`.
+        num_classes: C object classes; the model has C + 1 outputs (0 = background), labels 1..C.
+        loss: ``"harmonic"`` or ``"baseline"`` (torchvision's loss, unchanged).
+        img_size: square input side S; the transform resizes to (S, S), so letterboxed S x S inputs
+            pass unchanged. ssd300_vgg16 needs S >= 268.
+        backbone_weights: ``None`` (random init, nothing downloaded), a torchvision weights name
+            (``"DEFAULT"`` = ImageNet classification weights, used with ImageNet mean/std), or a
+            path to a local torchvision classification state dict (``vgg16`` /
+            ``mobilenet_v3_large``, full model; VGG's classifier keys are ignored).
+        loss_options: keyword arguments of :class:`harmonic.losses.HarmonicConfig`.
+        **options: ``trainable_backbone_layers``; ``reduced_tail`` (ssdlite only, default False:
+            torchvision's from-scratch MobileNetV3 tail, fewer channels; not with pretrained
+            weights); SSD keywords (``score_thresh``, ``nms_thresh``, ``detections_per_img``,
+            ``topk_candidates``, ``iou_thresh``, ``positive_fraction``).
+
+    Normalisation is ImageNet mean/std inside the model (``model.transform``) for both names.
+    """
+    if name == "ssdlite320_mobilenet_v3_large":
+        builder = _ssdlite_mobilenet
+    elif name == "ssd300_vgg16":
+        builder = _ssd300_vgg16
+    else:
+        raise HarmonicError(f"unknown SSD model {name!r}; expected one of {list(SSD_NAMES)}")
+    if num_classes < 1:
+        raise HarmonicError(f"model {name}: num_classes must be >= 1 (got {num_classes})")
+    check_loss(loss, loss_options)  # validate before the (slower) network build
+    return builder(num_classes, loss, int(img_size), backbone_weights, loss_options or {}, options)
