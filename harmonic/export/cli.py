@@ -1,0 +1,106 @@
+"""``harmonic export`` / ``python export/run.py``: checkpoint -> verified ONNX (+ raw graph) -> TensorRT engine."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from harmonic.errors import HarmonicError
+
+log = logging.getLogger(__name__)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harmonic export", description=__doc__)
+    p.add_argument("--checkpoint", required=True, help="HarmonicDet checkpoint (.pt)")
+    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--img-size", type=int, default=None, help="square input size (default: the checkpoint's)")
+    p.add_argument("--max-det", type=int, default=100, help="K, detections per image")
+    p.add_argument("--conf", type=float, default=0.001, help="score threshold")
+    p.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--batch", default="dynamic", help="'dynamic' or a fixed batch size")
+    p.add_argument("--raw", nargs="?", const="", default=None, metavar="PATH",
+                   help="also write the pre-NMS graph (default path <out>.raw.onnx)")
+    p.add_argument("--verify-images", default=None, help="folder of images for verification (default: synthetic)")
+    p.add_argument("--no-verify", action="store_true", help="skip ONNX Runtime vs PyTorch verification")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--engine", default=None, help="also build this TensorRT engine")
+    p.add_argument("--fp16", action="store_true")
+    p.add_argument("--workspace", type=float, default=4.0, help="TensorRT workspace (GiB)")
+    p.add_argument("--min-batch", type=int, default=1)
+    p.add_argument("--opt-batch", type=int, default=1)
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--timing-cache", default=None, help="TensorRT timing cache file (read and updated)")
+    return p
+
+
+def parse_batch(value: str) -> int | None:
+    """``'dynamic'`` -> None, ``'N'`` -> N (>= 1)."""
+    if value == "dynamic":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise HarmonicError(f"--batch {value!r}: expected 'dynamic' or a positive integer")
+    return n
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    batch = parse_batch(args.batch)
+    out = Path(args.out)
+    raw = None if args.raw is None else Path(args.raw or out.with_suffix(".raw.onnx"))
+    engine = Path(args.engine) if args.engine else None
+    if engine is not None:  # fail before any export work
+        from harmonic.export.tensorrt import import_tensorrt, profile_shapes
+
+        import_tensorrt()
+        profile_shapes(32, args.min_batch, args.opt_batch, args.max_batch, fixed_batch=batch)
+        for p in (engine, engine.with_name(engine.name + ".json")):
+            if p.exists() and not args.overwrite:
+                raise HarmonicError(f"{p}: already exists (pass --overwrite to replace it)")
+    for p in (out, raw):
+        if p is not None and p.exists() and not args.overwrite:
+            raise HarmonicError(f"{p}: already exists (pass --overwrite to replace it)")
+
+    from harmonic.export.onnx_export import export_model, load_for_export
+
+    model, spec, meta = load_for_export(args.checkpoint, args.img_size, args.conf, args.iou, args.max_det, batch)
+    size = int(meta["img_size"])
+    batch = int(meta["max_batch"]) if "max_batch" in meta else None  # Faster R-CNN: fixed at 1
+    opts = dict(img_size=size, conf=args.conf, iou=args.iou, max_det=args.max_det, opset=args.opset,
+                batch=batch, metadata=meta, overwrite=args.overwrite)
+    written = [export_model(model, out, **opts)]
+    try:
+        if raw is not None:
+            written.append(export_model(model, raw, raw=True, **opts))
+        if not args.no_verify:
+            from harmonic.export.verify import load_images, verify_onnx
+
+            images = load_images(args.verify_images, size) if args.verify_images else None
+            res = verify_onnx(out, model, size, args.conf, args.iou, args.max_det, images=images, batch=batch)
+            if not res.ok:
+                raise HarmonicError(f"{out}: ONNX Runtime differs from PyTorch: {res.message}")
+            print(f"verify: OK, ONNX Runtime matches PyTorch ({res.message})")
+        if engine is not None:
+            from harmonic.export.tensorrt import build_engine
+
+            build_engine(out, engine, fp16=args.fp16, profile=(args.min_batch, args.opt_batch, args.max_batch),
+                         workspace_gb=args.workspace, timing_cache=args.timing_cache, overwrite=args.overwrite)
+    except BaseException:
+        for p in written:  # no half-done export: a failed verification or build removes the ONNX too
+            p.unlink(missing_ok=True)
+        raise
+    print(f"wrote {', '.join(str(p) for p in written)}{f', {engine}' if engine else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    from harmonic.cli import run_guarded
+
+    sys.exit(run_guarded(main, sys.argv[1:]))

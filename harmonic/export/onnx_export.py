@@ -1,0 +1,205 @@
+"""Checkpoint -> ONNX graph with NMS inside (and optionally the raw pre-NMS graph).
+
+The graph is traced with the TorchScript exporter (``dynamo=False``): the NMS is an
+``autograd.Function`` whose ``symbolic`` emits the standard ``NonMaxSuppression`` op,
+which keeps the graph free of custom domains and exports a detector in ~1 s. The
+dynamo exporter also handles ``torch.onnx.ops.symbolic`` for the op, but needs an
+unbacked size for its data-dependent output and is several times slower per export.
+Files are written to a temporary name in the target folder and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from harmonic.errors import HarmonicError
+from harmonic.export.wrapper import OUTPUT_NAMES, RAW_OUTPUT_NAMES, build_wrapper
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17
+ALLOWED_DOMAINS = ("", "ai.onnx")
+
+
+@contextmanager
+def atomic_path(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``out``; rename it onto ``out`` on success, delete it on failure."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise HarmonicError(f"{out}: already exists (pass --overwrite to replace it)")
+    if not out.parent.is_dir():
+        raise HarmonicError(f"{out}: folder {out.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def check_graph(model_proto, graph: str = "nms") -> None:  # noqa: ANN001
+    """Raise ``HarmonicError`` unless the graph holds only standard ops (and the NMS op for ``nms``)."""
+    ops = {(n.domain, n.op_type) for n in model_proto.graph.node}
+    custom = sorted(f"{d}::{t}" for d, t in ops if d not in ALLOWED_DOMAINS)
+    if custom:
+        raise HarmonicError(f"exported graph has custom-domain ops {custom}")
+    if graph == "nms" and ("", "NonMaxSuppression") not in ops and ("ai.onnx", "NonMaxSuppression") not in ops:
+        raise HarmonicError("exported graph has no NonMaxSuppression op")
+
+
+def export_model(
+    model,  # noqa: ANN001 - a torchvision detector
+    out: str | Path,
+    *,
+    img_size: int,
+    conf: float = 0.001,
+    iou: float = 0.6,
+    max_det: int = 100,
+    opset: int = DEFAULT_OPSET,
+    batch: int | None = None,
+    raw: bool = False,
+    metadata: dict[str, str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Trace ``model`` (eval) into ``out``: simplified, shape-inferred, checked, with ``metadata``.
+
+    Args:
+        img_size: the square input size ``S`` (input ``images [B,3,S,S]``).
+        batch: ``None`` for a dynamic batch, else the fixed batch size.
+        raw: write the pre-NMS graph (``boxes [B,A,4]``, ``scores [B,A,C]``) instead.
+    """
+    import onnx
+    import onnxslim
+    import torch
+
+    wrapper = build_wrapper(model.eval(), img_size, conf, iou, max_det, raw=raw)
+    if wrapper.__class__.__name__ == "FasterRCNNExport":
+        if batch not in (None, 1):
+            raise HarmonicError(f"Faster R-CNN exports with batch 1 only, not {batch}")
+        batch = 1
+    names = list(RAW_OUTPUT_NAMES if raw else OUTPUT_NAMES)
+    dummy = torch.rand(batch or 2, 3, img_size, img_size)
+    dynamic = None if batch else {k: {0: "batch"} for k in ["images", *names]}
+    with atomic_path(out, overwrite) as tmp:
+        with torch.no_grad(), _quiet_tracer():
+            torch.onnx.export(
+                wrapper,
+                (dummy,),
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["images"],
+                output_names=names,
+                dynamic_axes=dynamic,
+                do_constant_folding=True,
+            )
+        proto = onnx.load(str(tmp))
+        proto = onnxslim.slim(proto)
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+        check_graph(proto, "raw" if raw else "nms")
+        if metadata:
+            from harmonic.export.metadata import set_metadata
+
+            set_metadata(proto, {**metadata, "graph": "raw" if raw else "nms"})
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(tmp))
+    log.info("wrote %s (%s graph, opset %d, batch %s)", out, "raw" if raw else "nms", opset, batch or "dynamic")
+    return Path(out)
+
+
+@contextmanager
+def _quiet_tracer() -> Iterator[None]:
+    """Silence the tracer's expected warnings (constants from python scalars, eager-only NMS loop)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        try:
+            from torch.jit import TracerWarning
+
+            warnings.filterwarnings("ignore", category=TracerWarning)
+        except ImportError:  # pragma: no cover
+            pass
+        yield
+
+
+def check_img_size(img_size: int, stride: int, checkpoint: str | Path = "") -> None:
+    """``img_size`` must be a positive multiple of the model's stride."""
+    if img_size <= 0 or img_size % stride:
+        where = f"{checkpoint}: " if checkpoint else ""
+        raise HarmonicError(f"{where}--img-size {img_size} is not a positive multiple of the model's stride {stride}")
+
+
+def export_onnx(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    img_size: int | None = None,
+    conf: float = 0.001,
+    iou: float = 0.6,
+    max_det: int = 100,
+    opset: int = DEFAULT_OPSET,
+    batch: int | None = None,
+    raw: str | Path | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Export a HarmonicDet checkpoint to ``out`` (NMS graph) and optionally ``raw`` (pre-NMS graph).
+
+    Returns ``out``. Raises ``HarmonicError`` for a foreign/newer/mismatched checkpoint, an
+    unsupported model, a bad ``img_size``, or an existing output without ``overwrite``.
+    Verification is separate (:func:`harmonic.export.verify.verify_onnx`).
+    """
+    model, spec, meta = load_for_export(checkpoint, img_size, conf, iou, max_det, batch)
+    img_size = int(meta["img_size"])
+    batch = int(meta["max_batch"]) if "max_batch" in meta else None
+    if raw is not None and Path(raw).exists() and not overwrite:  # check both before writing either
+        raise HarmonicError(f"{raw}: already exists (pass --overwrite to replace it)")
+    export_model(model, out, img_size=img_size, conf=conf, iou=iou, max_det=max_det, opset=opset,
+                 batch=batch, metadata=meta, overwrite=overwrite)
+    if raw is not None:
+        export_model(model, raw, img_size=img_size, conf=conf, iou=iou, max_det=max_det, opset=opset,
+                     batch=batch, raw=True, metadata=meta, overwrite=overwrite)
+    return Path(out)
+
+
+def load_for_export(
+    checkpoint: str | Path, img_size: int | None, conf: float, iou: float, max_det: int, batch: int | None
+):  # noqa: ANN201
+    """Load and validate a checkpoint: ``(model eval, spec, metadata dict)``."""
+    from harmonic.export.metadata import build_metadata, file_sha256
+    from harmonic.export.wrapper import detector_family
+
+    if not 0.0 <= conf < 1.0:
+        raise HarmonicError(f"--conf {conf} must be in [0, 1)")
+    if not 0.0 < iou <= 1.0:
+        raise HarmonicError(f"--iou {iou} must be in (0, 1]")
+    if max_det < 1:
+        raise HarmonicError(f"--max-det {max_det} must be >= 1")
+    if batch is not None and batch < 1:
+        raise HarmonicError(f"--batch {batch} must be >= 1 or 'dynamic'")
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise HarmonicError(f"{path}: checkpoint not found")
+    from harmonic.training.checkpoint import model_from_checkpoint
+
+    model, spec, _ = model_from_checkpoint(path, "cpu")
+    if detector_family(model) == "fasterrcnn":  # RPN + RoIAlign graph is batch-1 only
+        if batch not in (None, 1):
+            raise HarmonicError(f"{path}: model {spec.name!r} (Faster R-CNN) exports with batch 1 only, not {batch}")
+        batch = 1
+    size = int(img_size or spec.img_size)
+    check_img_size(size, int(spec.stride), path)
+    meta = build_metadata(
+        names=list(spec.class_names), img_size=size, mean=spec.mean, std=spec.std, score_threshold=conf,
+        iou_threshold=iou, max_det=max_det, model=spec.name, loss=spec.loss,
+        checkpoint_sha256=file_sha256(path), graph="nms", max_batch=batch,
+    )
+    return model, spec, meta

@@ -1,0 +1,269 @@
+"""TensorRT engine build up to the library boundary, with a fake ``tensorrt`` module.
+
+What this cannot check (no TensorRT/GPU here): that real TensorRT parses the graph
+(NonMaxSuppression -> INMSLayer), the engine's numbers, and FP16 accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+
+from harmonic.errors import HarmonicError
+from harmonic.export import tensorrt as trtmod
+from harmonic.export.metadata import build_metadata, set_metadata
+
+META = build_metadata(names=["a", "b"], img_size=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                      score_threshold=0.01, iou_threshold=0.6, max_det=10, model="tiny", loss="harmonic",
+                      checkpoint_sha256="ab" * 32, graph="nms", versions={"torch": "x"})
+
+
+def fake_tensorrt(version: str = "10.13.0.35", plan: bytes | None = b"PLAN-BYTES", parse_ok: bool = True):
+    """A stand-in ``tensorrt`` module that records every call in ``mod.calls``."""
+    mod = types.ModuleType("tensorrt")
+    mod.__version__ = version
+    calls: list[tuple] = []
+    mod.calls = calls
+    major = int(version.split(".")[0])
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity):
+            calls.append(("Logger", severity))
+
+    class Cache:
+        def __init__(self, data):
+            self.data = bytes(data)
+
+        def serialize(self):
+            return self.data + b"+timed"
+
+    class Config:
+        def __init__(self):
+            self.cache = None
+
+        def set_memory_pool_limit(self, pool, size):
+            calls.append(("set_memory_pool_limit", pool, size))
+
+        def set_flag(self, flag):
+            calls.append(("set_flag", flag))
+
+        def add_optimization_profile(self, prof):
+            calls.append(("add_optimization_profile", prof.shapes))
+
+        def create_timing_cache(self, data):
+            calls.append(("create_timing_cache", bytes(data)))
+            return Cache(data)
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            self.cache = cache
+            calls.append(("set_timing_cache", ignore_mismatch))
+
+        def get_timing_cache(self):
+            return self.cache
+
+    class Profile:
+        shapes = None
+
+        def set_shape(self, name, mn, opt, mx):
+            self.shapes = (name, tuple(mn), tuple(opt), tuple(mx))
+
+    class Builder:
+        def __init__(self, logger):
+            calls.append(("Builder",))
+
+        def create_network(self, flags):
+            calls.append(("create_network", flags))
+            return object()
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            calls.append(("build_serialized_network",))
+            return plan
+
+    class OnnxParser:
+        num_errors = 0 if parse_ok else 2
+
+        def __init__(self, network, logger):
+            pass
+
+        def parse_from_file(self, path):
+            model = onnx.load(path)
+            calls.append(("parse_from_file", path, model.graph.initializer[0].data_type))
+            return parse_ok
+
+        def get_error(self, i):
+            return f"node {i}: unsupported op"
+
+    mod.Logger, mod.Builder, mod.OnnxParser = Logger, Builder, OnnxParser
+    mod.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+    mod.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=3)
+    if major == 10:
+        mod.BuilderFlag = types.SimpleNamespace(FP16="FP16")
+    else:
+        mod.BuilderFlag = types.SimpleNamespace()  # 11.x: precision flags removed
+    return mod
+
+
+@pytest.fixture
+def tiny_onnx(tmp_path):
+    """A 1-conv graph with the export metadata (the fake parser only reads it)."""
+    from onnx import helper, numpy_helper
+
+    w = numpy_helper.from_array(np.full((3, 3, 1, 1), 0.5, np.float32), "w")
+    node = helper.make_node("Conv", ["images", "w"], ["det_boxes"])
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 64, 64])],
+        [helper.make_tensor_value_info("det_boxes", TensorProto.FLOAT, ["batch", 3, 64, 64])], [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    set_metadata(model, META)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_fp16_mode_per_version():
+    assert trtmod.fp16_mode("10.13.0.35", True) == "builder_flag"
+    assert trtmod.fp16_mode("10.0.1", False) == "fp32"
+    assert trtmod.fp16_mode("11.4.1", True) == "strongly_typed"
+    assert trtmod.fp16_mode("11.0.0", False) == "fp32"
+    with pytest.raises(HarmonicError, match="too old"):
+        trtmod.fp16_mode("8.6.1", True)
+    with pytest.raises(HarmonicError, match="cannot parse"):
+        trtmod.fp16_mode("dev", True)
+
+
+def test_profile_shapes():
+    assert trtmod.profile_shapes(320, 1, 4, 8) == {"min": (1, 3, 320, 320), "opt": (4, 3, 320, 320),
+                                                   "max": (8, 3, 320, 320)}
+    assert trtmod.profile_shapes(64, fixed_batch=2)["max"] == (2, 3, 64, 64)
+    for bad in ((0, 1, 8), (4, 2, 8), (1, 9, 8)):
+        with pytest.raises(HarmonicError, match="min-batch"):
+            trtmod.profile_shapes(64, *bad)
+    with pytest.raises(HarmonicError, match="fixed batch 1"):
+        trtmod.profile_shapes(64, 1, 2, 4, fixed_batch=1)
+
+
+def test_trtexec_command():
+    shapes = trtmod.profile_shapes(320, 1, 2, 8)
+    cmd = trtmod.trtexec_command("m.onnx", "m.engine", shapes, "builder_flag", 2.0, "cache.bin")
+    assert cmd == ("trtexec --onnx=m.onnx --saveEngine=m.engine --minShapes=images:1x3x320x320 "
+                   "--optShapes=images:2x3x320x320 --maxShapes=images:8x3x320x320 "
+                   "--memPoolSize=workspace:2048M --fp16 --timingCacheFile=cache.bin")
+    assert trtmod.trtexec_command("m.onnx", "e", shapes, "strongly_typed").endswith("--stronglyTyped")
+    assert "--fp16" not in trtmod.trtexec_command("m.onnx", "e", shapes, "fp32")
+
+
+def test_sidecar_dict():
+    side = trtmod.sidecar_dict(META, tensorrt_version="10.13.0", gpu="Orin", compute_capability="8.7", fp16=True,
+                               shapes=trtmod.profile_shapes(64, 1, 2, 4))
+    assert side["names"] == ["a", "b"] and side["img_size"] == 64 and side["max_det"] == 10
+    assert side["score_threshold"] == 0.01 and side["mean"] == [0.5, 0.5, 0.5]
+    assert side["tensorrt"] == "10.13.0" and side["versions"] == {"torch": "x", "tensorrt": "10.13.0"}
+    assert side["gpu"] == "Orin" and side["compute_capability"] == "8.7" and side["fp16"] is True
+    assert side["profile"] == {"min": 1, "opt": 2, "max": 4}
+    assert side["checkpoint_sha256"] == "ab" * 32 and side["harmonic.format"] == "harmonicdet-onnx"
+
+
+def test_import_error_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(HarmonicError, match=r'pip install "harmonicdet\[trt\]"'):
+        trtmod.import_tensorrt()
+
+
+def test_build_engine_trt10_fp16(tiny_onnx, tmp_path, monkeypatch):
+    fake = fake_tensorrt("10.13.0.35")
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"old")
+    engine = trtmod.build_engine(tiny_onnx, tmp_path / "m.engine", fp16=True, profile=(1, 2, 8), workspace_gb=2,
+                                 timing_cache=cache)
+    assert engine.read_bytes() == b"PLAN-BYTES"  # the plain plan, no header
+    assert cache.read_bytes() == b"old+timed"
+    side = json.loads((tmp_path / "m.engine.json").read_text())
+    assert side["fp16"] is True and side["profile"] == {"min": 1, "opt": 2, "max": 8} and side["tensorrt"] == "10.13.0.35"
+    assert side["img_size"] == 64 and side["names"] == ["a", "b"]
+    c = fake.calls
+    assert ("create_network", 0) in c and ("set_flag", "FP16") in c
+    assert ("set_memory_pool_limit", "WORKSPACE", 2 << 30) in c
+    assert ("add_optimization_profile", ("images", (1, 3, 64, 64), (2, 3, 64, 64), (8, 3, 64, 64))) in c
+    assert ("create_timing_cache", b"old") in c and ("set_timing_cache", False) in c
+    parse = [x for x in c if x[0] == "parse_from_file"][0]
+    assert parse[1] == str(tiny_onnx) and parse[2] == TensorProto.FLOAT
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.engine.json", "m.onnx", "timing.cache"]
+
+
+def test_build_engine_trt11_fp16_is_strongly_typed_from_fp16_onnx(tiny_onnx, tmp_path, monkeypatch):
+    fake = fake_tensorrt("11.4.1")
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    trtmod.build_engine(tiny_onnx, tmp_path / "m.engine", fp16=True)
+    c = fake.calls
+    assert ("create_network", 1 << 3) in c
+    assert not [x for x in c if x[0] == "set_flag"]
+    parse = [x for x in c if x[0] == "parse_from_file"][0]
+    assert parse[1] != str(tiny_onnx) and parse[2] == TensorProto.FLOAT16  # a temporary FP16 copy
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.engine.json", "m.onnx"]  # temp removed
+
+
+@pytest.mark.parametrize("failure", ["parse", "build"])
+def test_failed_build_leaves_nothing(tiny_onnx, tmp_path, monkeypatch, failure):
+    fake = fake_tensorrt(plan=None) if failure == "build" else fake_tensorrt(parse_ok=False)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    match = "build failed" if failure == "build" else r"cannot parse the ONNX graph \(2 errors\): node 0: unsupported op"
+    with pytest.raises(HarmonicError, match=match):
+        trtmod.build_engine(tiny_onnx, tmp_path / "m.engine", timing_cache=tmp_path / "t.cache")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_existing_engine_refused_without_overwrite(tiny_onnx, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt())
+    (tmp_path / "m.engine").write_bytes(b"keep")
+    with pytest.raises(HarmonicError, match="already exists"):
+        trtmod.build_engine(tiny_onnx, tmp_path / "m.engine")
+    assert (tmp_path / "m.engine").read_bytes() == b"keep"
+    trtmod.build_engine(tiny_onnx, tmp_path / "m.engine", overwrite=True)
+    assert (tmp_path / "m.engine").read_bytes() == b"PLAN-BYTES"
+
+
+@pytest.mark.slow
+def test_fp16_conversion_of_a_real_graph(tmp_path, make_detector):
+    """The FP16 copy (TensorRT 11 path) is valid ONNX: float32 IO, FP16 weights, FP32 NMS inputs."""
+    from harmonic.export.onnx_export import export_model
+
+    model = make_detector("fcos", 64)
+    out = export_model(model, tmp_path / "m.onnx", img_size=64, conf=0.005, iou=0.6, max_det=20)
+    proto = trtmod.convert_onnx_fp16(onnx.load(str(out)))
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    types_ = {o.name: o.type.tensor_type.elem_type for o in proto.graph.output}
+    assert types_ == {"num_dets": TensorProto.INT32, "det_boxes": TensorProto.FLOAT,
+                      "det_scores": TensorProto.FLOAT, "det_classes": TensorProto.INT32}
+    assert all(i.data_type != TensorProto.FLOAT for i in proto.graph.initializer)
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    nms = [n for n in proto.graph.node if n.op_type == "NonMaxSuppression"][0]
+    for k in (0, 1):
+        src = producers[nms.input[k]]
+        assert src.op_type == "Cast" and src.attribute[0].i == TensorProto.FLOAT
+    # ONNX Runtime runs the FP16 copy too; detections stay close to FP32
+    from harmonic.export.verify import run_onnx, synthetic_images
+
+    fp16_path = tmp_path / "m16.onnx"
+    onnx.save(proto, str(fp16_path))
+    x = synthetic_images(2, 64)
+    a, b = run_onnx(out, x), run_onnx(fp16_path, x)
+    assert a["num_dets"][0, 0] > 0 and b["num_dets"][0, 0] > 0
+    np.testing.assert_allclose(b["det_scores"][:, 0], a["det_scores"][:, 0], rtol=2e-2)
+    np.testing.assert_allclose(b["det_boxes"][:, 0], a["det_boxes"][:, 0], atol=0.5)
