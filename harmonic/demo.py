@@ -181,19 +181,22 @@ def metrics_table(reports: dict[str, list[dict]]) -> tuple[str, dict[str, dict[s
 
 
 def latency_table(benches: dict[str, dict]) -> str:
-    """Markdown table of the inference benchmark (first seed of each loss)."""
-    rows = ["| run | backend | device | batch | engine-only p50 ms/batch | end-to-end p50 ms/batch | engine-only img/s | end-to-end img/s |",
-            "|---|---|---|---|---|---|---|---|"]
-    for loss, b in benches.items():
-        stages = b.get("stages", {})
-        eng = stages.get("engine", {}).get("p50_ms")
-        e2e = stages.get("end_to_end", {}).get("p50_ms")
-        thr = b.get("throughput", {})
+    """Markdown table of the inference benchmark (``bench.json`` of ``infer/run.py --bench``, first seed)."""
+    rows = ["| run | backend | device | batch | engine-only p50 ms/batch | end-to-end p50 ms/batch "
+            "| engine-only img/s | end-to-end img/s | end-to-end / engine-only |",
+            "|---|---|---|---|---|---|---|---|---|"]
 
-        def f(v: float | None, digits: int = 1) -> str:
-            return "n/a" if v is None else f"{v:.{digits}f}"
-        rows.append(f"| {LABELS[loss]} | {b.get('backend', '?')} | {b.get('device', '?')} | {b.get('batch_size', '?')} | "
-                    f"{f(eng, 2)} | {f(e2e, 2)} | {f(thr.get('engine_only_img_s'))} | {f(thr.get('end_to_end_img_s'))} |")
+    def f(v: float | None, digits: int = 1) -> str:
+        return "n/a" if v is None else f"{v:.{digits}f}"
+
+    for loss, b in benches.items():
+        eng, e2e = b.get("engine_only", {}), b.get("end_to_end", {})
+        eng_p50 = eng.get("latency_ms_per_batch", {}).get("p50")
+        e2e_p50 = e2e.get("stages", {}).get("end_to_end", {}).get("per_batch", {}).get("p50")
+        ratio = b.get("end_to_end_over_engine_only")
+        rows.append(f"| {LABELS[loss]} | {b.get('backend', '?')} | {b.get('device', '?')} | {b.get('batch', '?')} | "
+                    f"{f(eng_p50, 2)} | {f(e2e_p50, 2)} | {f(eng.get('throughput_img_s'))} | "
+                    f"{f(e2e.get('throughput_img_s'))} | {'n/a' if ratio is None else f'{100 * ratio:.0f}%'} |")
     return "\n".join(rows)
 
 

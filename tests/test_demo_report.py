@@ -25,8 +25,9 @@ def test_metrics_table_means_stds_and_delta():
 
 
 def test_latency_table_reads_bench_json():
-    bench = {"backend": "onnxruntime", "device": "cpu", "batch_size": 8,
-             "stages": {"engine": {"p50_ms": 12.345}, "end_to_end": {"p50_ms": 20.0}},
-             "throughput": {"engine_only_img_s": 648.0, "end_to_end_img_s": 400.0}}
+    bench = {"backend": "onnxruntime", "device": "cpu", "batch": 8,
+             "engine_only": {"latency_ms_per_batch": {"p50": 12.345}, "throughput_img_s": 648.0},
+             "end_to_end": {"throughput_img_s": 400.0, "stages": {"end_to_end": {"per_batch": {"p50": 20.0}}}},
+             "end_to_end_over_engine_only": 400.0 / 648.0}
     md = latency_table({"baseline": bench})
-    assert "| Baseline | onnxruntime | cpu | 8 | 12.35 | 20.00 | 648.0 | 400.0 |" in md
+    assert "| Baseline | onnxruntime | cpu | 8 | 12.35 | 20.00 | 648.0 | 400.0 | 62% |" in md

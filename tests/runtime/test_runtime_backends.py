@@ -2,7 +2,7 @@ import logging
 
 import numpy as np
 import pytest
-from runtime_graphs import NAMES, S, make_graph
+from .runtime_graphs import NAMES, S, make_graph
 
 from harmonic.errors import HarmonicError
 from harmonic.runtime import open_backend

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from runtime_graphs import NAMES, make_graph, write_images
+from .runtime_graphs import NAMES, make_graph, write_images
 
 ROOT = Path(__file__).resolve().parents[2]
 # torch, torchvision and onnx behave as if not installed: an import hook raises ModuleNotFoundError.

@@ -2,7 +2,7 @@ import threading
 
 import numpy as np
 import pytest
-from runtime_graphs import write_images
+from .runtime_graphs import write_images
 
 from harmonic.errors import HarmonicError
 from harmonic.runtime import open_backend

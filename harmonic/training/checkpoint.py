@@ -1,0 +1,165 @@
+"""Checkpoints: atomic writes, validated loads, and rebuilding a model from one.
+
+Layout (docs/CONTRACTS.md)::
+
+    {"format": "harmonicdet-checkpoint", "format_version": 1, "spec": ModelSpec.to_dict(),
+     "model": state_dict, "optimizer": ..., "scheduler": ..., "scaler": ... | None,
+     "epoch": int, "rng": {...}, "metrics": {...}, "args": {...}, "versions": {...}}
+
+Everything stored is plain Python types and tensors, so ``torch.load(weights_only=True)``
+reads it without executing pickled code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from harmonic.errors import HarmonicError
+from harmonic.models.spec import CHECKPOINT_FORMAT, FORMAT_VERSION, ModelSpec
+
+
+def versions() -> dict[str, str]:
+    """Library versions recorded in each checkpoint."""
+    import torchvision
+
+    import harmonic
+
+    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "harmonic": harmonic.__version__}
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically: temp file in the same directory, fsync, ``os.replace``.
+
+    ``format`` and ``format_version`` are filled in if missing. A crash at any point leaves
+    either the previous file or the new one, never a partial file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = dict(state)
+    state.setdefault("format", CHECKPOINT_FORMAT)
+    state.setdefault("format_version", FORMAT_VERSION)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and validate a HarmonicDet checkpoint (``weights_only=True``).
+
+    Raises ``HarmonicError`` naming the file when it is missing, corrupt or truncated, not a
+    HarmonicDet checkpoint, or written by a newer format version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HarmonicError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HarmonicError(f"{path}: corrupt or truncated checkpoint ({first[:200]})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise HarmonicError(f"{path}: not a HarmonicDet checkpoint")
+    version = ckpt.get("format_version")
+    if not isinstance(version, int):
+        raise HarmonicError(f"{path}: checkpoint has no valid format_version")
+    if version > FORMAT_VERSION:
+        raise HarmonicError(
+            f"{path}: checkpoint format_version {version} is newer than this HarmonicDet "
+            f"supports ({FORMAT_VERSION}); upgrade harmonicdet")
+    for key in ("spec", "model"):
+        if key not in ckpt:
+            raise HarmonicError(f"{path}: checkpoint has no {key!r} entry")
+    return ckpt
+
+
+def spec_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "") -> ModelSpec:
+    """The ``ModelSpec`` stored in a loaded checkpoint dict."""
+    try:
+        return ModelSpec.from_dict(ckpt["spec"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise HarmonicError(f"{path}: invalid model spec in checkpoint ({exc})") from exc
+
+
+def model_from_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
+    """Rebuild the detector stored in ``path``: ``(model in eval mode on device, spec, ckpt dict)``.
+
+    A state dict that does not fit the spec's architecture raises ``HarmonicError`` naming the file.
+    """
+    from harmonic.models import build_from_spec
+
+    ckpt = load_checkpoint(path, map_location="cpu")
+    spec = spec_from_checkpoint(ckpt, path)
+    try:
+        model = build_from_spec(spec)
+    except (KeyError, ValueError) as exc:
+        raise HarmonicError(f"{path}: cannot build model {spec.name!r} from checkpoint ({exc})") from exc
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise HarmonicError(f"{path}: weights do not match model spec {spec.name!r} ({first[:200]})") from exc
+    model.to(device).eval()
+    return model, spec, ckpt
+
+
+# ---------------------------------------------------------------- RNG state (weights_only-safe)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy, torch CPU (and CUDA) RNG states as plain types and tensors."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": {"name": str(np_state[0]), "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` returned."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = [s.cpu() for s in state["cuda"]]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
