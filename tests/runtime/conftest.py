@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+
 from .runtime_graphs import make_graph, write_images
 
 

@@ -2,7 +2,6 @@ import logging
 
 import numpy as np
 import pytest
-from .runtime_graphs import NAMES, S, make_graph
 
 from harmonic.errors import HarmonicError
 from harmonic.runtime import open_backend
@@ -17,6 +16,8 @@ from harmonic.runtime.backends.tensorrt_backend import (
 )
 from harmonic.runtime.pipeline import run_engine
 from harmonic.runtime.postprocess import split_outputs
+
+from .runtime_graphs import NAMES, S, make_graph
 
 
 def _batch(n, seed=0):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from .runtime_graphs import NAMES, make_graph, write_images
 
 ROOT = Path(__file__).resolve().parents[2]

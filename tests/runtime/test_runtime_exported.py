@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+
 from .test_runtime_cli import ROOT, run_infer
 
 

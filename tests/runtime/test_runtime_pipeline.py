@@ -2,13 +2,14 @@ import threading
 
 import numpy as np
 import pytest
-from .runtime_graphs import write_images
 
 from harmonic.errors import HarmonicError
 from harmonic.runtime import open_backend
 from harmonic.runtime.bench import end_to_end, format_table, summarize
 from harmonic.runtime.pipeline import BatchTiming, RunStats, infer_images, infer_sequential, iter_batches
 from harmonic.runtime.sources import expand_sources
+
+from .runtime_graphs import write_images
 
 
 @pytest.mark.parametrize("batch", [1, 3, 4])

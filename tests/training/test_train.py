@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from .training_helpers import IMG, make_args
 
 from harmonic.errors import HarmonicError
 from harmonic.training import cli as train_cli
 from harmonic.training.checkpoint import load_checkpoint, model_from_checkpoint
 from harmonic.training.cli import main, train
 from harmonic.training.logging_utils import read_jsonl
+
+from .training_helpers import IMG, make_args
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = "retinanet_resnet18_fpn"
