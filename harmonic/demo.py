@@ -36,17 +36,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("harmonic demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/demo", help="output folder (REPORT.md goes here)")
     p.add_argument("--model", default="retinanet_resnet18_fpn")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", type=int, default=1, help="train each loss with seeds 0..N-1; tables give mean ± std")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda")
-    p.add_argument("--img-size", type=int, default=256)
+    p.add_argument("--img-size", type=int, default=160)
     p.add_argument("--num-train", type=int, default=400)
     p.add_argument("--num-val", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--fpn-channels", type=int, default=128, help="lighter FPN/head so a CPU demo fits in minutes")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the trainer's)")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    p.add_argument("--model-option", action="append", default=None, metavar="KEY=VALUE",
+                   help="builder options passed to training (default for the CPU demo: anchor_size=16, head_norm=gn: "
+                        "small anchors for small images, GroupNorm heads train faster from scratch)")
     p.add_argument("--backbone-weights", default=None, help="DEFAULT (torchvision ImageNet) or a local state dict")
-    p.add_argument("--workers", type=int, default=2, help="data-loader workers for training")
+    p.add_argument("--workers", type=int, default=1, help="data-loader workers for training")
     p.add_argument("--data", default=None, help="use this dataset.yaml instead of generating synthetic data")
     p.add_argument("--keep", action="store_true", help="reuse finished stages found in --out")
     return p
@@ -61,6 +64,15 @@ def _device(arg: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     except ImportError:
         return "cpu"
+
+
+def _model_options(args: argparse.Namespace) -> list[str]:
+    """Builder options for training: the user's, else the CPU-demo defaults (RetinaNet on synthetic data only)."""
+    if args.model_option is not None:
+        return args.model_option
+    if args.data is None and args.model.startswith("retinanet"):
+        return ["anchor_size=16", "head_norm=gn"]
+    return []
 
 
 def _run(cmd: Sequence[str], step: str, env: dict[str, str] | None = None) -> float:
@@ -263,8 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "--data", data_yaml, "--model", args.model, "--loss", loss, "--epochs", args.epochs,
                     "--batch-size", args.batch_size, "--img-size", args.img_size, "--out", run,
                     "--seed", seed, "--device", device, "--fpn-channels", args.fpn_channels]
-                if args.lr is not None:
-                    cmd += ["--lr", args.lr]
+                cmd += ["--optimizer", "adamw", "--lr", args.lr, "--warmup-iters", 50]
+                for opt in _model_options(args):
+                    cmd += ["--model-option", opt]
                 if args.backbone_weights:
                     cmd += ["--backbone-weights", args.backbone_weights]
                 cmd += ["--workers", args.workers]

@@ -43,6 +43,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-grad", type=float, default=10.0, help="max gradient norm (0 disables)")
     p.add_argument("--backbone-weights", default=None, help="DEFAULT (torchvision ImageNet) or a state-dict path")
     p.add_argument("--fpn-channels", type=int, default=None, help="FPN width (builder option)")
+    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra builder option, repeatable (e.g. anchor_size=16, head_norm=gn)")
+    p.add_argument("--loss-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="HarmonicDet loss option, repeatable (alpha, gamma, margin, tc_mode, tc_weight, detach_factors)")
     p.add_argument("--max-iters-per-epoch", type=int, default=None, help="cap iterations per epoch (quick runs)")
     p.add_argument("--log-every", type=int, default=20, help="JSONL record every N iterations")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (0: never; last epoch always)")
@@ -122,18 +126,33 @@ def _build_data(args: argparse.Namespace, img_size: int, dist_info, seed: int):
     return names, train_loader, sampler, gen, val_loader, val_records
 
 
+def parse_key_values(items: list[str], flag: str) -> dict[str, Any]:
+    """``["a=1", "b=true", "c=gn"]`` -> ``{"a": 1, "b": True, "c": "gn"}`` (values parsed as YAML scalars)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise HarmonicError(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
 def _build_model(args: argparse.Namespace, num_classes: int, names: list[str], img_size: int):
     """``(model, ModelSpec)`` for a fresh run."""
     from harmonic.models import MODELS, build_detector, model_spec
 
     if args.model not in MODELS:
         raise HarmonicError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
-    options: dict[str, Any] = {}
+    options = parse_key_values(args.model_option, "--model-option")
     if args.fpn_channels is not None:
         options["fpn_channels"] = args.fpn_channels
+    loss_options = parse_key_values(args.loss_option, "--loss-option")
     model = build_detector(args.model, num_classes, loss=args.loss, img_size=img_size,
-                           backbone_weights=args.backbone_weights, **options)
-    spec = model_spec(args.model, num_classes, names, img_size=img_size, loss=args.loss, options=options)
+                           backbone_weights=args.backbone_weights, loss_options=loss_options, **options)
+    spec = model_spec(args.model, num_classes, names, img_size=img_size, loss=args.loss,
+                      loss_options=loss_options, options=options)
     return model, spec
 
 

@@ -52,3 +52,13 @@ def test_adamw_and_unknown():
     assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["lr"] == 1e-4
     with pytest.raises(HarmonicError, match="unknown optimizer 'lamb'"):
         build_optimizer(nn.Linear(2, 2), "lamb")
+
+
+def test_parse_key_values_yaml_scalars():
+    from harmonic.errors import HarmonicError
+    from harmonic.training.cli import parse_key_values
+
+    assert parse_key_values(["anchor_size=16", "head-norm=gn", "detach_factors=true", "alpha=1.5"], "--x") == {
+        "anchor_size": 16, "head_norm": "gn", "detach_factors": True, "alpha": 1.5}
+    with pytest.raises(HarmonicError, match="--x expects KEY=VALUE"):
+        parse_key_values(["oops"], "--x")
