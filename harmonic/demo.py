@@ -154,7 +154,7 @@ METRICS: list[tuple[str, tuple[str, ...], float]] = [
     ("AP50:90 (VOC-style)", ("voc", "mean"), 100), ("AP75", ("coco", "AP75"), 100),
     ("Spearman ρ(score, IoU) ↑", ("consistency", "spearman"), 1),
     ("Kendall τ(score, IoU) ↑", ("consistency", "kendall"), 1),
-    ("AIC = mean |score − IoU| ↓", ("consistency", "aic"), 1),
+    ("AIC = mean abs(score − IoU) ↓", ("consistency", "aic"), 1),
     ("harmonious fraction @0.5 ↑", ("consistency", "harmonious_0.5"), 1),
     ("harmonious fraction @0.7 ↑", ("consistency", "harmonious_0.7"), 1),
     ("NMS regret rate ↓", ("regret", "rate"), 1),
