@@ -29,6 +29,19 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return iou
 
 
+def iou_one_to_many(box: np.ndarray, area: float, others: np.ndarray, other_areas: np.ndarray) -> np.ndarray:
+    """IoU of one ``box[4]`` (with its ``area``) against ``others[M, 4]`` (with ``other_areas[M]``) -> ``[M]``.
+
+    The inner step of greedy NMS; areas are passed in because NMS computes them once.
+    """
+    lt = np.maximum(box[:2], others[:, :2])
+    rb = np.minimum(box[2:], others[:, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[:, 0] * wh[:, 1]
+    union = area + other_areas - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Greedy NMS. ``boxes[N, 4]``, ``scores[N]`` -> kept indices ``int64[K]`` by decreasing score.
 
@@ -45,13 +58,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
         rest = order[1:]
         if not rest.size:
             break
-        lt = np.maximum(boxes[i, :2], boxes[rest, :2])
-        rb = np.minimum(boxes[i, 2:], boxes[rest, 2:])
-        wh = np.clip(rb - lt, 0, None)
-        inter = wh[:, 0] * wh[:, 1]
-        union = areas[i] + areas[rest] - inter
-        iou = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-        order = rest[iou <= iou_threshold]
+        order = rest[iou_one_to_many(boxes[i], areas[i], boxes[rest], areas[rest]) <= iou_threshold]
     return np.asarray(keep, dtype=np.int64)
 
 

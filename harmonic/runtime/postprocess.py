@@ -10,6 +10,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from harmonic.boxes import box_area, iou_one_to_many
 from harmonic.data.letterbox import LetterboxInfo, unletterbox_boxes
 
 
@@ -65,7 +66,7 @@ def topk_batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
     order = np.argsort(-np.asarray(scores), kind="stable")
     boxes = np.asarray(boxes, dtype=np.float32)[order]
     classes = np.asarray(classes)[order]
-    areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    areas = box_area(boxes)
     alive = np.ones(order.size, dtype=bool)
     keep: list[int] = []
     pos = 0
@@ -79,13 +80,7 @@ def topk_batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
         pos = i + 1
         rest = pos + np.flatnonzero(alive[pos:] & (classes[pos:] == classes[i]))
         if rest.size:
-            lt = np.maximum(boxes[i, :2], boxes[rest, :2])
-            rb = np.minimum(boxes[i, 2:], boxes[rest, 2:])
-            wh = np.clip(rb - lt, 0, None)
-            inter = wh[:, 0] * wh[:, 1]
-            union = areas[i] + areas[rest] - inter
-            iou = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-            alive[rest[iou > iou_threshold]] = False
+            alive[rest[iou_one_to_many(boxes[i], areas[i], boxes[rest], areas[rest]) > iou_threshold]] = False
     return order[np.asarray(keep, dtype=np.int64)]
 
 
