@@ -21,7 +21,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "synth": ("harmonic.data.synth", "main", "write the synthetic dataset"),
     "eval": ("harmonic.evaluation.cli", "main_eval", "COCO AP, AP50..AP90 and score-IoU consistency"),
     "compare": ("harmonic.evaluation.cli", "main_compare", "paper-style table of several reports"),
-    "demo": ("harmonic.demo", "main", "baseline vs HarmonicDet, end to end, on synthetic data"),
+    "demo": ("harmonic.experiments.demo", "main", "baseline vs HarmonicDet, end to end, on synthetic data"),
+    "ablate": ("harmonic.experiments.ablate", "main", "the paper's ablation: which loss term buys what"),
 }
 
 

@@ -1,4 +1,4 @@
-"""`make demo`: baseline vs HarmonicDet on synthetic data, end to end (see harmonic/demo.py)."""
+"""`make demo`: baseline vs HarmonicDet on synthetic data, end to end (see harmonic/experiments/demo.py)."""
 
 import sys
 from pathlib import Path

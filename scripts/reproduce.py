@@ -1,9 +1,10 @@
 """Reproduce the paper's comparison on a real dataset (PASCAL VOC, COCO, or yours), on a GPU machine.
 
-For each model and seed: train with the standard loss and with HarmonicDet, export
-to ONNX with NMS, run the torch-free inference with accuracy/consistency/benchmark,
-compute NMS regret from the raw graph, and write one REPORT.md per model (the same
-report as ``make demo``) plus ``runs/reproduce/SUMMARY.md``.
+For each model: the demo's experiment (``harmonic.experiments``: the same runner as ``harmonic demo``
+and ``harmonic ablate``) on your dataset, with the paper-scale recipe below: train baseline and
+HarmonicDet for each seed, export to ONNX with NMS, run the torch-free inference with accuracy,
+consistency and benchmark, compute NMS regret from the raw graph, and write one REPORT.md per model
+(deltas with paired-bootstrap intervals) plus ``runs/reproduce/SUMMARY.md``.
 
 Example (VOC07+12 trainval -> VOC07 test, the paper's Table 1 protocol):
 
@@ -19,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harmonic import demo  # noqa: E402
 from harmonic.cli import run_guarded  # noqa: E402
+from harmonic.experiments import demo  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--img-size", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    p.add_argument("--lr", type=float, default=None, help="default: the train command's for the optimizer")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--backbone-weights", default="DEFAULT")
     p.add_argument("--device", default="auto")
@@ -42,9 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     for model in args.models:
         out = Path(args.out) / model
         demo_args = ["--data", args.data, "--model", model, "--seeds", str(args.seeds), "--epochs", str(args.epochs),
-                     "--img-size", str(args.img_size), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
-                     "--fpn-channels", "256", "--backbone-weights", args.backbone_weights, "--device", args.device,
-                     "--out", str(out)] + (["--lr", str(args.lr)] if args.lr else []) + (["--keep"] if args.keep else [])
+                     "--img-size", str(args.img_size), "--batch-size", str(args.batch_size),
+                     "--workers", str(args.workers), "--fpn-channels", "256", "--optimizer", args.optimizer,
+                     "--augment", "full", "--backbone-weights", args.backbone_weights, "--device", args.device,
+                     "--out", str(out)]
+        if args.lr is not None:
+            demo_args += ["--lr", str(args.lr)]
+        if args.keep:
+            demo_args.append("--keep")
         rc = run_guarded(demo.main, demo_args)
         if rc:
             return rc

@@ -221,19 +221,30 @@ def _object_fill(rng: np.random.Generator, bg_mean: np.ndarray, box: tuple[int, 
     return color.astype(np.float32) + shade[..., None]
 
 
-def render_image(seed: int, split_id: int, index: int, img_size: int,
-                 num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+# P(n objects) for n = 1..8; a smaller --max-objects truncates and renormalises it
+OBJECT_COUNT_P = (0.1, 0.15, 0.2, 0.2, 0.15, 0.1, 0.05, 0.05)
+DEFAULT_SCALE = (0.04, 0.5)
+
+
+def render_image(seed: int, split_id: int, index: int, img_size: int, num_classes: int,
+                 scale: tuple[float, float] = DEFAULT_SCALE,
+                 max_objects: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One synthetic image: ``(image uint8[H, W, 3] BGR, boxes float32[N, 4] xyxy, labels int64[N] 0-based)``.
 
-    Deterministic in ``(seed, split_id, index)``.
+    Deterministic in ``(seed, split_id, index)`` and the settings.
     """
-    img, boxes, labels, _ = render_scene(seed, split_id, index, img_size, num_classes)
+    img, boxes, labels, _ = render_scene(seed, split_id, index, img_size, num_classes, scale, max_objects)
     return img, boxes, labels
 
 
-def render_scene(seed: int, split_id: int, index: int, img_size: int,
-                 num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
-    """:func:`render_image` plus each object's full mask ``uint8[H, W]`` (0/1), in drawing (z) order."""
+def render_scene(seed: int, split_id: int, index: int, img_size: int, num_classes: int,
+                 scale: tuple[float, float] = DEFAULT_SCALE,
+                 max_objects: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+    """:func:`render_image` plus each object's full mask ``uint8[H, W]`` (0/1), in drawing (z) order.
+
+    ``scale`` = (smallest, largest) object size as a fraction of ``img_size`` (log-uniform between;
+    never below 10 px); ``max_objects`` in 1..8 caps the number of objects per image.
+    """
     rng = np.random.default_rng([seed, split_id, index])
     h = w = img_size
     if rng.uniform() < 0.3:  # some non-square images, so letterboxing is exercised
@@ -246,11 +257,13 @@ def render_scene(seed: int, split_id: int, index: int, img_size: int,
     _clutter(rng, img, int(rng.integers(0, 7)))
 
     names = list(SHAPES)[:num_classes]
-    n_obj = int(rng.choice(np.arange(1, 9), p=[0.1, 0.15, 0.2, 0.2, 0.15, 0.1, 0.05, 0.05]))
+    count_p = np.asarray(OBJECT_COUNT_P[:max_objects])
+    n_obj = int(rng.choice(np.arange(1, max_objects + 1), p=count_p / count_p.sum()))
     ids = np.zeros((h, w), np.int16)  # topmost object id per pixel (0 = background)
     areas: list[int] = []
     objects: list[tuple[int, np.ndarray, tuple[int, int, int, int], int]] = []  # (label, mask, rect, z)
-    lo_size, hi_size = max(10.0, 0.04 * img_size), 0.5 * img_size
+    lo_size = max(10.0, scale[0] * img_size)
+    hi_size = max(lo_size, scale[1] * img_size)
     for _ in range(n_obj):
         for _attempt in range(12):
             label = int(rng.integers(num_classes))
@@ -291,9 +304,9 @@ def render_scene(seed: int, split_id: int, index: int, img_size: int,
     return out, boxes, labels, [m for _, m, _, _ in objects]
 
 
-def _render_to_file(job: tuple[int, int, int, int, int, str]) -> ImageRecord:
-    seed, split_id, index, img_size, num_classes, path = job
-    img, boxes, labels = render_image(seed, split_id, index, img_size, num_classes)
+def _render_to_file(job: tuple) -> ImageRecord:
+    seed, split_id, index, img_size, num_classes, scale, max_objects, path = job
+    img, boxes, labels = render_image(seed, split_id, index, img_size, num_classes, scale, max_objects)
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])
     if not ok:
         raise HarmonicError(f"{path}: cannot encode image")
@@ -313,13 +326,20 @@ def _run_jobs(jobs: list[tuple], workers: int) -> list[ImageRecord]:
 
 
 def generate(out_dir: str | Path, num_train: int, num_val: int, seed: int = 0, img_size: int = 256,
-             num_classes: int = 3, workers: int | None = None) -> Path:
+             num_classes: int = 3, workers: int | None = None, scale: tuple[float, float] = DEFAULT_SCALE,
+             max_objects: int = 8) -> Path:
     """Write the synthetic dataset under ``out_dir`` and return the path of its ``dataset.yaml``.
 
     ``workers`` processes render the images (default: CPU count, one process for
-    small sets); the output does not depend on it.
+    small sets); the output does not depend on it. ``scale`` and ``max_objects``: see
+    :func:`render_scene`.
     """
     names = class_names(num_classes)
+    scale = (float(scale[0]), float(scale[1]))
+    if not 0 < scale[0] <= scale[1] <= 1:
+        raise HarmonicError(f"synth: --scale must satisfy 0 < MIN <= MAX <= 1, got {scale[0]} {scale[1]}")
+    if not 1 <= max_objects <= len(OBJECT_COUNT_P):
+        raise HarmonicError(f"synth: --max-objects must be 1..{len(OBJECT_COUNT_P)}, got {max_objects}")
     if num_train < 0 or num_val < 0:
         raise HarmonicError("synth: --num-train and --num-val must be >= 0")
     if img_size < 32:
@@ -334,14 +354,16 @@ def generate(out_dir: str | Path, num_train: int, num_val: int, seed: int = 0, i
         for stale in img_dir.glob("[0-9][0-9][0-9][0-9][0-9][0-9].jpg"):  # an earlier, larger run
             if int(stale.stem) > n:
                 stale.unlink()
-        jobs = [(seed, split_id, i, img_size, num_classes, str(img_dir / f"{i + 1:06d}.jpg")) for i in range(n)]
+        jobs = [(seed, split_id, i, img_size, num_classes, scale, max_objects, str(img_dir / f"{i + 1:06d}.jpg"))
+                for i in range(n)]
         records = _run_jobs(jobs, workers)
         write_coco(records, names, out / "annotations" / f"{split}.json")
         splits[split] = {"images": f"images/{split}", "annotations": f"annotations/{split}.json"}
         log.info("synth: %s: %d images, %d objects", split, n, sum(len(r.labels) for r in records))
     config = {"names": names, **splits}
     yaml_path = out / "dataset.yaml"
-    header = f"# harmonic synth --seed {seed} --img-size {img_size} --classes {num_classes}\n"
+    header = (f"# harmonic synth --seed {seed} --img-size {img_size} --classes {num_classes} "
+              f"--scale {scale[0]:g} {scale[1]:g} --max-objects {max_objects}\n")
     yaml_path.write_text(header + yaml.safe_dump(config, sort_keys=False, default_flow_style=None), encoding="utf-8")
     log.info("synth: wrote %s in %.1f s", yaml_path, time.perf_counter() - t0)
     return yaml_path
@@ -355,6 +377,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--img-size", type=int, default=256, help="longer image side in pixels")
     p.add_argument("--classes", type=int, default=3, help=f"number of shape classes (1..{MAX_CLASSES})")
+    p.add_argument("--scale", type=float, nargs=2, default=DEFAULT_SCALE, metavar=("MIN", "MAX"),
+                   help="object size range as a fraction of the image side (default 0.04 0.5)")
+    p.add_argument("--max-objects", type=int, default=8, help="at most this many objects per image (1..8)")
     p.add_argument("--workers", type=int, default=None, help="rendering processes (default: CPU count)")
     return p
 
@@ -364,7 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     t0 = time.perf_counter()
     path = generate(args.out, args.num_train, args.num_val, seed=args.seed, img_size=args.img_size,
-                    num_classes=args.classes, workers=args.workers)
+                    num_classes=args.classes, workers=args.workers, scale=tuple(args.scale),
+                    max_objects=args.max_objects)
     print(f"wrote {path} ({args.num_train} train + {args.num_val} val images, "
           f"{time.perf_counter() - t0:.1f} s)")
     return 0

@@ -16,6 +16,7 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelP6P7
 
 from harmonic.errors import HarmonicError
 from harmonic.losses import HarmonicConfig, HarmonicDetLoss
+from harmonic.models.backbones import resnet10s
 from harmonic.models.spec import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ LOSSES = ("harmonic", "baseline")
 RESNETS: dict[str, tuple[Callable[..., nn.Module], Any]] = {
     "resnet18": (resnet18, ResNet18_Weights),
     "resnet50": (resnet50, ResNet50_Weights),
+    "resnet10s": (resnet10s, None),  # no ImageNet weights: random init or a local state dict
 }
 
 
@@ -92,12 +94,16 @@ def resolve_backbone_weights(backbone_weights: str | None, enum: Any) -> tuple[A
     if backbone_weights is None:
         return None, None
     text = str(backbone_weights)
-    if text == "DEFAULT" or text in getattr(enum, "__members__", {}):
+    if enum is None and text == "DEFAULT":
+        raise HarmonicError("this backbone has no torchvision weights: --backbone-weights takes a local "
+                            "state-dict path here, or omit it to train from scratch")
+    if enum is not None and text == "DEFAULT" or text in getattr(enum, "__members__", {}):
         return enum.verify(text), None
     path = Path(text)
     if not path.is_file():
         raise HarmonicError(
-            f"{path}: backbone weights file not found (use DEFAULT for torchvision's {enum.__name__})"
+            f"{path}: backbone weights file not found"
+            + (f" (use DEFAULT for torchvision's {enum.__name__})" if enum is not None else "")
         )
     return None, path
 
@@ -113,7 +119,7 @@ def resnet_fpn_backbone(
     """A torchvision ResNet + FPN for detection.
 
     Args:
-        arch: ``"resnet18"`` or ``"resnet50"``.
+        arch: ``"resnet18"``, ``"resnet50"`` or ``"resnet10s"`` (:mod:`harmonic.models.backbones`).
         backbone_weights: ``None`` (random init: trainable ``nn.BatchNorm2d``, all layers trainable,
             because FrozenBatchNorm2d with identity statistics cannot learn), ``"DEFAULT"``
             (torchvision ImageNet weights: FrozenBatchNorm2d, 3 trainable stages, as torchvision)

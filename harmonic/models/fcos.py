@@ -33,7 +33,8 @@ from harmonic.models.retinanet import drop_background
 
 log = logging.getLogger(__name__)
 
-FCOS_NAMES = {"fcos_resnet18_fpn": "resnet18", "fcos_resnet50_fpn": "resnet50"}
+FCOS_NAMES = {"fcos_resnet10s_fpn": "resnet10s", "fcos_resnet18_fpn": "resnet18",
+              "fcos_resnet50_fpn": "resnet50"}
 _FCOS_KWARGS = frozenset(
     {"score_thresh", "nms_thresh", "detections_per_img", "topk_candidates", "center_sampling_radius"}
 )

@@ -55,6 +55,10 @@ class ModelInfo:
 
 
 MODELS: dict[str, ModelInfo] = {
+    "fcos_resnet10s_fpn": ModelInfo(
+        _fcos, "fcos", 128, 32, "FCOS, ResNet-10-slim-FPN (1.2M-param backbone); the CPU demo's"),
+    "retinanet_resnet10s_fpn": ModelInfo(
+        _retinanet, "retinanet", 128, 32, "RetinaNet, ResNet-10-slim-FPN; CPU-sized"),
     "retinanet_resnet18_fpn": ModelInfo(
         _retinanet, "retinanet", 320, 32, "RetinaNet, ResNet-18-FPN (P3-P7), focal loss; small/CPU"),
     "retinanet_resnet50_fpn": ModelInfo(

@@ -33,7 +33,8 @@ from harmonic.models.common import (
 
 log = logging.getLogger(__name__)
 
-RETINANET_NAMES = {"retinanet_resnet18_fpn": "resnet18", "retinanet_resnet50_fpn": "resnet50"}
+RETINANET_NAMES = {"retinanet_resnet10s_fpn": "resnet10s", "retinanet_resnet18_fpn": "resnet18",
+                   "retinanet_resnet50_fpn": "resnet50"}
 # torchvision RetinaNet keywords a user may set through builder options.
 _RETINANET_KWARGS = frozenset(
     {"score_thresh", "nms_thresh", "detections_per_img", "fg_iou_thresh", "bg_iou_thresh", "topk_candidates"}

@@ -35,11 +35,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, default=None, help="continue from a last.pt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="data-loader workers per process")
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
-    p.add_argument("--lr", type=float, default=None, help="base learning rate (default: 0.01 sgd, 1e-4 adamw)")
+    p.add_argument("--optimizer", default="auto", choices=["auto", "sgd", "adamw"],
+                   help="auto: AdamW lr 1e-3 when training from scratch (converges in far fewer steps), "
+                        "SGD lr 0.01 with --backbone-weights")
+    p.add_argument("--lr", type=float, default=None,
+                   help="base learning rate (default: 0.01 sgd, 1e-4 adamw, per auto's choice for auto)")
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--warmup-iters", type=int, default=500)
+    p.add_argument("--warmup-iters", type=int, default=None,
+                   help="linear warm-up iterations (default: --warmup-share of the run, at most 500)")
+    p.add_argument("--warmup-share", type=float, default=0.1,
+                   help="default warm-up as a share of all iterations (capped at 500 iterations)")
     p.add_argument("--clip-grad", type=float, default=10.0, help="max gradient norm (0 disables)")
     p.add_argument("--backbone-weights", default=None, help="DEFAULT (torchvision ImageNet) or a state-dict path")
     p.add_argument("--fpn-channels", type=int, default=None, help="FPN width (builder option)")
@@ -47,6 +53,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="extra builder option, repeatable (e.g. anchor_size=16, head_norm=gn)")
     p.add_argument("--loss-option", action="append", default=[], metavar="KEY=VALUE",
                    help="HarmonicDet loss option, repeatable (alpha, gamma, margin, tc_mode, tc_weight, detach_factors)")
+    p.add_argument("--augment", default="full", choices=["full", "flip", "none"],
+                   help="training augmentation: full (colour, flip, scale/translate jitter), flip only, none")
     p.add_argument("--max-iters-per-epoch", type=int, default=None, help="cap iterations per epoch (quick runs)")
     p.add_argument("--log-every", type=int, default=20, help="JSONL record every N iterations")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (0: never; last epoch always)")
@@ -97,6 +105,7 @@ def _build_data(args: argparse.Namespace, img_size: int, dist_info, seed: int):
     from harmonic.data.dataset import DetectionDataset, collate
     from harmonic.data.dataset_file import load_dataset_config
     from harmonic.data.readers import read_split
+    from harmonic.data.transforms import build_train_transforms
 
     cfg = load_dataset_config(args.data)
     if "train" not in cfg.splits:
@@ -105,7 +114,11 @@ def _build_data(args: argparse.Namespace, img_size: int, dist_info, seed: int):
     train_records = read_split(cfg.splits["train"], names)
     if not train_records:
         raise HarmonicError(f"{args.data}: the train split has no images")
-    train_ds = DetectionDataset(train_records, cfg.splits["train"].images, img_size, train=True)
+    train_ds = DetectionDataset(train_records, cfg.splits["train"].images, img_size, train=True,
+                                augment=args.augment != "none",
+                                transforms=(build_train_transforms(img_size, scale=(1.0, 1.0), translate=0.0,
+                                                                   color=False)
+                                            if args.augment == "flip" else None))
     gen = torch.Generator()
     gen.manual_seed(seed)
     sampler = None
@@ -220,9 +233,13 @@ def train(args: argparse.Namespace, stop_after_epoch: int | None = None) -> dict
                                 f"(--batch-size {args.batch_size} x {dist_info.world_size} processes)")
         if args.max_iters_per_epoch is not None:
             iters_per_epoch = min(iters_per_epoch, args.max_iters_per_epoch)
-        optimizer = build_optimizer(model, args.optimizer, args.lr, args.weight_decay, args.momentum)
-        scheduler = build_scheduler(optimizer, args.epochs * iters_per_epoch,
-                                    min(args.warmup_iters, max(1, args.epochs * iters_per_epoch // 3)))
+        opt_name, lr = resolve_optimizer(args.optimizer, args.lr, args.backbone_weights)
+        optimizer = build_optimizer(model, opt_name, lr, args.weight_decay, args.momentum)
+        total_iters = args.epochs * iters_per_epoch
+        warmup = warmup_iters(total_iters, args.warmup_iters, args.warmup_share)
+        if dist_info.is_main:
+            warn_short_schedule(total_iters, warmup, args.backbone_weights is not None)
+        scheduler = build_scheduler(optimizer, total_iters, warmup)
         scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
         start_epoch, best_ap, history = 0, -1.0, []
@@ -249,7 +266,8 @@ def train(args: argparse.Namespace, stop_after_epoch: int | None = None) -> dict
         if dist_info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             logger.write({"type": "start", "time": time.time(), "resume_epoch": start_epoch,
-                          "world_size": dist_info.world_size, "args": vars(args), "spec": spec.to_dict()})
+                          "world_size": dist_info.world_size, "args": vars(args), "spec": spec.to_dict(),
+                          "iters_per_epoch": iters_per_epoch, "total_iters": args.epochs * iters_per_epoch})
         last_path, best_path = out / "last.pt", out / "best.pt"
         epoch = start_epoch - 1
         for epoch in range(start_epoch, args.epochs):
@@ -296,6 +314,47 @@ def train(args: argparse.Namespace, stop_after_epoch: int | None = None) -> dict
                 "epochs_done": epoch + 1, "history": history, "model": model, "is_main": dist_info.is_main}
     finally:
         cleanup(dist_info)
+
+
+# Below this many optimizer steps a detector rarely converges (measured on the demo's synthetic shapes:
+# FCOS-ResNet10s from scratch reaches AP 30 after ~900 steps of batch 8, AP 40 after ~1500).
+MIN_STEPS = {"scratch": 1500, "pretrained": 500}
+MAX_WARMUP = 500
+
+
+def resolve_optimizer(name: str, lr: float | None, backbone_weights: str | None) -> tuple[str, float | None]:
+    """``--optimizer auto`` -> AdamW lr 1e-3 from scratch, SGD (its default lr) with pretrained weights."""
+    if name != "auto":
+        return name, lr
+    if backbone_weights is None:
+        return "adamw", 1e-3 if lr is None else lr
+    return "sgd", lr
+
+
+def warmup_iters(total_iters: int, requested: int | None, share: float) -> int:
+    """Warm-up length: ``requested``, else ``share`` of the run capped at :data:`MAX_WARMUP`; never
+    more than a third of the run (a warning says when ``requested`` is cut)."""
+    if not 0 <= share < 1:
+        raise HarmonicError(f"--warmup-share must be in [0, 1), got {share}")
+    if requested is not None and requested < 0:
+        raise HarmonicError(f"--warmup-iters must be >= 0, got {requested}")
+    limit = max(1, total_iters // 3)
+    if requested is None:
+        return min(MAX_WARMUP, limit, max(1, round(share * total_iters)))
+    if requested > limit:
+        log.warning("--warmup-iters %d is more than a third of the run's %d iterations: warming up for %d",
+                    requested, total_iters, limit)
+        return limit
+    return requested
+
+
+def warn_short_schedule(total_iters: int, warmup: int, pretrained: bool) -> None:
+    """Log a warning when the run has fewer optimizer steps than a detector needs to converge."""
+    need = MIN_STEPS["pretrained" if pretrained else "scratch"]
+    if total_iters < need:
+        log.warning("this run has only %d optimizer steps (%d of them warm-up); a detector trained %s usually "
+                    "needs at least %d: raise --epochs or lower --batch-size, or expect a low AP",
+                    total_iters, warmup, "from pretrained weights" if pretrained else "from scratch", need)
 
 
 def _summary(report: dict[str, Any] | None) -> dict[str, Any] | None:

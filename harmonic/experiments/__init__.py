@@ -1,0 +1,9 @@
+"""Experiments: one runner (train → export → infer → evaluate) behind three front ends.
+
+``harmonic demo`` (baseline vs HarmonicDet on synthetic data), ``harmonic ablate`` (the paper's
+Tables 3–5: which of its terms buys what) and ``scripts/reproduce.py`` (the demo's comparison on a
+real dataset) all call :func:`harmonic.experiments.runner.run_experiment`.
+
+Modules: ``runner`` (stages as subprocesses, exactly as a user runs them), ``stats`` (paired
+bootstrap over validation images), ``pictures`` (figures), ``report`` (REPORT.md / ABLATION.md).
+"""

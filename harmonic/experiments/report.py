@@ -1,0 +1,181 @@
+"""REPORT.md (baseline vs HarmonicDet) and ABLATION.md (one row per variant) from an experiment."""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+# (label, metric key of harmonic.experiments.stats.METRICS, scale, higher is better)
+ROWS: list[tuple[str, str, float, bool]] = [
+    ("AP (COCO, IoU .50:.95)", "AP", 100, True), ("AP50", "AP50", 100, True), ("AP60", "AP60", 100, True),
+    ("AP70", "AP70", 100, True), ("AP75", "AP75", 100, True), ("AP80", "AP80", 100, True),
+    ("AP90", "AP90", 100, True), ("Spearman ρ(score, IoU)", "spearman", 1, True),
+    ("Kendall τ(score, IoU)", "kendall", 1, True), ("AIC = mean abs(score − IoU)", "aic", 1, False),
+    ("NMS regret rate", "regret", 1, False),
+]
+# the floors a converged demo detector must reach (AP50 and AP in %)
+FLOORS = {"AP50": 60.0, "AP": 35.0}
+
+
+def machine_line(device: str) -> str:
+    return (f"device `{device}`, {platform.machine()} {platform.processor() or ''}".rstrip()
+            + f", {os.cpu_count()} logical cores, Python {platform.python_version()}")
+
+
+def _fmt(v: float | None, scale: float, digits: int, sign: bool = False) -> str:
+    if v is None or not np.isfinite(v):
+        return "n/a"
+    return f"{v * scale:+.{digits}f}" if sign else f"{v * scale:.{digits}f}"
+
+
+def _digits(scale: float) -> int:
+    return 2 if scale == 100 else 3
+
+
+def delta_table(boot: Mapping[str, Mapping], labels: tuple[str, str] = ("Baseline", "HarmonicDet"),
+                per_seed: Mapping[str, Sequence[Mapping[str, float]]] | None = None) -> str:
+    """Markdown table: both models, the delta, its 95 % bootstrap interval and the verdict per metric.
+
+    ``per_seed`` (variant label -> per-seed metric dicts) adds mean ± std over seeds to each cell.
+    """
+    head = (f"| metric | {labels[0]} | {labels[1]} | Δ ({labels[1]} − {labels[0]}) | 95 % CI of Δ | "
+            f"significant? |")
+    lines = [head, "|---|---|---|---|---|---|"]
+    for label, key, scale, _ in ROWS:
+        b = boot.get(key)
+        if b is None:
+            continue
+        d = _digits(scale)
+        cells = []
+        for which, name in ((labels[0], "baseline"), (labels[1], "harmonic")):
+            cell = _fmt(b[name], scale, d)
+            if per_seed and len(per_seed.get(which, ())) > 1:
+                vals = np.array([r[key] for r in per_seed[which]], dtype=np.float64)
+                vals = vals[np.isfinite(vals)]
+                if vals.size > 1:
+                    cell += f" ± {vals.std() * scale:.{d}f}"
+            cells.append(cell)
+        ci = "n/a" if b["lo"] is None else f"[{_fmt(b['lo'], scale, d, True)}, {_fmt(b['hi'], scale, d, True)}]"
+        verdict = ("no" if not b["significant"] else
+                   ("yes, better" if b["better"] else "yes, worse"))
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} | {_fmt(b['delta'], scale, d, True)} | {ci} | {verdict} |")
+    return "\n".join(lines)
+
+
+def per_seed_table(per_seed: Mapping[str, Sequence[Mapping[str, float]]]) -> str:
+    """Markdown table: one row per (variant, seed) with every metric."""
+    head = "| run | seed | " + " | ".join(label for label, *_ in ROWS) + " |"
+    lines = [head, "|---|---|" + "---|" * len(ROWS)]
+    for variant, rows in per_seed.items():
+        for seed, row in enumerate(rows):
+            lines.append(f"| {variant} | {seed} | "
+                         + " | ".join(_fmt(row.get(key), scale, _digits(scale)) for _, key, scale, _ in ROWS) + " |")
+    return "\n".join(lines)
+
+
+def verdict_paragraph(boot: Mapping[str, Mapping], seeds: int, floors_met: Mapping[str, bool],
+                      labels: tuple[str, str] = ("the baseline", "HarmonicDet")) -> str:
+    """The report's first paragraph: in plain words, what held and what did not."""
+    better = [label for label, key, *_ in ROWS if boot.get(key, {}).get("significant") and boot[key]["better"]]
+    worse = [label for label, key, *_ in ROWS
+             if boot.get(key, {}).get("significant") and boot[key]["better"] is False]
+    ap = boot.get("AP", {})
+    rho = boot.get("spearman", {})
+    parts = []
+    not_converged = [name for name, ok in floors_met.items() if not ok]
+    if not_converged:
+        parts.append(f"**Not converged:** {', '.join(not_converged)} stayed below the demo's floors "
+                     f"(AP50 ≥ {FLOORS['AP50']:.0f}, AP ≥ {FLOORS['AP']:.0f}), so differences say little about "
+                     "trained detectors.")
+    else:
+        parts.append(f"Both detectors converged (AP50 ≥ {FLOORS['AP50']:.0f} and AP ≥ {FLOORS['AP']:.0f}).")
+    if ap.get("delta") is not None:
+        parts.append(f"COCO AP: {labels[1]} {100 * ap['harmonic']:.2f} vs {labels[0]} {100 * ap['baseline']:.2f} "
+                     f"(Δ {100 * ap['delta']:+.2f}, 95 % CI "
+                     + ("n/a" if ap["lo"] is None else f"[{100 * ap['lo']:+.2f}, {100 * ap['hi']:+.2f}]")
+                     + ("), a real difference." if ap.get("significant") else "), not distinguishable from noise."))
+    if rho.get("delta") is not None:
+        parts.append(f"Score–IoU rank correlation (Spearman): {rho['baseline']:.3f} → {rho['harmonic']:.3f} "
+                     f"(Δ {rho['delta']:+.3f}, CI "
+                     + ("n/a" if rho["lo"] is None else f"[{rho['lo']:+.3f}, {rho['hi']:+.3f}]")
+                     + ("): significant." if rho.get("significant") else "): not significant."))
+    parts.append("Significantly better with HarmonicDet: " + (", ".join(better) if better else "nothing") + ". "
+                 + "Significantly worse: " + (", ".join(worse) if worse else "nothing") + ".")
+    parts.append(f"Intervals: paired bootstrap over validation images, {seeds} seed(s)"
+                 + (" (each resample averages the seeds)." if seeds > 1 else
+                    "; one seed does not show training-to-training variation: use `--seeds 3`."))
+    return " ".join(parts)
+
+
+def latency_table(benches: Mapping[str, dict]) -> str:
+    """Markdown table of ``infer/run.py --bench`` results (``bench.json``), one row per model."""
+    rows = ["| run | backend | device | batch | engine-only p50 ms/batch | end-to-end p50 ms/batch "
+            "| engine-only img/s | end-to-end img/s | end-to-end / engine-only |",
+            "|---|---|---|---|---|---|---|---|---|"]
+
+    def f(v: float | None, digits: int = 1) -> str:
+        return "n/a" if v is None else f"{v:.{digits}f}"
+
+    for label, b in benches.items():
+        eng, e2e = b.get("engine_only", {}), b.get("end_to_end", {})
+        eng_p50 = eng.get("latency_ms_per_batch", {}).get("p50")
+        e2e_p50 = e2e.get("stages", {}).get("end_to_end", {}).get("per_batch", {}).get("p50")
+        ratio = b.get("end_to_end_over_engine_only")
+        rows.append(f"| {label} | {b.get('backend', '?')} | {b.get('device', '?')} | {b.get('batch', '?')} | "
+                    f"{f(eng_p50, 2)} | {f(e2e_p50, 2)} | {f(eng.get('throughput_img_s'))} | "
+                    f"{f(e2e.get('throughput_img_s'))} | {'n/a' if ratio is None else f'{100 * ratio:.0f}%'} |")
+    return "\n".join(rows)
+
+
+def ablation_table(per_variant: Mapping[str, Sequence[Mapping[str, float]]],
+                   versus_baseline: Mapping[str, Mapping[str, Mapping]] | None = None) -> str:
+    """ABLATION.md's table: one row per variant, mean ± std over seeds of every metric.
+
+    ``versus_baseline[variant][metric]`` (bootstrap results against the baseline) adds the AP and
+    Spearman deltas with their 95 % intervals.
+    """
+    keys = [r for r in ROWS if r[1] != "kendall"]
+    head = "| variant | " + " | ".join(label for label, *_ in keys) + " |"
+    extra = ""
+    if versus_baseline:
+        head += " Δ AP vs baseline [95 % CI] | Δ Spearman vs baseline [95 % CI] |"
+        extra = "---|---|"
+    lines = [head, "|---|" + "---|" * len(keys) + extra]
+    for variant, rows in per_variant.items():
+        cells = []
+        for _, key, scale, _ in keys:
+            vals = np.array([r[key] for r in rows], dtype=np.float64)
+            vals = vals[np.isfinite(vals)]
+            d = _digits(scale)
+            cells.append("n/a" if not vals.size else f"{vals.mean() * scale:.{d}f}"
+                         + (f" ± {vals.std() * scale:.{d}f}" if vals.size > 1 else ""))
+        row = f"| {variant} | " + " | ".join(cells) + " |"
+        if versus_baseline:
+            vb = versus_baseline.get(variant)
+            for key, scale in (("AP", 100), ("spearman", 1)):
+                b = (vb or {}).get(key)
+                if not b or b["lo"] is None:
+                    row += " – |"
+                    continue
+                d = _digits(scale)
+                star = " *" if b["significant"] else ""
+                row += (f" {_fmt(b['delta'], scale, d, True)} [{_fmt(b['lo'], scale, d, True)}, "
+                        f"{_fmt(b['hi'], scale, d, True)}]{star} |")
+        lines.append(row)
+    note = "\nAP columns in %, mean ± std over seeds"
+    if versus_baseline:
+        note += "; * = the 95 % paired-bootstrap interval excludes 0"
+    return "\n".join(lines) + note + "."
+
+
+def write_markdown(path: Path, lines: Sequence[str]) -> Path:
+    """Write ``lines`` atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
