@@ -8,16 +8,24 @@ from harmonic.losses.functional import (
     harmonic_loss,
     task_contrastive_loss,
 )
-from harmonic.losses.harmonic_det import HarmonicConfig, HarmonicDetLoss, positive_stats
+from harmonic.losses.harmonic_det import (
+    HarmonicConfig,
+    HarmonicDetLoss,
+    PositiveTerms,
+    localisation_loss,
+    positive_stats,
+)
 
 __all__ = [
     "HarmonicConfig",
     "HarmonicDetLoss",
+    "PositiveTerms",
     "classification_entropy",
     "elementwise_box_iou",
     "harmonic_factors",
     "harmonic_iou_loss",
     "harmonic_loss",
+    "localisation_loss",
     "positive_stats",
     "task_contrastive_loss",
 ]

@@ -35,39 +35,44 @@ def harmonic_iou_loss(iou: Tensor, gamma: float = 0.8, allow_gamma_above_one: bo
     return (1.0 + iou).pow(gamma) * (1.0 - iou)
 
 
-def harmonic_factors(cls_loss: Tensor, loc_loss: Tensor) -> tuple[Tensor, Tensor]:
-    """The harmonic weights of Eq. 3: ``(1 + beta_r, 1 + beta_c)``.
+def harmonic_factors(p_true: Tensor, loc_loss: Tensor) -> tuple[Tensor, Tensor]:
+    """The harmonic weights of Eq. 3-5: ``(1 + beta_r, 1 + beta_c)``.
 
-    ``beta_r = exp(-loc_loss)`` weights the classification loss and
-    ``beta_c = exp(-cls_loss)`` weights the localisation loss.
+    ``beta_r = exp(-loc_loss)`` weights the classification loss and ``beta_c = p_true`` weights
+    the localisation loss. ``p_true`` is the head's probability of the true class (Eq. 5:
+    ``exp(-CE(p, y)) = p_y``): the softmax column for CE heads, the sigmoid of the true class's
+    logit for focal-loss heads.
 
     Args:
-        cls_loss: ``Tensor[P]`` per-positive classification loss (>= 0).
+        p_true: ``Tensor[P]`` probability of each positive's true class, in ``[0, 1]``.
         loc_loss: ``Tensor[P]`` per-positive localisation loss (>= 0).
 
     Returns:
-        ``(factor_r, factor_c)``, each ``Tensor[P]`` in ``(1, 2]``.
+        ``(factor_r, factor_c)``, each ``Tensor[P]`` in ``[1, 2]``.
     """
-    return 1.0 + torch.exp(-loc_loss), 1.0 + torch.exp(-cls_loss)
+    return 1.0 + torch.exp(-loc_loss), 1.0 + p_true
 
 
-def harmonic_loss(cls_loss: Tensor, loc_loss: Tensor, detach_factors: bool = False) -> Tensor:
-    """Harmonic loss, Eq. 2-3: ``(1 + exp(-loc)) * cls + (1 + exp(-cls)) * loc``.
+def harmonic_loss(
+    cls_loss: Tensor, loc_loss: Tensor, p_true: Tensor | None = None, detach_factors: bool = False
+) -> Tensor:
+    """Harmonic loss, Eq. 2-3: ``(1 + exp(-loc)) * cls + (1 + p_true) * loc``.
 
-    With ``detach_factors=False`` (the paper) the factors carry gradient, so for a
-    softmax CE ``cls = -log p`` the derivative w.r.t. ``p`` is
-    ``loc - (1 + exp(-loc)) / p`` (Eq. 7). ``detach_factors=True`` treats the factors
-    as constants (as GFL/VFL/TOOD do with their quality weights): ``-(1 + exp(-loc)) / p``.
+    ``p_true`` defaults to ``exp(-cls_loss)``, exact for a softmax CE ``cls = -log p``. With
+    ``detach_factors=False`` (the paper) the factors carry gradient, so for that CE the derivative
+    w.r.t. ``p`` is ``loc - (1 + exp(-loc)) / p`` (Eq. 7). ``detach_factors=True`` treats the
+    factors as constants (as GFL/VFL/TOOD do with their quality weights): ``-(1 + exp(-loc)) / p``.
 
     Args:
         cls_loss: ``Tensor[P]`` per-positive classification loss.
         loc_loss: ``Tensor[P]`` per-positive localisation loss.
+        p_true: ``Tensor[P]`` probability of the true class (``beta_c``), default ``exp(-cls_loss)``.
         detach_factors: stop gradient through the factors.
 
     Returns:
         ``Tensor[P]``.
     """
-    factor_r, factor_c = harmonic_factors(cls_loss, loc_loss)
+    factor_r, factor_c = harmonic_factors(torch.exp(-cls_loss) if p_true is None else p_true, loc_loss)
     if detach_factors:
         factor_r, factor_c = factor_r.detach(), factor_c.detach()
     return factor_r * cls_loss + factor_c * loc_loss
@@ -90,8 +95,12 @@ def task_contrastive_loss(
     margin: float = 0.2,
     mode: str = "hinge",
     detach_weight: bool = True,
+    score: Tensor | None = None,
 ) -> Tensor:
-    """Task-contrastive loss, Eq. 8: ``max(0, |p_y - IoU| - margin) / (1 + exp(H))``.
+    """Task-contrastive loss, Eq. 8: ``max(0, |s - IoU| - margin) / (1 + exp(H))``.
+
+    ``s`` is ``score`` when given (the score the detector ranks its boxes by after
+    post-processing, e.g. FCOS's ``sqrt(p_y * centerness)``), else ``p_y`` from ``class_probs``.
 
     Args:
         class_probs: ``Tensor[P, C]`` class probabilities of each positive. Softmax heads
@@ -106,6 +115,7 @@ def task_contrastive_loss(
             (``|p - IoU|`` above the margin, 0 below).
         detach_weight: treat the entropy weight ``1 / (1 + exp(H))`` as a constant
             (default), so TC does not also push every class column towards 0 or 1.
+        score: ``Tensor[P]`` ranking score aligned with the IoU; default ``p_y``.
 
     Returns:
         ``Tensor[P]``.
@@ -114,8 +124,9 @@ def task_contrastive_loss(
         raise ValueError(f"task_contrastive_loss: mode must be 'hinge' or 'step', got {mode!r}")
     if class_probs.numel() == 0 or labels.numel() == 0:
         return class_probs.new_zeros(labels.shape[0])
-    p_true = class_probs.gather(1, labels.long().view(-1, 1)).squeeze(1)
-    gap = (p_true - iou).abs()
+    if score is None:
+        score = class_probs.gather(1, labels.long().view(-1, 1)).squeeze(1)
+    gap = (score - iou).abs()
     if mode == "hinge":
         contrast = (gap - margin).clamp_min(0.0)
     else:

@@ -1,4 +1,10 @@
-"""The HarmonicDet objective (Eq. 11-13) as a small module shared by every detector adapter."""
+"""The HarmonicDet objective (Eq. 11-13) as a small module shared by every detector adapter.
+
+Each adapter gathers :class:`PositiveTerms` from its own head with its own (torchvision) loss
+functions, encoding and normaliser; this module only adds the paper's three parts on top:
+the harmonic factors, the HIoU term inside ``L_loc`` and the task-contrastive term. With all
+three switched off (``harmonic_factors=False, alpha=0, tc_weight=0``) it returns the baseline.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from harmonic.losses.functional import (
-    elementwise_box_iou,
-    harmonic_factors,
-    harmonic_iou_loss,
-    task_contrastive_loss,
-)
+from harmonic.losses.functional import harmonic_factors, harmonic_iou_loss, task_contrastive_loss
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
 
 
 @dataclass
@@ -21,48 +25,106 @@ class HarmonicConfig:
     """Settings of the HarmonicDet loss (``ModelSpec.loss_options`` holds them as a dict).
 
     Attributes:
-        alpha: weight of the Harmonic IoU loss inside ``L_loc`` (Eq. 11).
+        harmonic_factors: weight the positives' losses by ``1+beta_r`` / ``1+beta_c`` (Eq. 2-5).
+        alpha: weight of the Harmonic IoU loss inside ``L_loc`` (Eq. 11); 0 leaves ``L(d)`` alone.
         gamma: HIoU focusing parameter (Eq. 10), ``<= 1``.
         margin: task-contrastive margin (Eq. 8).
         tc_mode: ``"hinge"`` or ``"step"``, see ``task_contrastive_loss``.
         tc_weight: multiplier of the TC term (0 disables it).
-        detach_factors: stop gradient through ``1+beta_r``, ``1+beta_c`` (the paper keeps it).
-        smooth_l1_beta: transition point of the SmoothL1 on encoded box deltas that the
-            adapters compute; 1/9 as in torchvision's ``_box_loss("smooth_l1")`` and
-            Detectron's RetinaNet.
+        detach_factors: stop gradient through ``1+beta_r``, ``1+beta_c`` (the paper keeps it:
+            its Eq. 4-7 rely on the gradient through ``beta_c = p_i``).
         detach_tc_iou: use a detached IoU as the TC target (default): TC then only pulls
             the score towards the localisation quality, never the box towards the score.
     """
 
+    harmonic_factors: bool = True
     alpha: float = 1.5
     gamma: float = 0.8
     margin: float = 0.2
     tc_mode: str = "hinge"
     tc_weight: float = 1.0
     detach_factors: bool = False
-    smooth_l1_beta: float = 1.0 / 9.0
     detach_tc_iou: bool = True
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), type(f.default)))
         if self.gamma > 1.0:
-            raise ValueError(f"HarmonicConfig: gamma={self.gamma} must be <= 1 (HIoU monotonicity)")
+            raise ValueError(f"gamma={self.gamma}: must be <= 1 (HIoU is monotonic in IoU only then)")
         if self.tc_mode not in ("hinge", "step"):
-            raise ValueError(f"HarmonicConfig: tc_mode must be 'hinge' or 'step', got {self.tc_mode!r}")
-        if self.alpha < 0 or self.tc_weight < 0 or self.margin < 0 or self.smooth_l1_beta < 0:
-            raise ValueError("HarmonicConfig: alpha, tc_weight, margin and smooth_l1_beta must be >= 0")
+            raise ValueError(f"tc_mode={self.tc_mode!r}: must be 'hinge' or 'step'")
+        for name in ("alpha", "tc_weight", "margin"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 0")
 
     @classmethod
     def from_options(cls, options: dict[str, Any] | None) -> HarmonicConfig:
-        """Build from a ``loss_options`` dict; unknown keys raise ``ValueError``."""
+        """Build from a ``loss_options`` dict; unknown keys or bad values raise ``ValueError``.
+
+        Values may be strings as given on a command line (``"false"``, ``"0.5"``).
+        """
         options = dict(options or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(options) - set(known))
         if unknown:
-            raise ValueError(f"unknown HarmonicDet loss options {unknown}; known: {sorted(known)}")
+            raise ValueError(f"{', '.join(unknown)}: unknown (known: {', '.join(known)})")
         return cls(**options)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _coerce(name: str, value: Any, kind: type) -> Any:
+    """``value`` as ``kind`` (bool, float or str); CLI strings accepted; ``ValueError`` otherwise."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ValueError(f"{name}={value!r}: expected true or false")
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{name}={value!r}: expected a number")
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}={value!r}: expected a number") from None
+        if out != out or out in (float("inf"), float("-inf")):
+            raise ValueError(f"{name}={value!r}: expected a finite number")
+        return out
+    return str(value)
+
+
+@dataclass
+class PositiveTerms:
+    """Per-positive inputs of the loss, gathered by a detector adapter (``P`` positives).
+
+    Attributes:
+        cls_loss: ``Tensor[P]`` the family's own classification loss of each positive (focal
+            loss summed over the classes for focal heads, softmax CE for SSD / Faster R-CNN):
+            the term ``1+beta_r`` weights.
+        p_true: ``Tensor[P]`` the head's probability of the true class: ``beta_c`` (Eq. 5).
+        box_loss: ``Tensor[P]`` the family's own box loss ``L(d)`` (same function, encoding).
+        iou: ``Tensor[P]`` IoU of the decoded predicted box with its ground truth (carries
+            gradient to the box branch, for HIoU).
+        score: ``Tensor[P]`` the score the detector ranks boxes by after post-processing, for
+            the true class (TC aligns it with the IoU; AIC is measured on it).
+        class_probs: ``Tensor[P, C]`` class probabilities (TC's entropy weight).
+        labels: ``Tensor[P]`` int64, the true class's column in ``class_probs``.
+        weight: ``Tensor[P]`` the family's normaliser per positive (e.g. ``1 / num_pos``).
+        neg_cls_loss: scalar, the negatives' classification loss, already normalised.
+    """
+
+    cls_loss: Tensor
+    p_true: Tensor
+    box_loss: Tensor
+    iou: Tensor
+    score: Tensor
+    class_probs: Tensor
+    labels: Tensor
+    weight: Tensor
+    neg_cls_loss: Tensor
 
 
 class HarmonicDetLoss(nn.Module):
@@ -70,91 +132,76 @@ class HarmonicDetLoss(nn.Module):
 
     ``forward`` returns ``loss_classifier``, ``loss_box_reg``, ``loss_tc`` (summed into the
     objective) and detached ``stat_factor_r``, ``stat_factor_c``, ``stat_aic``,
-    ``stat_num_pos`` (docs/CONTRACTS.md)::
+    ``stat_num_pos`` (docs/CONTRACTS.md). With ``w_i`` the family's normaliser::
 
-        L_loc_i = reg_i + alpha * HIoU(IoU_i)                 (Eq. 11)
-        loss_classifier = (sum_i (1 + exp(-L_loc_i)) * cls_i + cls_neg_sum) / N
-        loss_box_reg    =  sum_i (1 + exp(-cls_i)) * L_loc_i / N
-        loss_tc         = tc_weight * sum_i TC_i / N          (Eq. 8, 12, 13)
+        L_loc_i         = L(d)_i + alpha * HIoU(IoU_i)                      (Eq. 11)
+        loss_classifier = sum_i w_i (1 + exp(-L_loc_i)) cls_i + negatives   (Eq. 2-3)
+        loss_box_reg    = sum_i w_i (1 + p_i) L_loc_i                       (Eq. 5)
+        loss_tc         = tc_weight * sum_i w_i TC(score_i, IoU_i)          (Eq. 8, 12-13)
 
-    ``IoU_i`` is computed between the decoded predicted and ground-truth boxes and carries
-    gradient to ``pred_boxes`` through HIoU; the TC target uses it detached unless
-    ``config.detach_tc_iou`` is False.
+    ``harmonic_factors=False`` replaces both factors by 1; ``alpha=0, tc_weight=0`` as well
+    gives the family's baseline loss exactly.
     """
 
     def __init__(self, config: HarmonicConfig | None = None) -> None:
         super().__init__()
         self.config = config or HarmonicConfig()
 
-    def forward(
-        self,
-        cls_loss_pos: Tensor,
-        reg_loss_pos: Tensor,
-        pred_boxes: Tensor,
-        gt_boxes: Tensor,
-        class_probs: Tensor,
-        labels: Tensor,
-        cls_loss_neg_sum: Tensor,
-        normalizer: Tensor | float,
-    ) -> dict[str, Tensor]:
-        """Compute the loss terms.
-
-        Args:
-            cls_loss_pos: ``Tensor[P]`` classification loss of each positive (CE for softmax
-                heads, focal loss summed over classes for focal heads).
-            reg_loss_pos: ``Tensor[P]`` SmoothL1 on the encoded deltas, summed over the 4 coords.
-            pred_boxes: ``Tensor[P, 4]`` decoded predicted boxes, x1,y1,x2,y2.
-            gt_boxes: ``Tensor[P, 4]`` matched ground-truth boxes, x1,y1,x2,y2.
-            class_probs: ``Tensor[P, C]`` class probabilities (see ``task_contrastive_loss``).
-            labels: ``Tensor[P]`` column of the true class in ``class_probs``.
-            cls_loss_neg_sum: scalar, summed classification loss of the negatives.
-            normalizer: number of positives (clamped to >= 1).
-
-        Returns:
-            dict of scalar tensors.
-        """
+    def forward(self, terms: PositiveTerms) -> dict[str, Tensor]:
+        """Loss terms and stats (all scalars) from the adapter's :class:`PositiveTerms`."""
         cfg = self.config
-        if not torch.is_tensor(normalizer):
-            normalizer = torch.as_tensor(float(normalizer), device=cls_loss_pos.device)
-        norm = normalizer.to(cls_loss_pos.dtype).clamp_min(1.0)
-
-        iou = elementwise_box_iou(pred_boxes, gt_boxes)
-        loc = reg_loss_pos + cfg.alpha * harmonic_iou_loss(iou, cfg.gamma)
-        factor_r, factor_c = harmonic_factors(cls_loss_pos, loc)
-        if cfg.detach_factors:
-            factor_r, factor_c = factor_r.detach(), factor_c.detach()
-
-        tc_target = iou.detach() if cfg.detach_tc_iou else iou
-        tc = task_contrastive_loss(class_probs, labels, tc_target, cfg.margin, cfg.tc_mode)
-
+        t = terms
+        loc = localisation_loss(t, cfg)
+        if cfg.harmonic_factors:
+            factor_r, factor_c = harmonic_factors(t.p_true, loc)
+            if cfg.detach_factors:
+                factor_r, factor_c = factor_r.detach(), factor_c.detach()
+            cls_pos, loc_pos = factor_r * t.cls_loss, factor_c * loc
+        else:
+            cls_pos, loc_pos = t.cls_loss, loc
         # Sums, not means: with no positives every positive term is an exact 0 that still
         # depends on the box branch, so gradients are zero rather than NaN.
         losses = {
-            "loss_classifier": ((factor_r * cls_loss_pos).sum() + cls_loss_neg_sum) / norm,
-            "loss_box_reg": (factor_c * loc).sum() / norm,
-            "loss_tc": cfg.tc_weight * tc.sum() / norm,
+            "loss_classifier": (t.weight * cls_pos).sum() + t.neg_cls_loss,
+            "loss_box_reg": (t.weight * loc_pos).sum(),
         }
-        losses.update(positive_stats(cls_loss_pos, loc, class_probs, labels, iou))
+        if cfg.tc_weight > 0:
+            target = t.iou.detach() if cfg.detach_tc_iou else t.iou
+            tc = task_contrastive_loss(t.class_probs, t.labels, target, cfg.margin, cfg.tc_mode, score=t.score)
+            losses["loss_tc"] = cfg.tc_weight * (t.weight * tc).sum()
+        else:
+            losses["loss_tc"] = t.cls_loss.new_zeros(())
+        losses.update(positive_stats(t, cfg, loc))
         return losses
+
+
+def localisation_loss(terms: PositiveTerms, config: HarmonicConfig) -> Tensor:
+    """``L_loc = L(d) + alpha * HIoU(IoU)`` per positive (Eq. 11) -> ``Tensor[P]``."""
+    if config.alpha == 0:
+        return terms.box_loss
+    return terms.box_loss + config.alpha * harmonic_iou_loss(terms.iou, config.gamma)
 
 
 @torch.no_grad()
 def positive_stats(
-    cls_loss_pos: Tensor, loc_loss_pos: Tensor, class_probs: Tensor, labels: Tensor, iou: Tensor
+    terms: PositiveTerms, config: HarmonicConfig, loc: Tensor | None = None
 ) -> dict[str, Tensor]:
     """Detached logging stats over positives: mean ``1+beta_r``, ``1+beta_c``, AIC, count.
 
-    Means over zero positives are reported as 0 (``stat_num_pos`` says there were none).
+    Computed the same way for both losses (the baseline logs the factors it would have had,
+    with ``config``'s ``alpha``), so the paper's Fig. 4 can be drawn for every run. AIC is
+    ``mean |score - IoU|`` on the ranking score. Means over zero positives are reported as 0.
     """
-    num = cls_loss_pos.numel()
-    zero = cls_loss_pos.new_zeros(())
+    num = terms.cls_loss.numel()
+    zero = terms.cls_loss.new_zeros((), dtype=torch.float32)
     if num == 0:
-        return {"stat_factor_r": zero, "stat_factor_c": zero, "stat_aic": zero, "stat_num_pos": zero}
-    factor_r, factor_c = harmonic_factors(cls_loss_pos.detach(), loc_loss_pos.detach())
-    p_true = class_probs.detach().gather(1, labels.long().view(-1, 1)).squeeze(1)
+        return {"stat_factor_r": zero, "stat_factor_c": zero, "stat_aic": zero, "stat_num_pos": zero.clone()}
+    if loc is None:
+        loc = localisation_loss(terms, config)
+    factor_r, factor_c = harmonic_factors(terms.p_true.detach().float(), loc.detach().float())
     return {
         "stat_factor_r": factor_r.mean(),
         "stat_factor_c": factor_c.mean(),
-        "stat_aic": (p_true - iou.detach()).abs().mean(),
+        "stat_aic": (terms.score.detach().float() - terms.iou.detach().float()).abs().mean(),
         "stat_num_pos": zero + num,
     }

@@ -8,14 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import ResNet18_Weights, ResNet50_Weights, resnet18, resnet50
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 from torchvision.ops import misc as misc_nn_ops
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelP6P7
 
 from harmonic.errors import HarmonicError
-from harmonic.losses import HarmonicConfig, HarmonicDetLoss
+from harmonic.losses import HarmonicConfig, HarmonicDetLoss, PositiveTerms, elementwise_box_iou
 from harmonic.models.backbones import resnet10s
 from harmonic.models.spec import IMAGENET_MEAN, IMAGENET_STD
 
@@ -37,7 +39,7 @@ def check_loss(loss: str, loss_options: dict[str, Any] | None) -> HarmonicConfig
     try:
         return HarmonicConfig.from_options(loss_options)
     except (TypeError, ValueError) as exc:
-        raise HarmonicError(f"bad loss options {loss_options}: {exc}") from exc
+        raise HarmonicError(f"loss option {exc}") from exc
 
 
 def make_loss_module(loss: str, loss_options: dict[str, Any] | None) -> HarmonicDetLoss | None:
@@ -178,16 +180,108 @@ def pop_options(name: str, options: dict[str, Any], allowed: Iterable[str]) -> d
     return dict(options)
 
 
-@torch.no_grad()
-def aic_stats(class_probs: Tensor, labels: Tensor, iou: Tensor) -> dict[str, Tensor]:
-    """Detached ``stat_aic`` (mean |p_y - IoU|) and ``stat_num_pos`` for baseline losses.
+def apply_operating_point(model: nn.Module, score_threshold: float, iou_threshold: float, max_det: int) -> None:
+    """Set the post-processing of a torchvision detector: score threshold, NMS IoU, max detections.
+
+    RetinaNet, FCOS and SSD keep them on the model (``score_thresh``, ``nms_thresh``,
+    ``detections_per_img``), Faster R-CNN on its ``roi_heads``; the export wrapper uses the same
+    three numbers, so validation during training sees the operating point that ships.
+    """
+    target = model.roi_heads if hasattr(model, "roi_heads") else model
+    for attr in ("score_thresh", "nms_thresh", "detections_per_img"):
+        if not hasattr(target, attr):
+            raise HarmonicError(f"{type(model).__name__}: no {attr} to set the operating point on")
+    target.score_thresh = float(score_threshold)
+    target.nms_thresh = float(iou_threshold)
+    target.detections_per_img = int(max_det)
+
+
+def box_loss_per_positive(
+    loss_type: str, box_coder: Any, anchors: Tensor, gt_boxes: Tensor, deltas: Tensor, beta: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """A family's own box loss ``L(d)`` per positive, unreduced, and the decoded predicted boxes.
+
+    The same function and encoding as torchvision's ``det_utils._box_loss`` (RetinaNet), SSD's
+    ``compute_loss`` and ``fastrcnn_loss``, summed over the 4 coordinates instead of the batch.
 
     Args:
-        class_probs: ``Tensor[P, C]``; labels: ``Tensor[P]`` column indices; iou: ``Tensor[P]``.
+        loss_type: ``"l1"`` or ``"smooth_l1"`` (on ``box_coder``-encoded deltas) or ``"giou"``
+            (on decoded boxes).
+        box_coder: torchvision ``BoxCoder`` (``encode_single``/``decode_single``) or
+            ``BoxLinearCoder`` (``encode``/``decode``).
+        anchors, gt_boxes: ``Tensor[P, 4]`` xyxy (anchors / RoIs and their matched ground truth).
+        deltas: ``Tensor[P, 4]`` the head's box regression output.
+        beta: SmoothL1 transition point.
+
+    Returns:
+        ``(loss[P], pred_boxes[P, 4])``.
     """
-    num = labels.numel()
-    zero = class_probs.new_zeros((), dtype=torch.float32)
-    if num == 0:
-        return {"stat_aic": zero, "stat_num_pos": zero.clone()}
-    p_true = class_probs.gather(1, labels.long().view(-1, 1)).squeeze(1).float()
-    return {"stat_aic": (p_true - iou.float()).abs().mean(), "stat_num_pos": zero + num}
+    single = hasattr(box_coder, "encode_single")
+    pred = box_coder.decode_single(deltas, anchors) if single else box_coder.decode(deltas, anchors)
+    if loss_type == "giou":
+        return generalized_box_iou_loss(pred, gt_boxes, reduction="none"), pred
+    target = box_coder.encode_single(gt_boxes, anchors) if single else box_coder.encode(anchors, gt_boxes)
+    if loss_type == "l1":
+        return F.l1_loss(deltas, target, reduction="none").sum(dim=1), pred
+    if loss_type == "smooth_l1":
+        return F.smooth_l1_loss(deltas, target, beta=beta, reduction="none").sum(dim=1), pred
+    raise HarmonicError(f"box loss {loss_type!r} is not supported (l1, smooth_l1, giou)")
+
+
+def focal_positive_terms(
+    cls_logits: Tensor,
+    image_idx: Tensor,
+    anchor_idx: Tensor,
+    labels: Tensor,
+    negative: Tensor,
+    image_weight: Tensor,
+) -> dict[str, Tensor]:
+    """Classification parts of :class:`PositiveTerms` for a sigmoid focal-loss head.
+
+    torchvision's focal loss (alpha 0.25, gamma 2) summed over the classes of each anchor: the
+    positives' sums are ``cls_loss`` (the term ``1+beta_r`` weights), the negatives' sum is
+    weighted per image like torchvision's normaliser. ``p_true`` is the sigmoid of the true
+    class's logit.
+
+    Args:
+        cls_logits: ``Tensor[B, A, K]`` class logits (float32).
+        image_idx, anchor_idx: ``Tensor[P]`` the positives; labels: ``Tensor[P]`` their class column.
+        negative: ``Tensor[B, A]`` bool, the anchors trained as background.
+        image_weight: ``Tensor[B]`` normaliser of each image's terms.
+
+    Returns:
+        ``cls_loss``, ``p_true``, ``class_probs`` ``[P, K]``, ``labels``, ``weight`` ``[P]``,
+        ``neg_cls_loss`` (scalar).
+    """
+    gt_classes = torch.zeros_like(cls_logits)
+    gt_classes[image_idx, anchor_idx, labels] = 1.0
+    focal = sigmoid_focal_loss(cls_logits, gt_classes, reduction="none").sum(dim=-1)  # [B, A]
+    neg = (torch.where(negative, focal, torch.zeros_like(focal)).sum(dim=1) * image_weight).sum()
+    probs = cls_logits[image_idx, anchor_idx].sigmoid()
+    return {
+        "cls_loss": focal[image_idx, anchor_idx],
+        "p_true": probs.gather(1, labels.view(-1, 1)).squeeze(1),
+        "class_probs": probs,
+        "labels": labels,
+        "weight": image_weight[image_idx],
+        "neg_cls_loss": neg,
+    }
+
+
+def softmax_positive_terms(logits_pos: Tensor, labels: Tensor, ce_pos: Tensor) -> dict[str, Tensor]:
+    """``p_true``, ``class_probs``, ``score`` of softmax CE heads (the score is the softmax column).
+
+    Args:
+        logits_pos: ``Tensor[P, C+1]``; labels: ``Tensor[P]`` columns; ce_pos: ``Tensor[P]`` CE.
+    """
+    probs = F.softmax(logits_pos, dim=-1)
+    p_true = probs.gather(1, labels.view(-1, 1)).squeeze(1)
+    return {"cls_loss": ce_pos, "p_true": p_true, "class_probs": probs, "labels": labels, "score": p_true}
+
+
+def make_terms(parts: dict[str, Tensor], box_loss: Tensor, pred_boxes: Tensor, gt_boxes: Tensor) -> PositiveTerms:
+    """:class:`PositiveTerms` from the classification ``parts`` and the box loss; ``score`` defaults
+    to ``p_true``; the IoU of ``pred_boxes`` with ``gt_boxes`` carries gradient."""
+    parts = dict(parts)
+    parts.setdefault("score", parts["p_true"])
+    return PositiveTerms(box_loss=box_loss, iou=elementwise_box_iou(pred_boxes, gt_boxes), **parts)

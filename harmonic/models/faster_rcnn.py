@@ -20,13 +20,15 @@ from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from harmonic.errors import HarmonicError
-from harmonic.losses import elementwise_box_iou
+from harmonic.losses import PositiveTerms, positive_stats
 from harmonic.models.common import (
-    aic_stats,
+    box_loss_per_positive,
     check_loss,
     make_loss_module,
+    make_terms,
     pop_options,
     resnet_fpn_backbone,
+    softmax_positive_terms,
     transform_kwargs,
 )
 
@@ -61,25 +63,24 @@ _FRCNN_OPTIONS = frozenset(
 class HarmonicRoIHeads(RoIHeads):
     """``RoIHeads`` (box only) whose training loss is torchvision's ``fastrcnn_loss`` or HarmonicDet's.
 
-    Per sampled positive RoI i (``loss="harmonic"``):
-      * ``cls_loss_i`` = softmax cross-entropy over the C+1 columns (background = 0),
-      * ``reg_loss_i`` = SmoothL1 of the class-specific encoded deltas summed over the 4 coords,
-        beta 1/9 as torchvision's ``fastrcnn_loss`` (``loss_options["smooth_l1_beta"]`` overrides it),
-      * IoU between the decoded class-specific box and the RoI's matched ground truth,
-      * ``class_probs`` = softmax over all C+1 columns, ``labels`` = target label (1..C).
-    Negatives: the sampled background RoIs' CE sum.
-    Normaliser: the number of sampled RoIs (positives + negatives), exactly like torchvision's
-    ``fastrcnn_loss`` (mean CE, box sum / #sampled), so both losses have the same scale; Eq. 13's
-    1/#positives would scale the box-head loss by #sampled/#positives (>= 4 with the default 1:3
-    sampling, far more early in training when few proposals are positive).
+    Per sampled positive RoI i (``loss="harmonic"``), on ``fastrcnn_loss``'s own terms:
+      * ``cls_i`` = softmax cross-entropy over the C+1 columns (background = 0); the sampled
+        background RoIs keep their CE;
+      * ``p_i`` = the softmax probability of the true class: ``beta_c`` and the ranking score;
+      * ``L(d)_i`` = SmoothL1 (beta 1/9, as ``fastrcnn_loss``) of the class-specific encoded
+        deltas summed over the 4 coords, plus ``alpha * HIoU`` of the decoded box;
+      * normaliser: the number of sampled RoIs (positives + negatives), exactly like
+        ``fastrcnn_loss`` (mean CE, box sum / #sampled); Eq. 13's 1/#positives would scale the
+        box-head loss by #sampled/#positives (>= 4 with the default 1:3 sampling).
+    With ``harmonic_factors=False, alpha=0, tc_weight=0`` the loss equals the baseline. The loss
+    is computed in float32 under AMP in both modes.
     """
 
     def __init__(self, *args: Any, loss: str = "harmonic", loss_options: dict[str, Any] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.loss_kind = loss
+        self.loss_config = check_loss(loss, loss_options)
         self.harmonic_loss = make_loss_module(loss, loss_options)
-        # SmoothL1 beta of torchvision's fastrcnn_loss unless loss_options set one explicitly.
-        self.smooth_l1_beta = float((loss_options or {}).get("smooth_l1_beta", 1.0 / 9.0))
 
     @classmethod
     def from_roi_heads(cls, heads: RoIHeads, loss: str, loss_options: dict[str, Any] | None) -> HarmonicRoIHeads:
@@ -141,35 +142,41 @@ class HarmonicRoIHeads(RoIHeads):
             regression_targets: per image Tensor[R_i, 4] encoded deltas to the matched gt.
             targets: per image ``boxes`` Tensor[N_i, 4] (transformed coordinates).
         """
-        labels_all = torch.cat(labels)
-        pos = torch.where(labels_all > 0)[0]
-        labels_pos = labels_all[pos]
-        num_rois = class_logits.shape[0]
-        deltas = box_regression.reshape(num_rois, -1, 4)[pos, labels_pos]
-        rois_pos = torch.cat(proposals)[pos]
-        gt_pos = self._matched_gt(proposals, matched_idxs, targets)[pos]
-        target_deltas = torch.cat(regression_targets)[pos]
-
+        class_logits, box_regression = class_logits.float(), box_regression.float()  # float32 under AMP
         if self.harmonic_loss is None:
             loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
             losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
             with torch.no_grad():
-                iou = elementwise_box_iou(self.box_coder.decode_single(deltas, rois_pos), gt_pos)
-                losses.update(aic_stats(F.softmax(class_logits[pos], dim=-1), labels_pos, iou))
+                terms = self.positive_terms(class_logits, box_regression, proposals, matched_idxs, labels, targets)
+                losses.update(positive_stats(terms, self.loss_config))
             return losses
-
-        ce = F.cross_entropy(class_logits, labels_all, reduction="none")
-        reg = F.smooth_l1_loss(deltas, target_deltas, beta=self.smooth_l1_beta, reduction="none").sum(dim=1)
         return self.harmonic_loss(
-            ce[pos],
-            reg,
-            self.box_coder.decode_single(deltas, rois_pos),
-            gt_pos,
-            F.softmax(class_logits[pos], dim=-1),
-            labels_pos,
-            ce[labels_all == 0].sum(),
-            max(1, num_rois),
-        )
+            self.positive_terms(class_logits, box_regression, proposals, matched_idxs, labels, targets))
+
+    def positive_terms(
+        self,
+        class_logits: Tensor,
+        box_regression: Tensor,
+        proposals: list[Tensor],
+        matched_idxs: list[Tensor],
+        labels: list[Tensor],
+        targets: list[dict[str, Tensor]],
+    ) -> PositiveTerms:
+        """The sampled positive RoIs of the batch as :class:`PositiveTerms` (arguments as ``box_loss``)."""
+        labels_all = torch.cat(labels)
+        pos = torch.where(labels_all > 0)[0]
+        labels_pos = labels_all[pos]
+        num_rois = class_logits.shape[0]
+        ce = F.cross_entropy(class_logits, labels_all, reduction="none")
+        norm = 1.0 / max(1, num_rois)
+        parts = softmax_positive_terms(class_logits[pos], labels_pos, ce[pos])
+        parts["weight"] = torch.full_like(parts["cls_loss"], norm)
+        parts["neg_cls_loss"] = ce[labels_all == 0].sum() * norm
+        gt_pos = self._matched_gt(proposals, matched_idxs, targets)[pos]
+        deltas = box_regression.reshape(num_rois, -1, 4)[pos, labels_pos]
+        box_loss, pred_boxes = box_loss_per_positive(
+            "smooth_l1", self.box_coder, torch.cat(proposals)[pos].float(), gt_pos.float(), deltas, beta=1.0 / 9.0)
+        return make_terms(parts, box_loss, pred_boxes, gt_pos.float())
 
     @staticmethod
     def _matched_gt(
@@ -197,10 +204,8 @@ def build_faster_rcnn(
 ) -> FasterRCNN:
     """Build ``fasterrcnn_resnet18_fpn`` or ``fasterrcnn_resnet50_fpn`` for square ``img_size`` inputs.
 
-    ``cls_loss`` (weighted by ``1 + beta_r``) is the softmax cross-entropy over background + C
-    classes of each sampled positive RoI of the box head; negatives are the sampled background
-    RoIs' CE; regression is SmoothL1 (beta 1/9) on the class-specific deltas plus the HIoU term on
-    the decoded box. All of it is divided by the number of sampled RoIs, as torchvision does (see
+    The harmonic loss of the box head is built on ``fastrcnn_loss``'s terms (softmax CE,
+    SmoothL1 beta 1/9 on the class-specific deltas, divided by the number of sampled RoIs; see
     :class:`HarmonicRoIHeads`). The RPN keeps torchvision's objectness + box loss in both modes.
 
     Args:

@@ -16,15 +16,16 @@ from torch import Tensor
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead
-from torchvision.ops import sigmoid_focal_loss
 
 from harmonic.errors import HarmonicError
-from harmonic.losses import HarmonicConfig, HarmonicDetLoss
-from harmonic.losses.functional import elementwise_box_iou
+from harmonic.losses import HarmonicDetLoss, PositiveTerms, positive_stats
 from harmonic.models.common import (
-    aic_stats,
+    box_loss_per_positive,
     check_img_size,
+    check_loss,
+    focal_positive_terms,
     make_loss_module,
+    make_terms,
     pop_options,
     resnet_fpn_backbone,
     transform_kwargs,
@@ -44,21 +45,20 @@ _OPTIONS = _FCOS_KWARGS | {"fpn_channels", "trainable_backbone_layers", "num_con
 class HarmonicFCOSHead(FCOSHead):
     """``FCOSHead`` whose loss is torchvision's (``"baseline"``) or HarmonicDet's (``"harmonic"``).
 
-    Harmonic, per positive location i (inside its matched box, centre-sampled, right FPN level):
-      * ``cls_loss_i`` = sigmoid focal loss summed over the classes of location i (the "CE" of
-        Eq. 2/3 is the focal loss for this focal-loss head);
-      * ``reg_loss_i`` = SmoothL1 (``config.smooth_l1_beta``) between the predicted and the
-        ``BoxLinearCoder``-encoded (size-normalised l, t, r, b) targets, summed over the 4 coords;
-        the HIoU term uses the IoU of the decoded box with its ground truth. torchvision's GIoU
-        loss is replaced by this ``SmoothL1 + alpha * HIoU`` (Eq. 11), not added to it;
-      * ``class_probs`` = per-class sigmoids of the location (without centre-ness), ``labels`` =
-        the ground-truth class column (1..C).
-    Negatives: focal loss summed over all classes and locations. The centre-ness BCE of the
-    positives is kept as its own term ``loss_bbox_ctrness``. Division by the number of positives,
-    as torchvision.
+    Harmonic, per positive location i (inside its matched box, centre-sampled, right FPN level),
+    on torchvision's own terms:
+      * ``cls_i`` = sigmoid focal loss summed over the classes of location i (the classification
+        loss ``1 + beta_r`` weights); every other location is a negative with its focal loss;
+      * ``p_i`` = sigmoid of the true class's logit: ``beta_c``;
+      * ``L(d)_i`` = torchvision's GIoU loss of the decoded box, plus ``alpha * HIoU``;
+      * TC and AIC use the score FCOS ranks by after post-processing,
+        ``sqrt(sigmoid(cls) * sigmoid(centerness))`` (TC's gradient reaches both branches);
+      * the centre-ness BCE stays torchvision's ``loss_bbox_ctrness``; everything is divided by
+        the number of positives in the batch, as torchvision.
+    With ``harmonic_factors=False, alpha=0, tc_weight=0`` the loss equals the baseline.
 
     Both modes return ``loss_classifier``, ``loss_box_reg``, ``loss_bbox_ctrness`` (harmonic adds
-    ``loss_tc``) and detached ``stat_*``; baseline values equal torchvision's exactly.
+    ``loss_tc``) and detached ``stat_*`` (the baseline logs the factors it would have had).
     """
 
     def __init__(
@@ -72,6 +72,7 @@ class HarmonicFCOSHead(FCOSHead):
     ) -> None:
         super().__init__(in_channels, num_anchors, num_classes, num_convs)
         self.loss_kind = loss
+        self.loss_config = check_loss(loss, loss_options)
         self.harmonic_loss: HarmonicDetLoss | None = make_loss_module(loss, loss_options)
 
     def compute_loss(
@@ -90,84 +91,50 @@ class HarmonicFCOSHead(FCOSHead):
             anchors: per image ``Tensor[A, 4]`` (one square anchor per location).
             matched_idxs: per image ``Tensor[A]``: gt index or -1.
         """
+        # float32 loss maths under AMP (box decoding and exp overflow in fp16), both modes
+        head_outputs = {k: v.float() for k, v in head_outputs.items()}
         if self.harmonic_loss is None:
             tv = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
-            losses = {
-                "loss_classifier": tv["classification"],
-                "loss_box_reg": tv["bbox_regression"],
-                "loss_bbox_ctrness": tv["bbox_ctrness"],
-            }
+            losses = {"loss_classifier": tv["classification"], "loss_box_reg": tv["bbox_regression"],
+                      "loss_bbox_ctrness": tv["bbox_ctrness"]}
             with torch.no_grad():
-                outputs = {k: v.float() for k, v in head_outputs.items()}
-                pos = self.gather_positives(targets, outputs, anchors, matched_idxs)
-                losses.update(aic_stats(pos["logits"].sigmoid(), pos["labels"], pos["iou"]))
+                terms, _ = self.positive_terms(targets, head_outputs, anchors, matched_idxs)
+                losses.update(positive_stats(terms, self.loss_config))
             return losses
-
-        # float32 loss maths under AMP (box decoding and exp overflow in fp16)
-        head_outputs = {k: v.float() for k, v in head_outputs.items()}
-        pos = self.gather_positives(targets, head_outputs, anchors, matched_idxs)
-        config: HarmonicConfig = self.harmonic_loss.config
-        cls_logits = head_outputs["cls_logits"]
-        image_idx, anchor_idx = pos["image_idx"], pos["anchor_idx"]
-        num_pos = image_idx.numel()
-        gt_classes = torch.zeros_like(cls_logits)
-        gt_classes[image_idx, anchor_idx, pos["labels"]] = 1.0
-        focal = sigmoid_focal_loss(cls_logits, gt_classes, reduction="none").sum(dim=-1)  # [B, A]
-        negative = torch.ones_like(focal, dtype=torch.bool)
-        negative[image_idx, anchor_idx] = False
-        reg = F.smooth_l1_loss(
-            pos["deltas"], pos["target_deltas"], beta=config.smooth_l1_beta, reduction="none"
-        ).sum(dim=1)
-        losses = self.harmonic_loss(
-            focal[image_idx, anchor_idx],
-            reg,
-            pos["pred_boxes"],
-            pos["gt_boxes"],
-            pos["logits"].sigmoid(),
-            pos["labels"],
-            focal[negative].sum(),
-            num_pos,
-        )
-        losses["loss_bbox_ctrness"] = centerness_loss(
-            head_outputs["bbox_ctrness"][image_idx, anchor_idx, 0], pos["target_deltas"]
-        ) / max(1, num_pos)
+        terms, ctrness = self.positive_terms(targets, head_outputs, anchors, matched_idxs)
+        losses = self.harmonic_loss(terms)
+        losses["loss_bbox_ctrness"] = centerness_loss(ctrness["logits"], ctrness["target_ltrb"]) * ctrness["norm"]
         return losses
 
-    def gather_positives(
+    def positive_terms(
         self,
         targets: list[dict[str, Tensor]],
         head_outputs: dict[str, Tensor],
         anchors: list[Tensor],
         matched_idxs: list[Tensor],
-    ) -> dict[str, Tensor]:
-        """The positive locations of the batch, image after image (P in total).
-
-        Returns:
-            ``image_idx``/``anchor_idx`` ``Tensor[P]``; ``logits`` ``Tensor[P, C+1]``; ``labels``
-            ``Tensor[P]``; ``deltas``/``target_deltas`` ``Tensor[P, 4]`` (encoded ltrb);
-            ``pred_boxes``/``gt_boxes`` ``Tensor[P, 4]`` xyxy; ``iou`` ``Tensor[P]``.
-        """
+    ) -> tuple[PositiveTerms, dict[str, Tensor]]:
+        """The positive locations of the batch (P in total, image after image) as :class:`PositiveTerms`,
+        and what the centre-ness term needs: ``logits`` ``[P]``, ``target_ltrb`` ``[P, 4]`` (encoded
+        l, t, r, b of the matched box) and ``norm`` (``1 / max(1, P)``)."""
         matched = torch.stack(matched_idxs)
         image_idx, anchor_idx = torch.nonzero(matched >= 0, as_tuple=True)
-        gt_boxes = torch.cat([t["boxes"] for t in targets])
+        gt_boxes = torch.cat([t["boxes"] for t in targets]).float()
         gt_labels = torch.cat([t["labels"] for t in targets])
-        offsets = torch.tensor([0] + [len(t["boxes"]) for t in targets[:-1]], device=matched.device).cumsum(0)
-        flat = offsets[image_idx] + matched[image_idx, anchor_idx]
-        pos_anchors = torch.stack(anchors)[image_idx, anchor_idx]
-        deltas = head_outputs["bbox_regression"][image_idx, anchor_idx]
+        counts = torch.tensor([len(t["boxes"]) for t in targets], device=matched.device)
+        flat = (counts.cumsum(0) - counts)[image_idx] + matched[image_idx, anchor_idx]
+        norm = 1.0 / max(1, int(image_idx.numel()))
+        image_weight = torch.full((len(targets),), norm, device=matched.device)
+        parts = focal_positive_terms(head_outputs["cls_logits"], image_idx, anchor_idx, gt_labels[flat],
+                                     matched < 0, image_weight)
+        ctrness = head_outputs["bbox_ctrness"][image_idx, anchor_idx, 0]
+        parts["score"] = torch.sqrt(parts["p_true"] * torch.sigmoid(ctrness))  # torchvision's ranking score
         matched_boxes = gt_boxes[flat]
-        pred_boxes = self.box_coder.decode(deltas, pos_anchors)
-        return {
-            "image_idx": image_idx,
-            "anchor_idx": anchor_idx,
-            "logits": head_outputs["cls_logits"][image_idx, anchor_idx],
-            "labels": gt_labels[flat],
-            "deltas": deltas,
-            "target_deltas": self.box_coder.encode(pos_anchors, matched_boxes),
-            "pred_boxes": pred_boxes,
-            "gt_boxes": matched_boxes,
-            "iou": elementwise_box_iou(pred_boxes, matched_boxes),
-        }
+        pos_anchors = torch.stack(anchors)[image_idx, anchor_idx]
+        box_loss, pred_boxes = box_loss_per_positive(
+            "giou", self.box_coder, pos_anchors, matched_boxes, head_outputs["bbox_regression"][image_idx, anchor_idx])
+        target_ltrb = self.box_coder.encode(pos_anchors, matched_boxes)
+        return make_terms(parts, box_loss, pred_boxes, matched_boxes), {
+            "logits": ctrness, "target_ltrb": target_ltrb, "norm": norm}
 
 
 class HarmonicFCOS(FCOS):
@@ -205,8 +172,8 @@ def build_fcos(
 ) -> HarmonicFCOS:
     """Build ``fcos_resnet18_fpn`` or ``fcos_resnet50_fpn`` for square ``img_size`` inputs.
 
-    ``cls_loss`` of the harmonic weighting is the per-location focal loss summed over classes
-    (see :class:`HarmonicFCOSHead`); ``loss="baseline"`` is torchvision's loss unchanged.
+    The harmonic loss is built on torchvision's focal + GIoU + centre-ness terms (see
+    :class:`HarmonicFCOSHead`); ``loss="baseline"`` is torchvision's loss unchanged.
 
     Args:
         name: one of :data:`FCOS_NAMES`.

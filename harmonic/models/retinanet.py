@@ -12,20 +12,20 @@ from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.retinanet import RetinaNetHead
-from torchvision.ops import sigmoid_focal_loss
 
 from harmonic.errors import HarmonicError
-from harmonic.losses import HarmonicConfig, HarmonicDetLoss
-from harmonic.losses.functional import elementwise_box_iou
+from harmonic.losses import HarmonicDetLoss, PositiveTerms, positive_stats
 from harmonic.models.common import (
-    aic_stats,
+    box_loss_per_positive,
     check_img_size,
+    check_loss,
+    focal_positive_terms,
     make_loss_module,
+    make_terms,
     pop_options,
     resnet_fpn_backbone,
     transform_kwargs,
@@ -45,21 +45,20 @@ _OPTIONS = _RETINANET_KWARGS | {"fpn_channels", "trainable_backbone_layers", "an
 class HarmonicRetinaNetHead(RetinaNetHead):
     """``RetinaNetHead`` whose loss is torchvision's (``"baseline"``) or HarmonicDet's (``"harmonic"``).
 
-    Harmonic, per positive anchor i (matched IoU >= 0.5 or a low-quality best match):
-      * ``cls_loss_i`` = sigmoid focal loss (alpha 0.25, gamma 2) summed over the classes of
-        anchor i: for this focal-loss head the "CE" of Eq. 2/3 is the focal loss;
-      * ``reg_loss_i`` = SmoothL1 (``config.smooth_l1_beta``) between the predicted and the
-        ``BoxCoder``-encoded target deltas, summed over the 4 coords; the HIoU term uses the IoU
-        of the decoded predicted box with its ground truth;
-      * ``class_probs`` = per-class sigmoids of the anchor (column 0 is the always-negative
-        background column), ``labels`` = the ground-truth class column (1..C).
-    Negatives (IoU < 0.4): focal loss summed over all classes and anchors; anchors between the
-    thresholds are ignored. Everything is divided by the number of positives in the batch
-    (torchvision divides per image, then averages the images).
+    Harmonic, per positive anchor i (matched IoU >= 0.5 or a low-quality best match), on
+    torchvision's own terms:
+      * ``cls_i`` = sigmoid focal loss (alpha 0.25, gamma 2) summed over the classes of anchor i
+        (the classification loss ``1 + beta_r`` weights); negatives (IoU < 0.4) keep their focal
+        loss, anchors between the thresholds are ignored;
+      * ``p_i`` = sigmoid of the true class's logit: ``beta_c`` and the ranking score (TC, AIC);
+      * ``L(d)_i`` = the regression head's own box loss (torchvision's ``_loss_type``, L1 on the
+        ``BoxCoder``-encoded deltas for this head), plus ``alpha * HIoU`` of the decoded box;
+      * normaliser: each image's terms divided by its number of positives, then the mean over
+        the images, as torchvision.
+    With ``harmonic_factors=False, alpha=0, tc_weight=0`` the loss equals the baseline.
 
     Both modes return ``loss_classifier`` and ``loss_box_reg`` (harmonic adds ``loss_tc``) and
-    detached ``stat_*``; baseline values equal torchvision's ``classification`` /
-    ``bbox_regression`` exactly.
+    detached ``stat_*`` (the baseline logs the factors it would have had).
     """
 
     def __init__(
@@ -73,6 +72,7 @@ class HarmonicRetinaNetHead(RetinaNetHead):
     ) -> None:
         super().__init__(in_channels, num_anchors, num_classes, norm_layer=norm_layer)
         self.loss_kind = loss
+        self.loss_config = check_loss(loss, loss_options)
         self.harmonic_loss: HarmonicDetLoss | None = make_loss_module(loss, loss_options)
 
     def compute_loss(
@@ -90,76 +90,41 @@ class HarmonicRetinaNetHead(RetinaNetHead):
             anchors: per image ``Tensor[A, 4]`` xyxy.
             matched_idxs: per image ``Tensor[A]``: gt index, -1 (background) or -2 (ignored).
         """
+        # float32 loss maths under AMP (box decoding and exp overflow in fp16), both modes
+        head_outputs = {k: v.float() for k, v in head_outputs.items()}
         if self.harmonic_loss is None:
             tv = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
             losses = {"loss_classifier": tv["classification"], "loss_box_reg": tv["bbox_regression"]}
             with torch.no_grad():
-                outputs = {k: v.float() for k, v in head_outputs.items()}
-                pos = self.gather_positives(targets, outputs, anchors, matched_idxs)
-                losses.update(aic_stats(pos["logits"].sigmoid(), pos["labels"], pos["iou"]))
+                losses.update(positive_stats(self.positive_terms(targets, head_outputs, anchors, matched_idxs),
+                                             self.loss_config))
             return losses
+        return self.harmonic_loss(self.positive_terms(targets, head_outputs, anchors, matched_idxs))
 
-        # float32 loss maths under AMP (box decoding and exp overflow in fp16)
-        head_outputs = {k: v.float() for k, v in head_outputs.items()}
-        config: HarmonicConfig = self.harmonic_loss.config
-        cls_logits = head_outputs["cls_logits"]
-        pos = self.gather_positives(targets, head_outputs, anchors, matched_idxs)
-        matched = torch.stack(matched_idxs)
-        gt_classes = torch.zeros_like(cls_logits)
-        gt_classes[pos["image_idx"], pos["anchor_idx"], pos["labels"]] = 1.0
-        focal = sigmoid_focal_loss(cls_logits, gt_classes, reduction="none").sum(dim=-1)  # [B, A]
-        negative = matched == -1  # Matcher.BELOW_LOW_THRESHOLD; -2 (between thresholds) is ignored
-        reg = F.smooth_l1_loss(
-            pos["deltas"], pos["target_deltas"], beta=config.smooth_l1_beta, reduction="none"
-        ).sum(dim=1)
-        return self.harmonic_loss(
-            focal[pos["image_idx"], pos["anchor_idx"]],
-            reg,
-            pos["pred_boxes"],
-            pos["gt_boxes"],
-            pos["logits"].sigmoid(),
-            pos["labels"],
-            focal[negative].sum(),
-            pos["labels"].numel(),
-        )
-
-    def gather_positives(
+    def positive_terms(
         self,
         targets: list[dict[str, Tensor]],
         head_outputs: dict[str, Tensor],
         anchors: list[Tensor],
         matched_idxs: list[Tensor],
-    ) -> dict[str, Tensor]:
-        """The positive anchors of the batch, concatenated image after image (P in total).
-
-        Returns:
-            ``image_idx``/``anchor_idx`` ``Tensor[P]``; ``logits`` ``Tensor[P, C+1]``; ``labels``
-            ``Tensor[P]``; ``deltas``/``target_deltas`` ``Tensor[P, 4]`` (encoded); ``pred_boxes``/
-            ``gt_boxes`` ``Tensor[P, 4]`` xyxy; ``iou`` ``Tensor[P]`` (carries gradient to the deltas).
-        """
+    ) -> PositiveTerms:
+        """The positive anchors of the batch (P in total, image after image) as :class:`PositiveTerms`."""
         matched = torch.stack(matched_idxs)
         image_idx, anchor_idx = torch.nonzero(matched >= 0, as_tuple=True)
-        gt_index = matched[image_idx, anchor_idx]
-        gt_boxes = torch.cat([t["boxes"] for t in targets])
+        gt_boxes = torch.cat([t["boxes"] for t in targets]).float()
         gt_labels = torch.cat([t["labels"] for t in targets])
-        offsets = torch.tensor([0] + [len(t["boxes"]) for t in targets[:-1]], device=matched.device).cumsum(0)
-        flat = offsets[image_idx] + gt_index
-        box_coder = self.regression_head.box_coder
-        pos_anchors = torch.stack(anchors)[image_idx, anchor_idx]
-        deltas = head_outputs["bbox_regression"][image_idx, anchor_idx]
+        counts = torch.tensor([len(t["boxes"]) for t in targets], device=matched.device)
+        flat = (counts.cumsum(0) - counts)[image_idx] + matched[image_idx, anchor_idx]
+        num_fg = (matched >= 0).sum(dim=1).clamp_min(1).float()
+        image_weight = 1.0 / (num_fg * len(targets))
+        parts = focal_positive_terms(head_outputs["cls_logits"], image_idx, anchor_idx, gt_labels[flat],
+                                     matched == -1, image_weight)  # -1: Matcher.BELOW_LOW_THRESHOLD
         matched_boxes = gt_boxes[flat]
-        pred_boxes = box_coder.decode_single(deltas, pos_anchors)
-        return {
-            "image_idx": image_idx,
-            "anchor_idx": anchor_idx,
-            "logits": head_outputs["cls_logits"][image_idx, anchor_idx],
-            "labels": gt_labels[flat],
-            "deltas": deltas,
-            "target_deltas": box_coder.encode_single(matched_boxes, pos_anchors),
-            "pred_boxes": pred_boxes,
-            "gt_boxes": matched_boxes,
-            "iou": elementwise_box_iou(pred_boxes, matched_boxes),
-        }
+        box_loss, pred_boxes = box_loss_per_positive(
+            self.regression_head._loss_type, self.regression_head.box_coder,
+            torch.stack(anchors)[image_idx, anchor_idx], matched_boxes,
+            head_outputs["bbox_regression"][image_idx, anchor_idx])
+        return make_terms(parts, box_loss, pred_boxes, matched_boxes)
 
 
 class HarmonicRetinaNet(RetinaNet):
@@ -205,7 +170,7 @@ def build_retinanet(
 ) -> HarmonicRetinaNet:
     """Build ``retinanet_resnet18_fpn`` or ``retinanet_resnet50_fpn`` for square ``img_size`` inputs.
 
-    ``cls_loss`` of the harmonic weighting is the per-anchor focal loss summed over classes (see
+    The harmonic loss is built on torchvision's focal + L1 terms (see
     :class:`HarmonicRetinaNetHead`); ``loss="baseline"`` is torchvision's loss unchanged.
 
     Args:

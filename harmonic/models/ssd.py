@@ -25,14 +25,16 @@ from torchvision.models.vgg import cfgs as vgg_cfgs
 from torchvision.models.vgg import make_layers as vgg_make_layers
 
 from harmonic.errors import HarmonicError
-from harmonic.losses import elementwise_box_iou
+from harmonic.losses import PositiveTerms, positive_stats
 from harmonic.models.common import (
-    aic_stats,
+    box_loss_per_positive,
     check_loss,
     load_state_dict_file,
     make_loss_module,
+    make_terms,
     pop_options,
     resolve_backbone_weights,
+    softmax_positive_terms,
 )
 from harmonic.models.spec import IMAGENET_MEAN, IMAGENET_STD
 
@@ -47,33 +49,28 @@ _SSD_OPTIONS = frozenset(
 )
 
 
-def _regression_beta(loss_options: dict[str, Any] | None, detector_default: float) -> float:
-    """SmoothL1 beta on encoded deltas: ``loss_options["smooth_l1_beta"]`` when given explicitly,
-    else the detector's torchvision value, so harmonic and baseline regress with the same SmoothL1."""
-    return float((loss_options or {}).get("smooth_l1_beta", detector_default))
-
-
 class HarmonicSSD(SSD):
     """torchvision ``SSD`` whose ``compute_loss`` is torchvision's (baseline) or HarmonicDet's.
 
-    Per positive default box i (``loss="harmonic"``):
-      * ``cls_loss_i`` = softmax cross-entropy over the C+1 columns (background = 0),
-      * ``reg_loss_i`` = SmoothL1 of the encoded deltas summed over 4 coords, beta 1 as torchvision's
-        SSD (``loss_options["smooth_l1_beta"]`` overrides it),
-      * IoU between the decoded predicted box and its matched ground truth,
-      * ``class_probs`` = softmax over all C+1 columns, ``labels`` = target label (1..C).
-    Negatives: the hard-mined negatives' cross-entropy sum (torchvision's 3:1 mining on the CE).
-    Normaliser: the number of positives (torchvision's ``N = max(1, num_foreground)``).
+    Per positive default box i (``loss="harmonic"``), on torchvision's own terms:
+      * ``cls_i`` = softmax cross-entropy over the C+1 columns (background = 0); negatives are
+        torchvision's 3:1 hard-mined negatives with their CE;
+      * ``p_i`` = the softmax probability of the true class: ``beta_c`` and the ranking score;
+      * ``L(d)_i`` = SmoothL1 (beta 1, as torchvision's SSD) of the encoded deltas summed over the
+        4 coords, plus ``alpha * HIoU`` of the decoded box;
+      * normaliser: the number of positives in the batch (torchvision's ``N = max(1, num_fg)``).
+    With ``harmonic_factors=False, alpha=0, tc_weight=0`` the loss equals the baseline.
 
     Loss keys: ``loss_classifier``, ``loss_box_reg`` (+ ``loss_tc`` for harmonic) and detached
-    ``stat_*``. Baseline values equal torchvision's ``classification`` / ``bbox_regression``.
+    ``stat_*`` (the baseline logs the factors it would have had). The loss is computed in float32
+    under AMP in both modes.
     """
 
     def __init__(self, *args: Any, loss: str = "harmonic", loss_options: dict[str, Any] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.loss_kind = loss
+        self.loss_config = check_loss(loss, loss_options)
         self.harmonic_loss = make_loss_module(loss, loss_options)
-        self.smooth_l1_beta = _regression_beta(loss_options, 1.0)
 
     def compute_loss(
         self,
@@ -90,54 +87,24 @@ class HarmonicSSD(SSD):
             anchors: per image Tensor[A, 4] xyxy default boxes.
             matched_idxs: per image Tensor[A] int64, matched gt index or -1.
         """
+        head_outputs = {k: v.float() for k, v in head_outputs.items()}  # float32 loss under AMP
         if self.harmonic_loss is None:
             tv = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
             losses = {"loss_classifier": tv["classification"], "loss_box_reg": tv["bbox_regression"]}
             with torch.no_grad():
-                pos = self._gather_positives(targets, head_outputs, anchors, matched_idxs)
-                iou = elementwise_box_iou(pos["pred_boxes"], pos["gt_boxes"])
-                losses.update(aic_stats(F.softmax(pos["logits"], dim=-1), pos["labels"], iou))
+                losses.update(positive_stats(self.positive_terms(targets, head_outputs, anchors, matched_idxs),
+                                             self.loss_config))
             return losses
+        return self.harmonic_loss(self.positive_terms(targets, head_outputs, anchors, matched_idxs))
 
-        pos = self._gather_positives(targets, head_outputs, anchors, matched_idxs)
-        cls_logits = head_outputs["cls_logits"]
-        num_columns = cls_logits.size(-1)
-        cls_targets = pos["cls_targets"]
-        cls_loss = F.cross_entropy(
-            cls_logits.reshape(-1, num_columns), cls_targets.reshape(-1), reduction="none"
-        ).view(cls_targets.shape)
-        # Hard-negative mining exactly as torchvision: the top (ratio * #pos) CE among negatives, per image.
-        foreground = cls_targets > 0
-        num_negative = self.neg_to_pos_ratio * foreground.sum(1, keepdim=True)
-        negative_loss = cls_loss.detach().clone()
-        negative_loss[foreground] = -float("inf")
-        _, order = negative_loss.sort(1, descending=True)
-        background = order.sort(1)[1] < num_negative
-
-        b, a = pos["image_idx"], pos["anchor_idx"]
-        reg_loss = F.smooth_l1_loss(
-            pos["deltas"], pos["target_deltas"], beta=self.smooth_l1_beta, reduction="none"
-        ).sum(dim=1)
-        return self.harmonic_loss(
-            cls_loss[b, a],
-            reg_loss,
-            pos["pred_boxes"],
-            pos["gt_boxes"],
-            F.softmax(pos["logits"], dim=-1),
-            pos["labels"],
-            cls_loss[background].sum(),
-            max(1, int(b.numel())),
-        )
-
-    def _gather_positives(
+    def positive_terms(
         self,
         targets: list[dict[str, Tensor]],
         head_outputs: dict[str, Tensor],
         anchors: list[Tensor],
         matched_idxs: list[Tensor],
-    ) -> dict[str, Tensor]:
-        """Per-positive tensors (P = all positives of the batch) and the dense class targets [B, A]."""
-        bbox_regression = head_outputs["bbox_regression"]
+    ) -> PositiveTerms:
+        """The positive default boxes of the batch (P in total, image after image) as :class:`PositiveTerms`."""
         cls_logits = head_outputs["cls_logits"]
         image_idx, anchor_idx, gt_boxes, cls_targets = [], [], [], []
         for i, (tgt, matched) in enumerate(zip(targets, matched_idxs)):
@@ -149,23 +116,27 @@ class HarmonicSSD(SSD):
             dense = torch.zeros(matched.shape, dtype=tgt["labels"].dtype, device=matched.device)
             dense[fg] = tgt["labels"][gt_idx]
             cls_targets.append(dense)
-        b = torch.cat(image_idx)
-        a = torch.cat(anchor_idx)
+        b, a = torch.cat(image_idx), torch.cat(anchor_idx)
         cls_targets_t = torch.stack(cls_targets)
+        ce = F.cross_entropy(cls_logits.reshape(-1, cls_logits.size(-1)), cls_targets_t.reshape(-1),
+                             reduction="none").view(cls_targets_t.shape)
+        # Hard-negative mining exactly as torchvision: the top (ratio * #pos) CE among negatives, per image.
+        foreground = cls_targets_t > 0
+        num_negative = self.neg_to_pos_ratio * foreground.sum(1, keepdim=True)
+        negative_loss = ce.detach().clone()
+        negative_loss[foreground] = -float("inf")
+        _, order = negative_loss.sort(1, descending=True)
+        background = order.sort(1)[1] < num_negative
+        norm = 1.0 / max(1, int(b.numel()))
+        labels = cls_targets_t[b, a]
+        parts = softmax_positive_terms(cls_logits[b, a], labels, ce[b, a])
+        parts["weight"] = torch.full_like(parts["cls_loss"], norm)
+        parts["neg_cls_loss"] = ce[background].sum() * norm
         anchors_pos = torch.stack(anchors)[b, a]
         gt = torch.cat(gt_boxes).to(anchors_pos.dtype)
-        deltas = bbox_regression[b, a]
-        return {
-            "image_idx": b,
-            "anchor_idx": a,
-            "cls_targets": cls_targets_t,
-            "labels": cls_targets_t[b, a],
-            "logits": cls_logits[b, a],
-            "deltas": deltas,
-            "target_deltas": self.box_coder.encode_single(gt, anchors_pos),
-            "pred_boxes": self.box_coder.decode_single(deltas, anchors_pos),
-            "gt_boxes": gt,
-        }
+        box_loss, pred_boxes = box_loss_per_positive(
+            "smooth_l1", self.box_coder, anchors_pos, gt, head_outputs["bbox_regression"][b, a], beta=1.0)
+        return make_terms(parts, box_loss, pred_boxes, gt)
 
 
 def _load_into(module: nn.Module, state: dict[str, Tensor], path: Any, what: str) -> None:
@@ -271,11 +242,9 @@ def build_ssd(
 ) -> HarmonicSSD:
     """Build ``ssdlite320_mobilenet_v3_large`` or ``ssd300_vgg16`` for square ``img_size`` inputs.
 
-    ``cls_loss`` (the classification term weighted by ``1 + beta_r``) is the softmax cross-entropy
-    over background + C classes of each positive default box; the negatives' term is the CE of
-    the hard-mined negatives (3 per positive); regression is SmoothL1 (beta 1, torchvision's SSD
-    value) on the encoded deltas (weights 10, 10, 5, 5) plus the HIoU term on the decoded box.
-    Everything is divided by the number of positives, as torchvision's SSD loss is.
+    The harmonic loss is built on torchvision's SSD terms (see :class:`HarmonicSSD`): softmax CE
+    with 3:1 hard-negative mining, SmoothL1 (beta 1) on the encoded deltas (weights 10, 10, 5, 5),
+    divided by the number of positives.
 
     Args:
         name: one of :data:`SSD_NAMES`.

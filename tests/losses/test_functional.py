@@ -46,10 +46,16 @@ def test_harmonic_loss_values_and_factors():
         (1 + math.exp(-lo)) * c + (1 + math.exp(-c)) * lo for c, lo in zip(cls.tolist(), loc.tolist())
     ]
     assert out.tolist() == pytest.approx(expected, rel=1e-6)
-    fr, fc = harmonic_factors(cls, loc)
+    fr, fc = harmonic_factors(torch.exp(-cls), loc)  # beta_c = p = exp(-CE) for a softmax CE
     assert fr.tolist() == pytest.approx([1 + math.exp(-1.0), 2.0, 1 + math.exp(-0.5)], rel=1e-6)
     assert fc.tolist() == pytest.approx([2.0, 1 + math.exp(-1.0), 1 + math.exp(-2.0)], rel=1e-6)
     assert harmonic_loss(cls, loc, detach_factors=True).tolist() == pytest.approx(expected, rel=1e-6)
+    # A focal head passes p_true (sigmoid of the true logit), not exp(-focal loss).
+    p = torch.tensor([0.01, 0.5, 0.9])
+    out = harmonic_loss(cls, loc, p_true=p)
+    assert out.tolist() == pytest.approx(
+        [(1 + math.exp(-lo)) * c + (1 + pi) * lo for c, lo, pi in zip(cls.tolist(), loc.tolist(), p.tolist())],
+        rel=1e-6)
 
 
 @pytest.mark.parametrize("p0,loc_value", [(0.3, 0.7), (0.9, 2.0), (0.05, 0.1)])
@@ -92,6 +98,10 @@ def test_task_contrastive_values():
     assert step.tolist() == pytest.approx([w[0].item() * 0.5, 0.0, 0.0], abs=1e-6)
     with pytest.raises(ValueError):
         task_contrastive_loss(probs, labels, iou, mode="nope")
+    # An explicit ranking score (e.g. FCOS's sqrt(cls * centerness)) replaces p_y; H stays on the probs.
+    score = torch.tensor([0.9, 0.9, 0.3])
+    out = task_contrastive_loss(probs, labels, iou, margin=0.2, score=score)
+    assert out.tolist() == pytest.approx([w[0].item() * 0.3, w[1].item() * 0.25, w[2].item() * 0.5], abs=1e-6)
 
 
 def test_entropy_safe_at_zero():

@@ -3,77 +3,121 @@ import math
 import pytest
 import torch
 
-from harmonic.losses import HarmonicConfig, HarmonicDetLoss, harmonic_iou_loss
+from harmonic.losses import (
+    HarmonicConfig,
+    HarmonicDetLoss,
+    PositiveTerms,
+    elementwise_box_iou,
+    harmonic_iou_loss,
+)
 
 
-def _inputs(requires_grad=True):
+def _terms(requires_grad=True, weight=0.5, neg=3.0, score=None):
+    """Two positives with hand-checkable numbers; the boxes' IoUs are 0.5 and 1/3."""
     cls = torch.tensor([0.2, 1.5], requires_grad=requires_grad)
-    reg = torch.tensor([0.1, 0.6], requires_grad=requires_grad)
+    box = torch.tensor([0.1, 0.6], requires_grad=requires_grad)
     pred = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0]], requires_grad=requires_grad)
     gt = torch.tensor([[0.0, 0.0, 10.0, 5.0], [5.0, 0.0, 15.0, 10.0]])
-    probs = torch.tensor([[0.05, 0.9, 0.05], [0.3, 0.3, 0.4]])
+    probs = torch.tensor([[0.05, 0.9, 0.05], [0.3, 0.3, 0.4]], requires_grad=requires_grad)
     labels = torch.tensor([1, 2])
-    return cls, reg, pred, gt, probs, labels
+    p_true = probs.gather(1, labels[:, None]).squeeze(1)
+    terms = PositiveTerms(
+        cls_loss=cls, p_true=p_true, box_loss=box, iou=elementwise_box_iou(pred, gt),
+        score=p_true if score is None else score, class_probs=probs, labels=labels,
+        weight=torch.full((2,), weight), neg_cls_loss=torch.tensor(neg))
+    return terms, pred, probs
+
+
+IOUS = [0.5, 50 / 150]
+P = [0.9, 0.4]
+C = [0.2, 1.5]
+B = [0.1, 0.6]
+
+
+def _entropy(row):
+    return -sum(p * math.log(p) for p in row)
 
 
 def test_hand_computed_values():
-    cls, reg, pred, gt, probs, labels = _inputs()
-    cfg = HarmonicConfig()
-    out = HarmonicDetLoss(cfg)(cls, reg, pred, gt, probs, labels, torch.tensor(3.0), 2)
-    ious = [0.5, 50 / 150]
-    loc = [r + 1.5 * (1 + i) ** 0.8 * (1 - i) for r, i in zip([0.1, 0.6], ious)]
-    c = [0.2, 1.5]
-    loss_cls = (sum((1 + math.exp(-lo)) * ci for lo, ci in zip(loc, c)) + 3.0) / 2
-    loss_box = sum((1 + math.exp(-ci)) * lo for lo, ci in zip(loc, c)) / 2
-    ent = [-sum(p * math.log(p) for p in row) for row in probs.tolist()]
-    tc = [
-        max(0.0, abs(pt - i) - 0.2) / (1 + math.exp(h)) for pt, i, h in zip([0.9, 0.4], ious, ent)
-    ]
+    terms, _, probs = _terms()
+    out = HarmonicDetLoss(HarmonicConfig())(terms)
+    loc = [b + 1.5 * (1 + i) ** 0.8 * (1 - i) for b, i in zip(B, IOUS)]
+    loss_cls = sum((1 + math.exp(-lo)) * c for lo, c in zip(loc, C)) / 2 + 3.0
+    loss_box = sum((1 + p) * lo for lo, p in zip(loc, P)) / 2  # beta_c = p_i (Eq. 5)
+    tc = [max(0.0, abs(p - i) - 0.2) / (1 + math.exp(_entropy(row)))
+          for p, i, row in zip(P, IOUS, probs.tolist())]
     assert out["loss_classifier"].item() == pytest.approx(loss_cls, rel=1e-5)
     assert out["loss_box_reg"].item() == pytest.approx(loss_box, rel=1e-5)
     assert out["loss_tc"].item() == pytest.approx(sum(tc) / 2, rel=1e-5)
     assert out["stat_factor_r"].item() == pytest.approx(sum(1 + math.exp(-lo) for lo in loc) / 2, rel=1e-5)
-    assert out["stat_factor_c"].item() == pytest.approx(sum(1 + math.exp(-ci) for ci in c) / 2, rel=1e-5)
+    assert out["stat_factor_c"].item() == pytest.approx(sum(1 + p for p in P) / 2, rel=1e-5)
     assert out["stat_aic"].item() == pytest.approx((abs(0.9 - 0.5) + abs(0.4 - 1 / 3)) / 2, rel=1e-5)
     assert out["stat_num_pos"].item() == 2
     for k, v in out.items():
         assert v.dim() == 0
-        assert v.requires_grad == (k.startswith("loss_") and k != "loss_tc")  # probs are constants here
+        assert v.requires_grad == k.startswith("loss_"), k
 
 
-def test_iou_gradient_reaches_pred_boxes():
-    cls, reg, pred, gt, probs, labels = _inputs()
-    out = HarmonicDetLoss()(cls, reg, pred, gt, probs, labels, torch.tensor(0.0), 2)
-    out["loss_box_reg"].backward()
-    assert pred.grad.abs().sum() > 0
-    assert torch.isfinite(pred.grad).all()
+def test_switches_give_the_baseline_and_each_part():
+    off = HarmonicConfig.from_options({"harmonic_factors": "false", "alpha": "0", "tc_weight": "0"})
+    assert off.harmonic_factors is False and off.alpha == 0.0
+    terms, _, _ = _terms()
+    out = HarmonicDetLoss(off)(terms)
+    assert out["loss_classifier"].item() == pytest.approx(sum(C) / 2 + 3.0, rel=1e-6)
+    assert out["loss_box_reg"].item() == pytest.approx(sum(B) / 2, rel=1e-6)
+    assert out["loss_tc"].item() == 0.0
+    # Stats are still the (would-be) factors, for logging.
+    assert out["stat_factor_c"].item() == pytest.approx(1 + sum(P) / 2, rel=1e-5)
+    hiou_only = HarmonicDetLoss(HarmonicConfig(harmonic_factors=False, tc_weight=0))(_terms()[0])
+    expected = sum(b + 1.5 * harmonic_iou_loss(torch.tensor(i)).item() for b, i in zip(B, IOUS)) / 2
+    assert hiou_only["loss_box_reg"].item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_tc_iou_detached_by_default_and_optional():
-    cls, reg, pred, gt, _, labels = _inputs()
-    probs = torch.tensor([[0.05, 0.9, 0.05], [0.1, 0.1, 0.9]], requires_grad=True)
-    out = HarmonicDetLoss()(cls, reg, pred, gt, probs, labels, torch.tensor(0.0), 2)
-    assert out["loss_tc"].item() > 0
+def test_tc_uses_the_ranking_score():
+    score = torch.tensor([0.2, 0.9], requires_grad=True)
+    terms, _, probs = _terms(score=score)
+    out = HarmonicDetLoss()(terms)
+    tc = [max(0.0, abs(s - i) - 0.2) / (1 + math.exp(_entropy(row)))
+          for s, i, row in zip([0.2, 0.9], IOUS, probs.tolist())]
+    assert out["loss_tc"].item() == pytest.approx(sum(tc) / 2, rel=1e-5)
+    assert out["stat_aic"].item() == pytest.approx((0.3 + 0.9 - 1 / 3) / 2, rel=1e-5)
     out["loss_tc"].backward()
+    assert score.grad.abs().sum() > 0
+
+
+def test_factors_carry_gradient_unless_detached():
+    """d loss_box_reg / d p_i = L_loc_i * w (the paper's gradient through beta_c) or 0 when detached."""
+    for detach, expect_grad in ((False, True), (True, False)):
+        terms, _, probs = _terms()
+        cfg = HarmonicConfig(detach_factors=detach, tc_weight=0)
+        HarmonicDetLoss(cfg)(terms)["loss_box_reg"].backward()
+        assert (probs.grad is not None and bool(probs.grad.abs().sum() > 0)) == expect_grad
+
+
+def test_iou_gradient_reaches_pred_boxes_and_tc_iou_detached():
+    terms, pred, _ = _terms()
+    HarmonicDetLoss()(terms)["loss_box_reg"].backward()
+    assert pred.grad.abs().sum() > 0 and torch.isfinite(pred.grad).all()
+    terms, pred, probs = _terms()
+    HarmonicDetLoss()(terms)["loss_tc"].backward()
     assert pred.grad is None and probs.grad.abs().sum() > 0
-    cls, reg, pred, gt, _, labels = _inputs()
-    out = HarmonicDetLoss(HarmonicConfig(detach_tc_iou=False))(cls, reg, pred, gt, probs, labels, 0.0, 2)
-    out["loss_tc"].backward()
+    terms, pred, _ = _terms()
+    HarmonicDetLoss(HarmonicConfig(detach_tc_iou=False))(terms)["loss_tc"].backward()
     assert pred.grad.abs().sum() > 0
 
 
 def test_empty_positives_finite_and_zero_box_gradient():
+    empty = torch.zeros(0, requires_grad=True)
     pred = torch.zeros(0, 4, requires_grad=True)
-    reg = torch.zeros(0, requires_grad=True)
-    cls = torch.zeros(0, requires_grad=True)
     neg = torch.tensor(4.0, requires_grad=True)
-    out = HarmonicDetLoss()(cls, reg, pred, torch.zeros(0, 4), torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), neg, 0)
-    assert out["loss_classifier"].item() == pytest.approx(4.0)  # normaliser clamped to 1
+    terms = PositiveTerms(cls_loss=empty, p_true=empty, box_loss=empty, iou=elementwise_box_iou(pred, pred),
+                          score=empty, class_probs=torch.zeros(0, 3), labels=torch.zeros(0, dtype=torch.long),
+                          weight=torch.zeros(0), neg_cls_loss=neg)
+    out = HarmonicDetLoss()(terms)
+    assert out["loss_classifier"].item() == pytest.approx(4.0)
     assert out["loss_box_reg"].item() == 0.0 and out["loss_tc"].item() == 0.0
-    total = sum(v for k, v in out.items() if k.startswith("loss_"))
-    total.backward()
-    assert pred.grad is not None and pred.grad.numel() == 0
-    assert reg.grad is not None and neg.grad.item() == 1.0
+    sum(v for k, v in out.items() if k.startswith("loss_")).backward()
+    assert pred.grad is not None and pred.grad.numel() == 0 and neg.grad.item() == 1.0
     assert out["stat_num_pos"].item() == 0 and out["stat_aic"].item() == 0
 
 
@@ -86,28 +130,33 @@ def test_edge_cases_finite(p, box):
     cls = torch.nn.functional.binary_cross_entropy_with_logits(logit, torch.ones(1), reduction="none")
     pred = torch.tensor([box], requires_grad=True)
     gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
-    reg = (pred - gt).abs().sum(1)
     probs = torch.stack([1 - prob, prob], 1)
-    out = HarmonicDetLoss()(cls, reg, pred, gt, probs, torch.tensor([1]), torch.tensor(0.0), 1)
-    total = sum(v for k, v in out.items() if k.startswith("loss_"))
-    total.backward()
+    terms = PositiveTerms(cls_loss=cls, p_true=prob, box_loss=(pred - gt).abs().sum(1),
+                          iou=elementwise_box_iou(pred, gt), score=prob, class_probs=probs,
+                          labels=torch.tensor([1]), weight=torch.ones(1), neg_cls_loss=torch.tensor(0.0))
+    out = HarmonicDetLoss()(terms)
+    sum(v for k, v in out.items() if k.startswith("loss_")).backward()
     assert all(torch.isfinite(v).all() for v in out.values())
     assert torch.isfinite(logit.grad).all() and torch.isfinite(pred.grad).all()
 
 
-def test_config_validation_and_options():
-    with pytest.raises(ValueError, match="gamma"):
-        HarmonicConfig(gamma=1.2)
-    with pytest.raises(ValueError, match="tc_mode"):
-        HarmonicConfig(tc_mode="x")
-    with pytest.raises(ValueError, match="unknown"):
-        HarmonicConfig.from_options({"alpah": 1.0})
-    cfg = HarmonicConfig.from_options({"alpha": 0.0, "tc_weight": 0.0})
-    assert cfg.to_dict()["alpha"] == 0.0
-    cls, reg, pred, gt, probs, labels = _inputs()
-    out = HarmonicDetLoss(cfg)(cls, reg, pred, gt, probs, labels, torch.tensor(0.0), 2)
-    # alpha = 0: L_loc is the SmoothL1 alone
-    expected = ((1 + math.exp(-0.2)) * 0.1 + (1 + math.exp(-1.5)) * 0.6) / 2
-    assert out["loss_box_reg"].item() == pytest.approx(expected, rel=1e-5)
-    assert out["loss_tc"].item() == 0.0
-    assert harmonic_iou_loss(torch.tensor(0.25), cfg.gamma).item() == pytest.approx(1.25**0.8 * 0.75)
+@pytest.mark.parametrize("options,match", [
+    ({"alpah": 1.0}, "alpah: unknown"),
+    ({"alpha": -1}, "alpha=-1.0: must be >= 0"),
+    ({"gamma": 1.2}, "gamma=1.2: must be <= 1"),
+    ({"tc_mode": "x"}, "tc_mode"),
+    ({"harmonic_factors": "maybe"}, "harmonic_factors='maybe': expected true or false"),
+    ({"alpha": "abc"}, "alpha='abc': expected a number"),
+    ({"tc_weight": -0.5}, "tc_weight"),
+])
+def test_config_validation(options, match):
+    with pytest.raises(ValueError, match=match):
+        HarmonicConfig.from_options(options)
+
+
+def test_config_accepts_cli_strings():
+    cfg = HarmonicConfig.from_options({"harmonic_factors": "False", "detach_factors": "true", "alpha": "0.5",
+                                       "gamma": 1, "tc_weight": 0})
+    assert cfg.to_dict() == {**HarmonicConfig().to_dict(), "harmonic_factors": False, "detach_factors": True,
+                             "alpha": 0.5, "gamma": 1.0, "tc_weight": 0.0}
+    assert HarmonicConfig().harmonic_factors is True and HarmonicConfig().detach_factors is False

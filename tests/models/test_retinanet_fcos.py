@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from torchvision.ops import box_iou, sigmoid_focal_loss
+from torchvision.ops import box_iou, generalized_box_iou, sigmoid_focal_loss
 
 from harmonic.losses import harmonic_iou_loss
 from harmonic.models import build_detector
@@ -39,9 +39,8 @@ def test_train_forward_backward_and_eval(name, loss):
     out = model(images, targets)
     loss_keys = {k for k in out if k.startswith("loss_")}
     assert loss_keys == EXPECTED_KEYS[(name, loss)]
-    assert {"stat_aic", "stat_num_pos"} <= set(out)
-    if loss == "harmonic":
-        assert 1.0 <= out["stat_factor_r"].item() <= 2.0 and 1.0 <= out["stat_factor_c"].item() <= 2.0
+    assert {"stat_aic", "stat_num_pos", "stat_factor_r", "stat_factor_c"} <= set(out)  # both losses
+    assert 1.0 <= out["stat_factor_r"].item() <= 2.0 and 1.0 <= out["stat_factor_c"].item() <= 2.0
     assert out["stat_num_pos"].item() > 0
     assert all(torch.isfinite(v).all() for v in out.values())
     assert all(not v.requires_grad for k, v in out.items() if k.startswith("stat_"))
@@ -84,19 +83,17 @@ def _focal(logits, label):
     return sigmoid_focal_loss(logits, target, reduction="sum").item()
 
 
-def _expected(cls_pos, reg, iou, p_true, probs, neg_sum, margin=0.2, alpha=1.5, gamma=0.8):
+def _expected(cls_pos, reg, iou, p_true, probs, neg_sum, score=None, margin=0.2, alpha=1.5, gamma=0.8):
+    """Eq. 2-13 for one positive: beta_r = exp(-L_loc), beta_c = p_true, TC on the ranking score."""
     loc = reg + alpha * harmonic_iou_loss(torch.tensor(iou), gamma).item()
     entropy = -sum(p * math.log(p) for p in probs)
-    tc = max(0.0, abs(p_true - iou) - margin) / (1 + math.exp(entropy))
+    score = p_true if score is None else score
+    tc = max(0.0, abs(score - iou) - margin) / (1 + math.exp(entropy))
     return {
         "loss_classifier": (1 + math.exp(-loc)) * cls_pos + neg_sum,
-        "loss_box_reg": (1 + math.exp(-cls_pos)) * loc,
+        "loss_box_reg": (1 + p_true) * loc,
         "loss_tc": tc,
     }
-
-
-def _smooth_l1(diff, beta=1 / 9):
-    return sum(0.5 * d * d / beta if abs(d) < beta else abs(d) - 0.5 * beta for d in diff)
 
 
 def test_retinanet_harmonic_head_matches_formula():
@@ -115,7 +112,7 @@ def test_retinanet_harmonic_head_matches_formula():
     gw, gh, gx, gy = 22.0, 28.0, 23.0, 22.0
     target = [(gx - ax) / aw, (gy - ay) / ah, math.log(gw / aw), math.log(gh / ah)]
     d = deltas[0, 0].tolist()
-    reg = _smooth_l1([a - b for a, b in zip(d, target)])
+    reg = sum(abs(a - b) for a, b in zip(d, target))  # torchvision RetinaNet's L1 on encoded deltas
     cx, cy, w, h = ax + d[0] * aw, ay + d[1] * ah, aw * math.exp(d[2]), ah * math.exp(d[3])
     pred = torch.tensor([[cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]])
     iou = box_iou(pred, gt).item()
@@ -124,6 +121,7 @@ def test_retinanet_harmonic_head_matches_formula():
     for key, value in expected.items():
         assert out[key].item() == pytest.approx(value, rel=1e-4, abs=1e-7), key
     assert out["stat_num_pos"].item() == 1
+    assert out["stat_factor_c"].item() == pytest.approx(1 + probs[2], rel=1e-5)
     assert out["stat_aic"].item() == pytest.approx(abs(probs[2] - iou), rel=1e-4)
 
 
@@ -141,13 +139,15 @@ def test_fcos_harmonic_head_matches_formula():
     s = 8.0  # anchor size normalises l, t, r, b
     target = [(20 - 8) / s, (20 - 6) / s, (40 - 20) / s, (30 - 20) / s]
     d = ltrb[0, 0].tolist()
-    reg = _smooth_l1([a - b for a, b in zip(d, target)])
     pred = torch.tensor([[20 - d[0] * s, 20 - d[1] * s, 20 + d[2] * s, 20 + d[3] * s]])
+    reg = 1 - generalized_box_iou(pred, gt).item()  # torchvision FCOS's GIoU loss
     iou = box_iou(pred, gt).item()
     probs = torch.sigmoid(logits[0, 0]).tolist()
-    expected = _expected(_focal(logits[0, 0], 1), reg, iou, probs[1], probs, _focal(logits[0, 1], None))
+    score = math.sqrt(probs[1] / (1 + math.exp(-0.3)))  # FCOS ranks by sqrt(cls * centerness)
+    expected = _expected(_focal(logits[0, 0], 1), reg, iou, probs[1], probs, _focal(logits[0, 1], None), score)
     for key, value in expected.items():
         assert out[key].item() == pytest.approx(value, rel=1e-4, abs=1e-7), key
+    assert out["stat_aic"].item() == pytest.approx(abs(score - iou), rel=1e-4)
     ctr_target = math.sqrt(min(target[0], target[2]) / max(target[0], target[2])
                            * min(target[1], target[3]) / max(target[1], target[3]))
     p = 1 / (1 + math.exp(-0.3))
