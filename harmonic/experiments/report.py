@@ -54,7 +54,7 @@ def delta_table(boot: Mapping[str, Mapping], labels: tuple[str, str] = ("Baselin
         for which, name in ((labels[0], "baseline"), (labels[1], "harmonic")):
             cell = _fmt(b[name], scale, d)
             if per_seed and len(per_seed.get(which, ())) > 1:
-                vals = np.array([r[key] for r in per_seed[which]], dtype=np.float64)
+                vals = np.array([r.get(key, np.nan) for r in per_seed[which]], dtype=np.float64)
                 vals = vals[np.isfinite(vals)]
                 if vals.size > 1:
                     cell += f" ± {vals.std() * scale:.{d}f}"
@@ -148,7 +148,7 @@ def ablation_table(per_variant: Mapping[str, Sequence[Mapping[str, float]]],
     for variant, rows in per_variant.items():
         cells = []
         for _, key, scale, _ in keys:
-            vals = np.array([r[key] for r in rows], dtype=np.float64)
+            vals = np.array([r.get(key, np.nan) for r in rows], dtype=np.float64)
             vals = vals[np.isfinite(vals)]
             d = _digits(scale)
             cells.append("n/a" if not vals.size else f"{vals.mean() * scale:.{d}f}"

@@ -8,7 +8,7 @@ from harmonic.errors import HarmonicError
 from harmonic.models import MODELS, ModelInfo, ModelSpec, build_detector, build_from_spec, model_spec
 
 REQUIRED = [
-    "retinanet_resnet18_fpn", "retinanet_resnet50_fpn", "fcos_resnet18_fpn", "fcos_resnet50_fpn",
+    "fcos_resnet10s_fpn", "retinanet_resnet10s_fpn", "retinanet_resnet18_fpn", "retinanet_resnet50_fpn", "fcos_resnet18_fpn", "fcos_resnet50_fpn",
     "ssdlite320_mobilenet_v3_large", "ssd300_vgg16", "fasterrcnn_resnet18_fpn", "fasterrcnn_resnet50_fpn",
 ]
 

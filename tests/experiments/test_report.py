@@ -1,0 +1,71 @@
+"""Report tables and the verdict: numbers in, the right cells and words out."""
+
+from __future__ import annotations
+
+from harmonic.experiments import report
+
+
+def _boot(delta: float, lo: float | None, hi: float | None, base: float = 0.4, higher_better: bool = True):
+    sig = lo is not None and (lo > 0 or hi < 0)
+    return {"baseline": base, "harmonic": base + delta, "delta": delta, "lo": lo, "hi": hi,
+            "significant": sig, "better": ((delta > 0) == higher_better) if sig else None}
+
+
+BOOT = {
+    "AP": _boot(0.021, 0.005, 0.037),
+    "AP50": _boot(0.004, -0.01, 0.02),
+    "spearman": _boot(0.12, 0.08, 0.16, base=0.35),
+    "aic": _boot(0.03, 0.01, 0.05, base=0.2, higher_better=False),
+    "regret": _boot(0.0, None, None, base=0.1),
+}
+
+
+def test_delta_table_cells():
+    md = report.delta_table(BOOT, per_seed={"Baseline": [{"AP": 0.39}, {"AP": 0.41}],
+                                            "HarmonicDet": [{"AP": 0.42}, {"AP": 0.422}]})
+    ap = next(line for line in md.splitlines() if line.startswith("| AP (COCO"))
+    assert "| 40.00 ± 1.00 | 42.10 ± 0.10 | +2.10 | [+0.50, +3.70] | yes, better |" in ap
+    ap50 = next(line for line in md.splitlines() if line.startswith("| AP50 |"))
+    assert "[-1.00, +2.00] | no |" in ap50
+    aic = next(line for line in md.splitlines() if line.startswith("| AIC"))
+    assert "| +0.030 | [+0.010, +0.050] | yes, worse |" in aic  # AIC up is worse
+    regret = next(line for line in md.splitlines() if line.startswith("| NMS regret"))
+    assert "| n/a | no |" in regret
+    assert not any(line.startswith("| AP60") for line in md.splitlines())  # absent metrics are skipped
+
+
+def test_verdict_says_what_held_and_what_did_not():
+    text = report.verdict_paragraph(BOOT, seeds=1, floors_met={"Baseline": True, "HarmonicDet": True})
+    assert text.startswith("Both detectors converged")
+    assert "Δ +2.10, 95 % CI [+0.50, +3.70]), a real difference." in text
+    assert "Significantly better with HarmonicDet: AP (COCO, IoU .50:.95), Spearman ρ(score, IoU)." in text
+    assert "Significantly worse: AIC = mean abs(score − IoU)." in text
+    assert "use `--seeds 3`" in text
+    weak = report.verdict_paragraph(BOOT, seeds=3, floors_met={"Baseline": False, "HarmonicDet": True})
+    assert weak.startswith("**Not converged:** Baseline") and "each resample averages the seeds" in weak
+
+
+def test_ablation_table_rows_and_intervals():
+    rows = {"Baseline": [{"AP": 0.40, "spearman": 0.30}, {"AP": 0.42, "spearman": 0.32}],
+            "+HL": [{"AP": 0.43, "spearman": 0.40}, {"AP": 0.43, "spearman": 0.42}]}
+    md = report.ablation_table(rows, {"+HL": {"AP": _boot(0.02, 0.01, 0.03), "spearman": _boot(0.1, -0.01, 0.2)}})
+    lines = md.splitlines()
+    base = next(line for line in lines if line.startswith("| Baseline |"))
+    assert base.startswith("| Baseline | 41.00 ± 1.00 |") and base.endswith("| – | – |")
+    hl = next(line for line in lines if line.startswith("| +HL |"))
+    assert "| +2.00 [+1.00, +3.00] * |" in hl and "| +0.100 [-0.010, +0.200] |" in hl
+    assert "n/a" in hl  # metrics missing from the rows
+
+
+def test_latency_table_reads_bench_json():
+    bench = {"backend": "onnxruntime", "device": "cpu", "batch": 8,
+             "engine_only": {"latency_ms_per_batch": {"p50": 12.345}, "throughput_img_s": 648.0},
+             "end_to_end": {"throughput_img_s": 400.0, "stages": {"end_to_end": {"per_batch": {"p50": 20.0}}}},
+             "end_to_end_over_engine_only": 400.0 / 648.0}
+    md = report.latency_table({"Baseline": bench})
+    assert "| Baseline | onnxruntime | cpu | 8 | 12.35 | 20.00 | 648.0 | 400.0 | 62% |" in md
+
+
+def test_write_markdown_is_atomic(tmp_path):
+    path = report.write_markdown(tmp_path / "R.md", ["# a", "b"])
+    assert path.read_text() == "# a\nb\n" and not list(tmp_path.glob("*.tmp"))
