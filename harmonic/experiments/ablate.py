@@ -48,7 +48,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/ablate", help="output folder (ABLATION.md and the PNG go here)")
     p.add_argument("--variants", default=None,
                    help=f"comma-separated subset of: {', '.join(VARIANTS)} (default: all, in that order)")
-    add_recipe_args(p, epochs=6, synthetic_help="the demo's synthetic shapes")
+    add_recipe_args(p, epochs=7, synthetic_help="the demo's synthetic shapes")
     return p
 
 

@@ -35,14 +35,18 @@ def test_delta_table_cells():
 
 
 def test_verdict_says_what_held_and_what_did_not():
-    text = report.verdict_paragraph(BOOT, seeds=1, floors_met={"Baseline": True, "HarmonicDet": True})
+    text = report.verdict_paragraph(BOOT, seeds=1, floors_missed={"Baseline": [], "HarmonicDet": []})
     assert text.startswith("Both detectors converged")
     assert "Δ +2.10, 95 % CI [+0.50, +3.70]), a real difference." in text
     assert "Significantly better with HarmonicDet: AP (COCO, IoU .50:.95), Spearman ρ(score, IoU)." in text
     assert "Significantly worse: AIC = mean abs(score − IoU)." in text
     assert "use `--seeds 3`" in text
-    weak = report.verdict_paragraph(BOOT, seeds=3, floors_met={"Baseline": False, "HarmonicDet": True})
-    assert weak.startswith("**Not converged:** Baseline") and "each resample averages the seeds" in weak
+    missed = report.floor_failures({"Baseline": [{"AP": 0.36, "AP50": 0.579}, {"AP": 0.34, "AP50": 0.61}],
+                                    "HarmonicDet": [{"AP": 0.40, "AP50": 0.65}]})
+    assert missed == {"Baseline": ["AP50 57.9 (seed 0)", "AP 34.0 (seed 1)"], "HarmonicDet": []}
+    weak = report.verdict_paragraph(BOOT, seeds=3, floors_missed=missed)
+    assert weak.startswith("**Not converged:** below the demo's floors (AP50 ≥ 60, AP ≥ 35): Baseline: AP50 57.9")
+    assert "HarmonicDet:" not in weak.split(".")[0] and "each resample averages the seeds" in weak
 
 
 def test_ablation_table_rows_and_intervals():
