@@ -17,9 +17,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="HarmonicDet checkpoint (.pt)")
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.add_argument("--img-size", type=int, default=None, help="square input size (default: the checkpoint's)")
-    p.add_argument("--max-det", type=int, default=100, help="K, detections per image")
-    p.add_argument("--conf", type=float, default=0.001, help="score threshold")
-    p.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold")
+    p.add_argument("--max-det", type=int, default=None, help="K, detections per image (default: the checkpoint's)")
+    p.add_argument("--conf", type=float, default=None, help="score threshold (default: the checkpoint's)")
+    p.add_argument("--iou", type=float, default=None, help="NMS IoU threshold (default: the checkpoint's)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--batch", default="dynamic", help="'dynamic' or a fixed batch size")
     p.add_argument("--raw", nargs="?", const="", default=None, metavar="PATH",
@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     from harmonic.export.onnx_export import export_model, load_for_export
 
     model, spec, meta = load_for_export(args.checkpoint, args.img_size, args.conf, args.iou, args.max_det, batch)
+    # the checkpoint's operating point unless overridden on the command line
+    args.conf, args.iou = float(meta["score_threshold"]), float(meta["iou_threshold"])
+    args.max_det = int(meta["max_det"])
     size = int(meta["img_size"])
     batch = int(meta["max_batch"]) if "max_batch" in meta else None  # Faster R-CNN: fixed at 1
     opts = dict(img_size=size, conf=args.conf, iou=args.iou, max_det=args.max_det, opset=args.opset,

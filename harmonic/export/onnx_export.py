@@ -143,9 +143,9 @@ def export_onnx(
     out: str | Path,
     *,
     img_size: int | None = None,
-    conf: float = 0.001,
-    iou: float = 0.6,
-    max_det: int = 100,
+    conf: float | None = None,
+    iou: float | None = None,
+    max_det: int | None = None,
     opset: int = DEFAULT_OPSET,
     batch: int | None = None,
     raw: str | Path | None = None,
@@ -159,6 +159,7 @@ def export_onnx(
     """
     model, spec, meta = load_for_export(checkpoint, img_size, conf, iou, max_det, batch)
     img_size = int(meta["img_size"])
+    conf, iou, max_det = float(meta["score_threshold"]), float(meta["iou_threshold"]), int(meta["max_det"])
     batch = int(meta["max_batch"]) if "max_batch" in meta else None
     if raw is not None and Path(raw).exists() and not overwrite:  # check both before writing either
         raise HarmonicError(f"{raw}: already exists (pass --overwrite to replace it)")
@@ -171,17 +172,22 @@ def export_onnx(
 
 
 def load_for_export(
-    checkpoint: str | Path, img_size: int | None, conf: float, iou: float, max_det: int, batch: int | None
+    checkpoint: str | Path, img_size: int | None, conf: float | None, iou: float | None, max_det: int | None,
+    batch: int | None,
 ):  # noqa: ANN201
-    """Load and validate a checkpoint: ``(model eval, spec, metadata dict)``."""
+    """Load and validate a checkpoint: ``(model eval, spec, metadata dict)``.
+
+    ``conf``, ``iou``, ``max_det`` left ``None`` come from the checkpoint's operating point
+    (``ModelSpec.score_threshold``, ``iou_threshold``, ``max_det``); the metadata states the ones used.
+    """
     from harmonic.export.metadata import build_metadata, file_sha256
     from harmonic.export.wrapper import detector_family
 
-    if not 0.0 <= conf < 1.0:
+    if conf is not None and not 0.0 <= conf < 1.0:
         raise HarmonicError(f"--conf {conf} must be in [0, 1)")
-    if not 0.0 < iou <= 1.0:
+    if iou is not None and not 0.0 < iou <= 1.0:
         raise HarmonicError(f"--iou {iou} must be in (0, 1]")
-    if max_det < 1:
+    if max_det is not None and max_det < 1:
         raise HarmonicError(f"--max-det {max_det} must be >= 1")
     if batch is not None and batch < 1:
         raise HarmonicError(f"--batch {batch} must be >= 1 or 'dynamic'")
@@ -191,6 +197,9 @@ def load_for_export(
     from harmonic.training.checkpoint import model_from_checkpoint
 
     model, spec, _ = model_from_checkpoint(path, "cpu")
+    conf = spec.score_threshold if conf is None else conf  # the checkpoint's operating point
+    iou = spec.iou_threshold if iou is None else iou
+    max_det = spec.max_det if max_det is None else max_det
     if detector_family(model) == "fasterrcnn":  # RPN + RoIAlign graph is batch-1 only
         if batch not in (None, 1):
             raise HarmonicError(f"{path}: model {spec.name!r} (Faster R-CNN) exports with batch 1 only, not {batch}")

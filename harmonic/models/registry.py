@@ -15,8 +15,15 @@ from typing import Any
 from torch import nn
 
 from harmonic.errors import HarmonicError
-from harmonic.models.common import check_loss
-from harmonic.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from harmonic.models.common import apply_operating_point, check_loss
+from harmonic.models.spec import (
+    DEFAULT_IOU_THRESHOLD,
+    DEFAULT_MAX_DET,
+    DEFAULT_SCORE_THRESHOLD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ModelSpec,
+)
 
 
 def _retinanet(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
@@ -98,6 +105,17 @@ def _check_common(name: str, num_classes: int, loss: str, img_size: int | None,
     return info, int(size)
 
 
+def check_operating_point(score_threshold: float, iou_threshold: float, max_det: int) -> tuple[float, float, int]:
+    """Validated ``(score_threshold, iou_threshold, max_det)`` or ``HarmonicError``."""
+    if not 0.0 <= float(score_threshold) < 1.0:
+        raise HarmonicError(f"score threshold {score_threshold}: must be in [0, 1)")
+    if not 0.0 < float(iou_threshold) <= 1.0:
+        raise HarmonicError(f"NMS IoU threshold {iou_threshold}: must be in (0, 1]")
+    if int(max_det) != max_det or max_det < 1:
+        raise HarmonicError(f"max detections {max_det}: must be a positive integer")
+    return float(score_threshold), float(iou_threshold), int(max_det)
+
+
 def build_detector(
     name: str,
     num_classes: int,
@@ -105,6 +123,7 @@ def build_detector(
     img_size: int | None = None,
     backbone_weights: str | None = None,
     loss_options: dict[str, Any] | None = None,
+    operating_point: dict[str, Any] | None = None,
     **options: Any,
 ) -> nn.Module:
     """Build detector ``name`` for ``num_classes`` object classes (no background).
@@ -117,6 +136,9 @@ def build_detector(
         backbone_weights: ``None`` (random init; nothing is ever downloaded by default),
             ``"DEFAULT"`` (torchvision's ImageNet weights) or a local torchvision state-dict path.
         loss_options: :class:`harmonic.losses.HarmonicConfig` fields.
+        operating_point: ``score_threshold``, ``iou_threshold``, ``max_det`` of the eval-mode
+            post-processing (default 0.001 / 0.6 / 100, as export); they replace the family's own
+            ``score_thresh`` / ``nms_thresh`` / ``detections_per_img``.
         **options: builder options (e.g. ``fpn_channels``); see each family's builder.
 
     Returns:
@@ -124,8 +146,21 @@ def build_detector(
         ``loss_*`` and ``stat_*`` entries (docs/CONTRACTS.md).
     """
     info, size = _check_common(name, num_classes, loss, img_size, loss_options)
-    return info.builder(name, int(num_classes), loss=loss, img_size=size, backbone_weights=backbone_weights,
-                        loss_options=dict(loss_options or {}), **options)
+    point = _operating_point(operating_point)
+    model = info.builder(name, int(num_classes), loss=loss, img_size=size, backbone_weights=backbone_weights,
+                         loss_options=dict(loss_options or {}), **options)
+    apply_operating_point(model, *point)
+    return model
+
+
+def _operating_point(point: dict[str, Any] | None) -> tuple[float, float, int]:
+    point = dict(point or {})
+    unknown = sorted(set(point) - {"score_threshold", "iou_threshold", "max_det"})
+    if unknown:
+        raise HarmonicError(f"operating point: unknown key(s) {unknown}")
+    return check_operating_point(point.get("score_threshold", DEFAULT_SCORE_THRESHOLD),
+                                 point.get("iou_threshold", DEFAULT_IOU_THRESHOLD),
+                                 point.get("max_det", DEFAULT_MAX_DET))
 
 
 def model_spec(
@@ -136,15 +171,18 @@ def model_spec(
     img_size: int | None = None,
     loss_options: dict[str, Any] | None = None,
     options: dict[str, Any] | None = None,
+    operating_point: dict[str, Any] | None = None,
 ) -> ModelSpec:
     """The :class:`ModelSpec` of a detector built by ``build_detector`` with the same arguments.
 
     ``class_names`` defaults to ``class0..class{C-1}``; it must have ``num_classes`` entries.
+    ``operating_point`` as in ``build_detector``.
     """
     info, size = _check_common(name, num_classes, loss, img_size, loss_options)
     names = [f"class{i}" for i in range(num_classes)] if class_names is None else list(class_names)
     if len(names) != num_classes:
         raise HarmonicError(f"model {name}: {len(names)} class names for num_classes={num_classes}")
+    score, iou, max_det = _operating_point(operating_point)
     return ModelSpec(
         name=name,
         num_classes=int(num_classes),
@@ -156,6 +194,9 @@ def model_spec(
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         stride=info.stride,
+        score_threshold=score,
+        iou_threshold=iou,
+        max_det=max_det,
     )
 
 
@@ -164,10 +205,12 @@ def build_from_spec(spec: ModelSpec) -> nn.Module:
 
     The backbone is built without pretrained weights; a state dict trained from a pretrained
     (FrozenBatchNorm2d) backbone loads into the BatchNorm2d layout too, with identical eval outputs.
-    The spec's ``mean``/``std`` replace the transform's normalisation.
+    The spec's ``mean``/``std`` replace the transform's normalisation; its operating point sets the
+    eval-mode post-processing.
     """
     model = build_detector(spec.name, spec.num_classes, loss=spec.loss, img_size=spec.img_size,
-                           backbone_weights=None, loss_options=spec.loss_options, **spec.options)
+                           backbone_weights=None, loss_options=spec.loss_options,
+                           operating_point=spec.operating_point(), **spec.options)
     transform = getattr(model, "transform", None)
     if transform is not None:
         transform.image_mean = list(spec.mean)

@@ -12,13 +12,20 @@ CHECKPOINT_FORMAT = "harmonicdet-checkpoint"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# The default operating point (post-processing) of training validation, export and inference.
+DEFAULT_SCORE_THRESHOLD = 0.001
+DEFAULT_IOU_THRESHOLD = 0.6
+DEFAULT_MAX_DET = 100
+
 
 @dataclass
 class ModelSpec:
-    """Architecture and pre-processing of a trained detector.
+    """Architecture, pre-processing and operating point of a trained detector.
 
     ``num_classes`` counts object classes (no background); torchvision modules are
-    built with ``num_classes + 1`` (see docs/CONTRACTS.md).
+    built with ``num_classes + 1`` (see docs/CONTRACTS.md). ``score_threshold``,
+    ``iou_threshold`` (NMS) and ``max_det`` are the one operating point that validation
+    during training, ``export`` and ``infer`` use unless overridden.
     """
 
     name: str
@@ -31,6 +38,14 @@ class ModelSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     stride: int = 32
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD
+    max_det: int = DEFAULT_MAX_DET
+
+    def operating_point(self) -> dict[str, float | int]:
+        """``{"score_threshold", "iou_threshold", "max_det"}``."""
+        return {"score_threshold": self.score_threshold, "iou_threshold": self.iou_threshold,
+                "max_det": self.max_det}
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

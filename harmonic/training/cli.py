@@ -52,7 +52,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra builder option, repeatable (e.g. anchor_size=16, head_norm=gn)")
     p.add_argument("--loss-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="HarmonicDet loss option, repeatable (alpha, gamma, margin, tc_mode, tc_weight, detach_factors)")
+                   help="HarmonicDet loss option, repeatable (harmonic_factors, alpha, gamma, margin, tc_mode, "
+                        "tc_weight, detach_factors, detach_tc_iou)")
+    p.add_argument("--conf", type=float, default=None,
+                   help="operating point: score threshold (default 0.001), recorded in the checkpoint; "
+                        "validation, export and infer use it")
+    p.add_argument("--iou", type=float, default=None, help="operating point: NMS IoU threshold (default 0.6)")
+    p.add_argument("--max-det", type=int, default=None, help="operating point: detections per image (default 100)")
     p.add_argument("--augment", default="full", choices=["full", "flip", "none"],
                    help="training augmentation: full (colour, flip, scale/translate jitter), flip only, none")
     p.add_argument("--max-iters-per-epoch", type=int, default=None, help="cap iterations per epoch (quick runs)")
@@ -96,6 +102,22 @@ def _check_args(args: argparse.Namespace) -> None:
         raise HarmonicError("--img-size must be >= 32")
     if args.max_iters_per_epoch is not None and args.max_iters_per_epoch < 1:
         raise HarmonicError("--max-iters-per-epoch must be >= 1")
+    _operating_point(args)
+
+
+def _operating_point(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--conf/--iou/--max-det`` given (validated); the spec's defaults fill the rest."""
+    from harmonic.models.registry import check_operating_point
+    from harmonic.models.spec import DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_DET, DEFAULT_SCORE_THRESHOLD
+
+    conf = DEFAULT_SCORE_THRESHOLD if getattr(args, "conf", None) is None else args.conf
+    iou = DEFAULT_IOU_THRESHOLD if getattr(args, "iou", None) is None else args.iou
+    max_det = DEFAULT_MAX_DET if getattr(args, "max_det", None) is None else args.max_det
+    try:
+        conf, iou, max_det = check_operating_point(conf, iou, max_det)
+    except HarmonicError as exc:
+        raise HarmonicError(f"--conf/--iou/--max-det: {exc}") from None
+    return {"score_threshold": conf, "iou_threshold": iou, "max_det": max_det}
 
 
 def _build_data(args: argparse.Namespace, img_size: int, dist_info, seed: int):
@@ -162,10 +184,12 @@ def _build_model(args: argparse.Namespace, num_classes: int, names: list[str], i
     if args.fpn_channels is not None:
         options["fpn_channels"] = args.fpn_channels
     loss_options = parse_key_values(args.loss_option, "--loss-option")
+    point = _operating_point(args)
     model = build_detector(args.model, num_classes, loss=args.loss, img_size=img_size,
-                           backbone_weights=args.backbone_weights, loss_options=loss_options, **options)
+                           backbone_weights=args.backbone_weights, loss_options=loss_options,
+                           operating_point=point, **options)
     spec = model_spec(args.model, num_classes, names, img_size=img_size, loss=args.loss,
-                      loss_options=loss_options, options=options)
+                      loss_options=loss_options, options=options, operating_point=point)
     return model, spec
 
 
@@ -192,6 +216,9 @@ def train(args: argparse.Namespace, stop_after_epoch: int | None = None) -> dict
     from harmonic.training.optim import build_optimizer, build_scheduler
 
     _check_args(args)
+    from harmonic.models.common import check_loss
+
+    check_loss(args.loss, parse_key_values(args.loss_option, "--loss-option"))  # bad options: fail before data
     device_name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device_name.startswith("cuda") and not torch.cuda.is_available():
         raise HarmonicError("--device cuda requested but CUDA is not available")
@@ -291,6 +318,8 @@ def train(args: argparse.Namespace, stop_after_epoch: int | None = None) -> dict
                 if improved:
                     best_ap = ap
                 val_summary = _summary(report)
+                if val_summary is not None:  # the post-processing these numbers were measured at
+                    val_summary["operating_point"] = spec.operating_point()
                 history.append({"epoch": epoch, "train": train_stats, "val": val_summary})
                 metrics = {"epoch": epoch, "train": train_stats, "val": val_summary,
                            "best_ap": best_ap if best_ap >= 0 else None, "history": history}
