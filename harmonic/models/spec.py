@@ -31,6 +31,8 @@ class ModelSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     stride: int = 32
+    #: the dataset's own category id of each class (COCO files may use any ids); ``None`` = index + 1
+    category_ids: list[int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
