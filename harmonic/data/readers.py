@@ -139,7 +139,7 @@ def read_coco(json_path: str | Path, names: Sequence[str] | None = None) -> list
 def read_coco_with_ids(json_path: str | Path, names: Sequence[str] | None = None
                        ) -> tuple[list[ImageRecord], list[int]]:
     """:func:`read_coco` and the file's category id of each class in ``names`` order
-    (``index + 1`` for a name the file does not list)."""
+    (an id the file does not use for a name it does not list)."""
     json_path = Path(json_path)
     try:
         data = json.loads(json_path.read_text(encoding="utf-8"))
@@ -160,7 +160,8 @@ def read_coco_with_ids(json_path: str | Path, names: Sequence[str] | None = None
     id_of_name: dict[str, int] = {}
     for cid in sorted(cat_names):
         id_of_name.setdefault(cat_names[cid], cid)
-    category_ids = [id_of_name.get(str(n), i + 1) for i, n in enumerate(names)]
+    spare = iter(range(max(cat_names, default=0) + 1, 1 << 62))  # a class the file lacks: an unused id
+    category_ids = [id_of_name[str(n)] if str(n) in id_of_name else next(spare) for n in names]
 
     stats = _BoxStats(json_path)
     per_image: dict[int, tuple[list, list, list]] = {}
