@@ -248,11 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, backend: Any, images: ImageList) -> int:
     batch = args.batch or default_batch(backend)
+    backend.check_batch(batch)  # above a fixed batch or the engine profile's maximum: a clear error
     if batch > len(images.paths):  # a bigger batch only costs memory (--batch 100000 --bench: 17 GB)
         if args.batch:
             log.info("--batch %d capped to the %d image(s) given", batch, len(images.paths))
         batch = len(images.paths)
-    backend.check_batch(batch)  # above a fixed batch or the engine profile's maximum: a clear error
     check_model(backend)
     out = Path(args.out)
     names = backend.names

@@ -90,3 +90,21 @@ def test_gray_16bit_cmyk_and_empty_images(tmp_path):
     assert abs(int(decode_image(tmp_path / "c.jpg").mean()) - 200) <= 3  # CMYK -> RGB, not inverted
     with pytest.raises(ImageDecodeError, match=r"z\.jpg: empty file"):
         decode_image(tmp_path / "z.jpg")
+
+
+def test_voc_without_size_reads_the_displayed_size_and_keeps_difficult_as_ignored(tmp_path):
+    from harmonic.data.readers import read_voc
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "xml").mkdir()
+    _phone_photo(tmp_path / "images" / "a.jpg", 6, (80, 40))
+    (tmp_path / "xml" / "a.xml").write_text(
+        "<annotation><filename>a.jpg</filename>"
+        "<object><name>x</name><difficult>1</difficult><bndbox><xmin>2</xmin><ymin>61</ymin>"
+        "<xmax>30</xmax><ymax>80</ymax></bndbox></object>"
+        "<object><name>x</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>10</xmax><ymax>10</ymax></bndbox></object>"
+        "</annotation>")
+    rec = read_voc(tmp_path / "xml", tmp_path / "images", ["x"])[0]
+    assert (rec.width, rec.height) == (40, 80)  # a box at y 60..80 fits only the displayed image
+    np.testing.assert_allclose(rec.boxes, [[1, 60, 30, 80], [0, 0, 10, 10]])
+    assert rec.ignore.tolist() == [True, False]

@@ -253,6 +253,9 @@ CASES: dict[str, Case] = {
     "compare-labels-mismatch": ("compare", lambda c: [str(c.prev() / "report.json"), "--labels", "a", "b"], 2,
                                 "--labels gives 2 labels for 1 reports"),
     "compare-not-json": ("compare", lambda c: [str(c.file("r.json", "nope"))], 2, "not valid JSON"),
+    # ---------------------------------------------------------------- demo (its flags reach argparse only)
+    "demo-epochs-not-a-number": ("demo", lambda c: ["--epochs", "x", "--out", str(c.tmp / "d")], 2,
+                                 "invalid int value"),
 }
 
 

@@ -66,11 +66,12 @@ def test_skip_bad_images_trains_without_them_and_logs_the_count(tmp_path, capsys
     assert _train_cli("--data", str(data), "--out", str(tmp_path / "run"), "--workers", "0",
                       "--skip-bad-images") == 0
     start = read_jsonl(tmp_path / "run" / "log.jsonl")[0]
-    assert start["type"] == "start" and start["skipped_images"] == 2  # once in train, once in val
+    assert start["type"] == "start" and start["skipped_images"] == 1  # val is not read with --val-every 0
+    assert not any(r.get("type") == "epoch" and r["train"]["iters"] != 1 for r in read_jsonl(tmp_path / "run" / "log.jsonl"))
 
 
 def test_dataloader_worker_error_is_one_line(capsys):
-    from torch.utils.data._utils import ExceptionWrapper
+    from torch._utils import ExceptionWrapper
 
     def worker_fails(argv):
         try:
@@ -120,13 +121,15 @@ def test_resume_log_holds_each_epoch_once_and_other_out_gets_best(synth_yaml, tm
     assert train_iters == [(0, 1), (0, 2), (1, 3), (1, 4)]
     assert [r["epoch"] for r in recs if r["type"] == "epoch"] == [0, 1]
 
-    # resuming into another folder: best.pt is there at the end; without --out: the checkpoint's folder
+    # resuming into another folder: best.pt is there at the end even when validation never improves on
+    # the source run's best; without --out it continues in the checkpoint's folder, not runs/
     other = tmp_path / "other"
-    train(make_args(synth_yaml, tmp_path / "src", *extra, epochs=2), stop_after_epoch=0)
+    validated = ("--max-iters-per-epoch", "1", "--val-every", "1")
+    train(make_args(synth_yaml, tmp_path / "src", *validated, epochs=2), stop_after_epoch=0)
     capsys.readouterr()
     monkeypatch.chdir(tmp_path)
     argv = ["train", "--data", str(synth_yaml), "--resume", str(tmp_path / "src" / "last.pt"), "--epochs", "3",
-            "--img-size", str(IMG), "--device", "cpu", "--workers", "0", "--batch-size", "2", *extra]
+            "--img-size", str(IMG), "--device", "cpu", "--workers", "0", "--batch-size", "2", *validated]
     assert main([*argv, "--out", str(other)]) == 0
     done = capsys.readouterr().out.strip().splitlines()[-1]
     assert (other / "best.pt").is_file() and str(other / "best.pt") in done
