@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
-from harmonic.errors import HarmonicError
+from harmonic.errors import HarmonicError, one_line
 
 # sub-command -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -33,15 +34,32 @@ def _usage() -> str:
 
 
 def run_guarded(fn: Callable[[list[str]], int | None], argv: list[str]) -> int:
-    """Run a stage's ``main``: bad input becomes one ``error:`` line and exit code 2."""
+    """Run a stage's ``main``; every failure becomes one ``error:`` line on stderr, never a traceback.
+
+    Exit codes: 2 for bad input (:class:`HarmonicError`; argparse exits 2 itself), 1 for a
+    failed run (:class:`harmonic.errors.RunFailure`, an ``OSError`` such as a full disk, or an
+    unexpected error: ``HARMONIC_TRACEBACK=1`` shows its traceback), 130 after Ctrl-C.
+    Outputs are written atomically, so the last complete files survive any of these.
+    """
     try:
         rc = fn(argv)
     except HarmonicError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("error: interrupted (Ctrl-C); the last complete outputs are kept", file=sys.stderr)
         return 130
+    except OSError as exc:
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"error: {where}{exc.strerror or one_line(str(exc)) or type(exc).__name__}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug or a library failure: still one line unless asked for the traceback
+        if os.environ.get("HARMONIC_TRACEBACK"):
+            raise
+        msg = one_line(str(exc)) or type(exc).__name__
+        print(f"error: {msg} ({type(exc).__name__}; set HARMONIC_TRACEBACK=1 for the traceback)",
+              file=sys.stderr)
+        return 1
     return int(rc or 0)
 
 

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -23,16 +22,16 @@ from harmonic.data.letterbox import letterbox, letterbox_boxes
 from harmonic.data.readers import ImageRecord, read_split
 from harmonic.data.transforms import apply_transforms, build_train_transforms
 from harmonic.errors import HarmonicError
+from harmonic.runtime.preprocess import decode_image
 
 Target = dict[str, torch.Tensor]
 
 
 def load_image(path: Path) -> np.ndarray:
-    """uint8[H, W, 3] RGB; a missing or corrupt file is a :class:`HarmonicError` naming it."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise HarmonicError(f"{path}: missing or corrupt image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    """uint8[H, W, 3] RGB as displayed, decoded exactly as at inference
+    (:func:`harmonic.runtime.preprocess.decode_image`: EXIF orientation applied, gray / 16-bit / CMYK
+    converted); a missing, corrupt or truncated file is a :class:`HarmonicError` naming it."""
+    return decode_image(path)
 
 
 class DetectionDataset(Dataset):

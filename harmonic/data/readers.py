@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from harmonic.data.exif import oriented_size, read_jpeg_header
 from harmonic.errors import HarmonicError
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,8 @@ def _make_record(stats: _BoxStats, image_id: int, file_name: str, width: int, he
 # ---------------------------------------------------------------- image sizes
 
 def image_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` of an image, from the PNG/JPEG header when possible (no decode), else OpenCV.
+    """``(width, height)`` of an image as displayed (EXIF orientation applied, see :mod:`harmonic.data.exif`),
+    from the PNG/JPEG header when possible (no decode), else OpenCV.
 
     Raises :class:`HarmonicError` naming the file when it is missing or unreadable.
     """
@@ -103,44 +105,15 @@ def image_size(path: Path) -> tuple[int, int]:
                 w, h = struct.unpack(">II", head[16:24])
                 return int(w), int(h)
             if head[:2] == b"\xff\xd8":
-                size = _jpeg_size(f)
+                size, orientation = read_jpeg_header(f)
                 if size is not None:
-                    return size
+                    return oriented_size(*size, orientation)
     except OSError as exc:
         raise HarmonicError(f"{path}: cannot read image ({exc.strerror or exc})") from None
-    import cv2
+    from harmonic.runtime.preprocess import decode_image
 
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise HarmonicError(f"{path}: missing or corrupt image")
+    img = decode_image(path)
     return int(img.shape[1]), int(img.shape[0])
-
-
-def _jpeg_size(f: Any) -> tuple[int, int] | None:
-    """Scan JPEG markers for a SOFn segment; ``None`` if the stream is odd (the caller decodes instead)."""
-    f.seek(2)
-    while True:
-        byte = f.read(1)
-        while byte and byte != b"\xff":
-            byte = f.read(1)
-        while byte == b"\xff":
-            byte = f.read(1)
-        if not byte:
-            return None
-        marker = byte[0]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            continue
-        seg = f.read(2)
-        if len(seg) < 2:
-            return None
-        length = struct.unpack(">H", seg)[0]
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-            data = f.read(5)
-            if len(data) < 5:
-                return None
-            h, w = struct.unpack(">HH", data[1:5])
-            return (int(w), int(h)) if w and h else None
-        f.seek(length - 2, 1)
 
 
 def _list_images(images_dir: Path) -> list[Path]:
@@ -158,8 +131,15 @@ def read_coco(json_path: str | Path, names: Sequence[str] | None = None) -> list
 
     Category ids of the file are mapped to indices **by name** through ``names``;
     with ``names=None`` the file's categories sorted by id define the order.
-    Records come in the file's image order; ``image_id`` is the file's id.
+    Records come in the file's image order; ``image_id`` is the file's id (each must be unique).
     """
+    return read_coco_with_ids(json_path, names)[0]
+
+
+def read_coco_with_ids(json_path: str | Path, names: Sequence[str] | None = None
+                       ) -> tuple[list[ImageRecord], list[int]]:
+    """:func:`read_coco` and the file's category id of each class in ``names`` order
+    (an id the file does not use for a name it does not list)."""
     json_path = Path(json_path)
     try:
         data = json.loads(json_path.read_text(encoding="utf-8"))
@@ -177,6 +157,11 @@ def read_coco(json_path: str | Path, names: Sequence[str] | None = None) -> list
     if names is None:
         names = [cat_names[k] for k in sorted(cat_names)]
     index = _class_index(names)
+    id_of_name: dict[str, int] = {}
+    for cid in sorted(cat_names):
+        id_of_name.setdefault(cat_names[cid], cid)
+    spare = iter(range(max(cat_names, default=0) + 1, 1 << 62))  # a class the file lacks: an unused id
+    category_ids = [id_of_name[str(n)] if str(n) in id_of_name else next(spare) for n in names]
 
     stats = _BoxStats(json_path)
     per_image: dict[int, tuple[list, list, list]] = {}
@@ -208,6 +193,10 @@ def read_coco(json_path: str | Path, names: Sequence[str] | None = None) -> list
         except (KeyError, TypeError, ValueError):
             raise HarmonicError(f"{json_path}: malformed image entry {img!r} "
                                 "(needs id, file_name, width, height)") from None
+        if iid in known_ids:
+            first = next(r.file_name for r in records if r.image_id == iid)
+            raise HarmonicError(f"{json_path}: duplicate image id {iid} ({first!r} and {fname!r}); "
+                                "each image needs its own id")
         known_ids.add(iid)
         b, lab, ig = per_image.get(iid, ([], [], []))
         records.append(_make_record(stats, iid, fname, width, height, b, lab, ig))
@@ -216,11 +205,16 @@ def read_coco(json_path: str | Path, names: Sequence[str] | None = None) -> list
     if orphans:
         log.warning("%s: %d annotation(s) refer to image ids missing from 'images' and were skipped",
                     json_path, orphans)
-    return records
+    return records, category_ids
 
 
-def records_to_coco(records: Sequence[ImageRecord], names: Sequence[str]) -> dict[str, Any]:
-    """COCO ground-truth dict: ``category_id = index + 1``, ``bbox`` xywh, ``area`` = box area, ``iscrowd`` = ignore."""
+def records_to_coco(records: Sequence[ImageRecord], names: Sequence[str],
+                    category_ids: Sequence[int] | None = None) -> dict[str, Any]:
+    """COCO ground-truth dict: ``category_id = category_ids[index]`` (default ``index + 1``), ``bbox`` xywh,
+    ``area`` = box area, ``iscrowd`` = ignore."""
+    ids = [int(c) for c in category_ids] if category_ids is not None else list(range(1, len(names) + 1))
+    if len(ids) != len(names) or len(set(ids)) != len(ids):
+        raise HarmonicError(f"category ids {ids} do not give one distinct id per class of {list(names)}")
     images, annotations = [], []
     ann_id = 1
     for r in records:
@@ -229,10 +223,10 @@ def records_to_coco(records: Sequence[ImageRecord], names: Sequence[str]) -> dic
         for box, label, ign in zip(r.boxes.tolist(), r.labels.tolist(), r.ignore.tolist()):
             x1, y1, x2, y2 = box
             w, h = x2 - x1, y2 - y1
-            annotations.append({"id": ann_id, "image_id": int(r.image_id), "category_id": int(label) + 1,
+            annotations.append({"id": ann_id, "image_id": int(r.image_id), "category_id": ids[int(label)],
                                 "bbox": [x1, y1, w, h], "area": w * h, "iscrowd": int(ign)})
             ann_id += 1
-    categories = [{"id": i + 1, "name": str(n), "supercategory": "object"} for i, n in enumerate(names)]
+    categories = [{"id": ids[i], "name": str(n), "supercategory": "object"} for i, n in enumerate(names)]
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
@@ -411,6 +405,18 @@ def write_yolo(records: Sequence[ImageRecord], labels_dir: str | Path) -> Path:
 
 def read_split(spec: Any, names: Sequence[str]) -> list[ImageRecord]:
     """Records of a :class:`harmonic.data.dataset_file.SplitSpec` in its detected format."""
+    return read_split_with_ids(spec, names)[0]
+
+
+def read_split_with_ids(spec: Any, names: Sequence[str]) -> tuple[list[ImageRecord], list[int]]:
+    """:func:`read_split` and the dataset's own category id of each class: a COCO file's ids
+    (matched by name), ``index + 1`` for VOC and YOLO (which have no ids)."""
+    if spec.format == "coco":
+        return read_coco_with_ids(spec.annotations, names)
+    return _read_split_no_ids(spec, names), list(range(1, len(names) + 1))
+
+
+def _read_split_no_ids(spec: Any, names: Sequence[str]) -> list[ImageRecord]:
     if spec.format == "coco":
         return read_coco(spec.annotations, names)
     if spec.format == "voc":

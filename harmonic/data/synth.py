@@ -387,6 +387,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``harmonic synth --out DIR --num-train N --num-val M --seed S [--img-size 256] [--classes 3]``."""
     args = get_args_parser().parse_args(argv)
+    from harmonic.validate import check_int, check_out_dir
+
+    check_out_dir(args.out)
+    check_int(args.workers, "--workers", 1)
     t0 = time.perf_counter()
     path = generate(args.out, args.num_train, args.num_val, seed=args.seed, img_size=args.img_size,
                     num_classes=args.classes, workers=args.workers, scale=tuple(args.scale),

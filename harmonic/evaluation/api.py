@@ -31,11 +31,11 @@ def evaluate(ground_truth: Any, detections: Any, candidates: Any = None, score_m
     Args:
         ground_truth: COCO json path, COCO dict, ``(dataset.yaml, split)`` / ``"dataset.yaml:split"``,
             or a list of ``ImageRecord`` (then ``names`` is required).
-        detections: COCO results (``category_id`` = class index + 1, bbox xywh px): a list of
+        detections: COCO results (``category_id`` = the ground truth's own ids, bbox xywh px): a list of
             dicts, a json path, or columns ``{"image_id"[N], "category_id"[N], "bbox"[N, 4], "score"[N]}``.
         candidates: pre-NMS boxes in the same format; enables the NMS regret metric.
         score_min: consistency and regret use boxes with score >= this.
-        names: class names; with a COCO ground truth, categories are mapped to ``index + 1`` by name.
+        names: class names; a COCO ground truth's categories must be among them (they order ``per_class``).
         iou_thresholds_voc: IoU thresholds of the paper's VOC-style AP (Table 1).
         return_pairs: add ``report["pairs"] = {"score": [...], "iou": [...]}`` for every scored
             detection (IoU 0 = false positive), for the score-IoU scatter plot.
@@ -59,6 +59,9 @@ def evaluate(ground_truth: Any, detections: Any, candidates: Any = None, score_m
 
     report: dict[str, Any] = {"format": REPORT_FORMAT}
     report.update(coco_metrics(gt, dets, iou_thresholds_voc))
+    if names is not None and isinstance(report.get("per_class"), dict):
+        order = [str(n) for n in names] + [n for n in report["per_class"] if n not in {str(m) for m in names}]
+        report["per_class"] = {n: report["per_class"][n] for n in order if n in report["per_class"]}
     scored = dets.score >= score_min
     scored_dets = dets.select(scored)
     iou = detection_ious(gt, scored_dets)
@@ -86,18 +89,18 @@ def evaluate(ground_truth: Any, detections: Any, candidates: Any = None, score_m
 
 def save_report(report: dict, path: str | Path) -> Path:
     """Write ``report`` as JSON; its ``pairs`` (if any) go to a ``.pairs.npz`` sidecar named in the JSON."""
+    from harmonic.atomic import atomic_path, write_json
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     out = {k: v for k, v in report.items() if k != "pairs"}
     pairs = report.get("pairs")
     if pairs is not None:
         sidecar = path.with_name(path.stem + ".pairs.npz")
-        np.savez_compressed(sidecar, score=np.asarray(pairs["score"], dtype=np.float32),
-                            iou=np.asarray(pairs["iou"], dtype=np.float32))
+        with atomic_path(sidecar) as tmp:
+            np.savez_compressed(tmp, score=np.asarray(pairs["score"], dtype=np.float32),
+                                iou=np.asarray(pairs["iou"], dtype=np.float32))
         out["pairs_file"] = sidecar.name
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.replace(path)
+    write_json(path, out, indent=2)
     return path
 
 

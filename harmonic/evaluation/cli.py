@@ -34,6 +34,11 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
     from harmonic.evaluation.tables import format_report_table
 
     args = get_eval_parser().parse_args(argv)
+    from harmonic.validate import check_float, check_out_file
+
+    check_float(args.score_min, "--score-min", 0, 1)
+    check_out_file(args.out)
+    check_out_file(args.plot, "--plot")
     gt = (args.annotations, args.split) if args.split else args.annotations
     report = evaluate(gt, args.detections, args.candidates, score_min=args.score_min, names=args.names,
                       return_pairs=bool(args.out or args.plot))
@@ -64,14 +69,18 @@ def main_compare(argv: Sequence[str] | None = None) -> int:
     from harmonic.evaluation.tables import compare_table
 
     args = get_compare_parser().parse_args(argv)
+    from harmonic.validate import check_out_file
+
+    check_out_file(args.out)
+    check_out_file(args.plot, "--plot")
     if args.labels is not None and len(args.labels) != len(args.reports):
         raise HarmonicError(f"--labels gives {len(args.labels)} labels for {len(args.reports)} reports")
     table = compare_table(args.reports, args.labels)
     print(table)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(table)
+        from harmonic.atomic import write_text
+
+        out = write_text(Path(args.out), table)
         print(f"table: {out}")
     if args.plot:
         from harmonic.evaluation.plots import scatter_side_by_side

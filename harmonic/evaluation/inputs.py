@@ -5,7 +5,9 @@ Ground truth may be a COCO json path, a COCO dict, a dataset file plus split
 :class:`harmonic.data.readers.ImageRecord` with ``names``. Detections (and
 pre-NMS candidates) are COCO results: a list of dicts, a json file, or a dict
 of columns ``{"image_id"[N], "category_id"[N], "bbox"[N, 4] xywh, "score"[N]}``.
-Category ids follow ``docs/CONTRACTS.md``: ``category_id = class index + 1``.
+Category ids are the ground truth's own, whatever its form: a COCO file's ids (with
+``names`` only checked and used to order the report), the ids of a dataset
+split's COCO file, ``index + 1`` for VOC / YOLO splits and records (which have no ids).
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def _split_yaml_spec(gt: Any) -> tuple[Path, str] | None:
 
 def _from_dataset_file(path: Path, split: str, names: Sequence[str] | None) -> tuple[dict, list[str], str]:
     from harmonic.data.dataset_file import load_dataset_config
-    from harmonic.data.readers import read_split, records_to_coco
+    from harmonic.data.readers import read_split_with_ids, records_to_coco
 
     if not path.exists():
         raise HarmonicError(f"{path}: dataset file not found")
@@ -96,8 +98,8 @@ def _from_dataset_file(path: Path, split: str, names: Sequence[str] | None) -> t
     cfg_names = list(cfg.names)
     if names is not None and list(names) != cfg_names:
         log.warning("%s: --names %s ignored; the dataset file names %s", path, list(names), cfg_names)
-    records = read_split(cfg.splits[split], cfg_names)
-    return records_to_coco(records, cfg_names), cfg_names, f"{path}:{split}"
+    records, category_ids = read_split_with_ids(cfg.splits[split], cfg_names)
+    return records_to_coco(records, cfg_names, category_ids), cfg_names, f"{path}:{split}"
 
 
 def _from_records(records: Sequence[Any], names: Sequence[str] | None) -> tuple[dict, list[str], str]:
@@ -119,7 +121,8 @@ def _read_json(path: Path, what: str) -> Any:
 
 
 def _canonical_coco(data: Any, names: Sequence[str] | None, source: str) -> tuple[dict, list[str]]:
-    """Validate a COCO dict and rebuild it with fresh dicts; with ``names``, map categories by name to index+1."""
+    """Validate a COCO dict and rebuild it with fresh dicts, keeping its category ids; ``names`` (when
+    given) must name every category."""
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise HarmonicError(f"{source}: not a COCO ground-truth file (needs 'images', 'annotations', 'categories')")
     cats = data.get("categories") or []
@@ -128,19 +131,15 @@ def _canonical_coco(data: Any, names: Sequence[str] | None, source: str) -> tupl
         file_cats = {int(c["id"]): str(c["name"]) for c in cats}
     except (KeyError, TypeError, ValueError):
         raise HarmonicError(f"{source}: every category needs an integer 'id' and a 'name'") from None
-    if names is None:
-        out_names = [file_cats[k] for k in sorted(file_cats)]
-        remap = {k: k for k in file_cats}
-        out_cats = [{"id": k, "name": file_cats[k]} for k in sorted(file_cats)]
-    else:
-        out_names = [str(n) for n in names]
-        index = {n: i for i, n in enumerate(out_names)}
-        unknown = sorted({n for n in file_cats.values() if n not in index})
+    if names is not None:
+        unknown = sorted({n for n in file_cats.values() if n not in {str(m) for m in names}})
         if unknown:
             raise HarmonicError(f"{source}: {len(unknown)} categor{'y' if len(unknown) == 1 else 'ies'} not in names "
-                                f"{out_names}: {unknown[:5]}")
-        remap = {k: index[n] + 1 for k, n in file_cats.items()}
-        out_cats = [{"id": i + 1, "name": n} for i, n in enumerate(out_names)]
+                                f"{[str(n) for n in names]}: {unknown[:5]}")
+    # one policy: detections carry the ground truth's own category ids (names only checked)
+    out_names = [file_cats[k] for k in sorted(file_cats)]
+    remap = {k: k for k in file_cats}
+    out_cats = [{"id": k, "name": file_cats[k]} for k in sorted(file_cats)]
     if not out_cats:
         raise HarmonicError(f"{source}: ground truth has no categories")
     try:
@@ -149,6 +148,10 @@ def _canonical_coco(data: Any, names: Sequence[str] | None, source: str) -> tupl
     except (KeyError, TypeError, ValueError):
         raise HarmonicError(f"{source}: every image needs an integer 'id'") from None
     image_ids = {im["id"] for im in images}
+    if len(image_ids) != len(images):
+        seen: set[int] = set()
+        dup = next(im["id"] for im in images if im["id"] in seen or seen.add(im["id"]))
+        raise HarmonicError(f"{source}: duplicate image id {dup} in 'images'; each image needs its own id")
     out_anns = []
     bad_img = bad_cat = bad_box = 0
     for i, a in enumerate(anns):
@@ -281,7 +284,7 @@ def load_detections(detections: Any, gt: GroundTruth, what: str = "detections") 
     if unknown_cat.any():
         problems.append(f"{int(unknown_cat.sum())} with a category_id not in the ground truth "
                         f"(e.g. {int(cat_i[unknown_cat][0])}; expected {gt.category_ids.min()}.."
-                        f"{gt.category_ids.max()}, class index + 1)")
+                        f"{gt.category_ids.max()}, the ground truth's own ids)")
     nan_box = ~np.isfinite(bbox).all(axis=1)
     if nan_box.any():
         problems.append(f"{int(nan_box.sum())} with a NaN/inf bbox")

@@ -31,10 +31,12 @@ def _figure(ncols: int, width: float = 5.0, height: float = 4.6):
 
 
 def _save(fig, out_png: str | Path) -> Path:
+    from harmonic.atomic import atomic_path
+
     out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out, format="png")
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
     return out
 
 

@@ -50,8 +50,28 @@ def parse_batch(value: str) -> int | None:
     return n
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Flag checks that need no checkpoint (run before any work)."""
+    from harmonic.export.onnx_export import check_opset
+    from harmonic.validate import check_float, check_in_file, check_int, check_out_file
+
+    check_opset(args.opset)
+    check_int(args.img_size, "--img-size", 32)
+    check_float(args.workspace, "--workspace", 0, None, lo_open=True)
+    check_int(args.min_batch, "--min-batch", 1)
+    check_int(args.opt_batch, "--opt-batch", 1)
+    check_int(args.max_batch, "--max-batch", 1)
+    check_out_file(args.out)
+    check_out_file(args.engine, "--engine")
+    if args.verify_images is not None and not Path(args.verify_images).is_dir():
+        raise HarmonicError(f"--verify-images {args.verify_images}: not a folder")
+    if Path(args.checkpoint).is_dir():
+        check_in_file(args.checkpoint, "--checkpoint")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    check_args(args)
     batch = parse_batch(args.batch)
     out = Path(args.out)
     raw = None if args.raw is None else Path(args.raw or out.with_suffix(".raw.onnx"))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 ONNX_FORMAT = "harmonicdet-onnx"
-JSON_KEYS = ("names", "mean", "std", "versions")
+JSON_KEYS = ("names", "mean", "std", "versions", "category_ids")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -50,8 +50,10 @@ def build_metadata(
     graph: str,
     max_batch: int | None = None,
     versions: dict[str, str] | None = None,
+    category_ids: list[int] | None = None,
 ) -> dict[str, str]:
-    """The ``metadata_props`` dict (strings; JSON for structured values). ``max_batch`` for fixed-batch graphs."""
+    """The ``metadata_props`` dict (strings; JSON for structured values). ``max_batch`` for fixed-batch graphs;
+    ``category_ids`` (the dataset's id of each class) when they are not ``index + 1``."""
     meta: dict[str, Any] = {
         "harmonic.format": ONNX_FORMAT,
         "names": json.dumps(list(names)),
@@ -70,6 +72,8 @@ def build_metadata(
     }
     if max_batch is not None:
         meta["max_batch"] = str(int(max_batch))
+    if category_ids is not None:
+        meta["category_ids"] = json.dumps([int(c) for c in category_ids])
     return meta
 
 

@@ -44,6 +44,23 @@ def atomic_path(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def opset_range() -> tuple[int, int]:
+    """Opsets the export supports: NonMaxSuppression with dynamic top-K needs 11; the upper end is the
+    TorchScript exporter's maximum."""
+    try:
+        from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as hi
+    except ImportError:  # pragma: no cover - private constant moved
+        hi = 20
+    return 11, int(hi)
+
+
+def check_opset(opset: int) -> None:
+    """Raise ``HarmonicError`` (a usage error) for an opset outside :func:`opset_range`."""
+    lo, hi = opset_range()
+    if not lo <= opset <= hi:
+        raise HarmonicError(f"--opset: must be in {lo}..{hi} (default {DEFAULT_OPSET}), got {opset}")
+
+
 def check_graph(model_proto, graph: str = "nms") -> None:  # noqa: ANN001
     """Raise ``HarmonicError`` unless the graph holds only standard ops (and the NMS op for ``nms``)."""
     ops = {(n.domain, n.op_type) for n in model_proto.graph.node}
@@ -210,5 +227,6 @@ def load_for_export(
         names=list(spec.class_names), img_size=size, mean=spec.mean, std=spec.std, score_threshold=conf,
         iou_threshold=iou, max_det=max_det, model=spec.name, loss=spec.loss,
         checkpoint_sha256=file_sha256(path), graph="nms", max_batch=batch,
+        category_ids=getattr(spec, "category_ids", None),
     )
     return model, spec, meta

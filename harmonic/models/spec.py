@@ -38,6 +38,8 @@ class ModelSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     stride: int = 32
+    #: the dataset's own category id of each class (COCO files may use any ids); ``None`` = index + 1
+    category_ids: list[int] | None = None
     score_threshold: float = DEFAULT_SCORE_THRESHOLD
     iou_threshold: float = DEFAULT_IOU_THRESHOLD
     max_det: int = DEFAULT_MAX_DET

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from harmonic.errors import HarmonicError
+from harmonic.atomic import write_json
+from harmonic.errors import HarmonicError, RunFailure
 from harmonic.runtime import bench as bench_mod
 from harmonic.runtime.backends import open_backend
 from harmonic.runtime.pipeline import RunStats, infer_images, run_engine
@@ -56,9 +58,10 @@ def default_batch(backend: Any) -> int:
     return min(8, backend.max_batch) if backend.max_batch else 8
 
 
-def load_ground_truth(path: Path, names: list[str] | None, split: str) -> tuple[list[Any], list[str]]:
+def load_ground_truth(path: Path, names: list[str] | None, split: str) -> tuple[list[Any], list[str], list[int]]:
     """GT records (``harmonic.data.readers.ImageRecord``) from a COCO json or a dataset.yaml split,
-    and the class names they are indexed by (the engine's, else the file's)."""
+    the class names they are indexed by (the engine's, else the file's) and the dataset's own
+    category id of each class (a COCO file's ids, else index + 1)."""
     if not path.exists():
         raise HarmonicError(f"{path}: annotations not found")
     try:
@@ -72,11 +75,15 @@ def load_ground_truth(path: Path, names: list[str] | None, split: str) -> tuple[
         if split not in cfg.splits:
             raise HarmonicError(f"{path}: no split {split!r} (has {', '.join(cfg.splits)}); pass --split")
         names = names or list(cfg.names)
-        return list(readers.read_split(cfg.splits[split], names)), names
+        records, ids = readers.read_split_with_ids(cfg.splits[split], names)
+        return list(records), names, ids
     if names is None:
+        records, ids = readers.read_coco_with_ids(path, None)
         data = json.loads(path.read_text(encoding="utf-8"))
         names = [str(c["name"]) for c in sorted(data.get("categories") or [], key=lambda c: int(c["id"]))]
-    return list(readers.read_coco(path, names)), names
+        return list(records), names, ids
+    records, ids = readers.read_coco_with_ids(path, names)
+    return list(records), names, ids
 
 
 def match_image_ids(images: ImageList, records: Sequence[Any]) -> tuple[list[int | None], int]:
@@ -101,10 +108,17 @@ def match_image_ids(images: ImageList, records: Sequence[Any]) -> tuple[list[int
 
 
 class _JsonListWriter:
-    """Streams a JSON list to disk so 100k images don't keep their detections in memory."""
+    """Streams a JSON list to a temporary file beside ``path`` so 100k images don't keep their
+    detections in memory; :meth:`commit` renames it onto ``path``, :meth:`discard` removes it, so
+    ``path`` always holds the last complete list."""
 
     def __init__(self, path: Path) -> None:
-        self.f = path.open("w", encoding="utf-8")
+        import tempfile
+
+        self.path = path
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        self.tmp = Path(tmp)
+        self.f = os.fdopen(fd, "w", encoding="utf-8")
         self.f.write("[")
         self.first = True
 
@@ -114,18 +128,40 @@ class _JsonListWriter:
             self.first = False
 
     def close(self) -> None:
-        self.f.write("\n]\n")
-        self.f.close()
+        """Finish the list in the temporary file (``path`` is unchanged until :meth:`commit`)."""
+        if not self.f.closed:
+            self.f.write("\n]\n")
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            self.f.close()
+
+    def commit(self) -> None:
+        self.close()
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        if not self.f.closed:
+            self.f.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 def evaluate_report(records: list[Any], dets: list[dict[str, Any]], names: list[str],
-                    out: Path, title: str) -> dict[str, Any]:
-    """``harmonic.evaluation.evaluate`` -> ``report.json`` (+ pairs sidecar) and ``score_iou.png`` under ``out``."""
+                    out: Path, title: str, category_ids: list[int] | None = None,
+                    subset: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``harmonic.evaluation.evaluate`` -> ``report.json`` (+ pairs sidecar) and ``score_iou.png`` under ``out``.
+
+    ``dets`` carry ``category_ids[class]`` (default class + 1); ``subset`` (which annotated images
+    were evaluated) goes into the report as ``report["subset"]``.
+    """
     try:
+        from harmonic.data.readers import records_to_coco
         from harmonic.evaluation import evaluate, save_report
     except ImportError as exc:
         raise HarmonicError(f"--annotations needs harmonic.evaluation, which is not available ({exc})") from exc
-    report = evaluate(records, dets, names=names, return_pairs=True)
+    gt = records_to_coco(records, names, category_ids)
+    report = evaluate(gt, dets, return_pairs=True)
+    if subset is not None:
+        report["subset"] = subset
     save_report(report, out / "report.json")
     try:
         from harmonic.evaluation.plots import scatter_score_iou
@@ -144,30 +180,81 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Flag checks that need neither the model nor the images (usage errors, exit 2)."""
+    from harmonic.validate import check_float, check_in_file, check_int, check_out_dir
+
+    check_int(args.batch, "--batch", 1)
+    check_int(args.warmup, "--warmup", 0)
+    check_int(args.iters, "--iters", 1)
+    check_int(args.workers, "--workers", 1)
+    check_int(args.threads, "--threads", 0)
+    check_int(args.img_size, "--img-size", 1)
+    check_float(args.conf, "--conf", 0, 1)
+    check_out_dir(args.out)
+    if args.annotations is not None:
+        check_in_file(args.annotations, "--annotations")
+
+
+def check_model(backend: Any) -> None:
+    """Refuse a model whose outputs are not the exported contract before any output is touched.
+
+    A graph without our metadata is run once on a blank batch: its outputs must be
+    ``num_dets, det_boxes, det_scores, det_classes`` (or a raw head's boxes and scores).
+    """
+    from harmonic.runtime.backends.base import OUTPUT_NAMES
+    from harmonic.runtime.postprocess import find_raw_outputs
+
+    try:
+        outs = backend.infer(np.zeros((backend.fixed_batch or max(1, backend.min_batch), 3, backend.img_size,
+                                       backend.img_size), np.float32))
+    except HarmonicError:
+        raise
+    except Exception as exc:  # the runtime's own error types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HarmonicError(f"{backend.path}: the model does not run on a [B, 3, {backend.img_size}, "
+                            f"{backend.img_size}] float32 batch ({first[:200]})") from None
+    if backend.graph == "raw":
+        try:
+            find_raw_outputs(outs)
+        except ValueError as exc:
+            raise HarmonicError(f"{backend.path}: {exc}") from None
+        return
+    missing = [n for n in OUTPUT_NAMES if n not in outs]
+    if missing:
+        raise HarmonicError(f"{backend.path}: not a HarmonicDet detector: outputs {sorted(outs)} lack "
+                            f"{', '.join(missing)} (export one with: harmonic export --checkpoint best.pt --out model.onnx)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.warmup < 0 or args.iters < 1:
-        raise HarmonicError("--warmup must be >= 0 and --iters >= 1")
+    check_args(args)
+    images = expand_sources(args.images)
     import cv2
 
     cv2.setNumThreads(1)  # parallelism is across images (decode threads); nested OpenCV pools oversubscribe
     engine_path = Path(args.engine)
+    # buffers are sized for the batch: never more than the images there are
+    max_batch = min(args.batch, len(images.paths)) if args.batch else None
     backend = open_backend(engine_path, provider=args.provider, device=args.device, threads=args.threads,
-                           img_size=args.img_size, max_batch=args.batch)
+                           img_size=args.img_size, max_batch=max_batch)
     try:
-        return _run(args, backend)
+        return _run(args, backend, images)
     finally:
         backend.close()
 
 
-def _run(args: argparse.Namespace, backend: Any) -> int:
+def _run(args: argparse.Namespace, backend: Any, images: ImageList) -> int:
     batch = args.batch or default_batch(backend)
-    backend.check_batch(batch)
-    images = expand_sources(args.images)
+    backend.check_batch(batch)  # above a fixed batch or the engine profile's maximum: a clear error
+    if batch > len(images.paths):  # a bigger batch only costs memory (--batch 100000 --bench: 17 GB)
+        if args.batch:
+            log.info("--batch %d capped to the %d image(s) given", batch, len(images.paths))
+        batch = len(images.paths)
+    check_model(backend)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     names = backend.names
     thr = backend.score_threshold
     if args.conf is not None and thr is not None and args.conf < thr:
@@ -177,9 +264,16 @@ def _run(args: argparse.Namespace, backend: Any) -> int:
     records: list[Any] | None = None
     gt_names: list[str] = []
     ids: list[int | None]
+    category_ids = backend.category_ids
     if args.annotations:
-        records, gt_names = load_ground_truth(Path(args.annotations), names, args.split)
+        if thr is not None and thr > FAIR_SCORE_THRESHOLD:
+            log.warning("%s: the engine drops detections below score %.3g; AP is only fair with <= %.2g "
+                        "(re-export with: python export/run.py ... --conf 0.001)", args.engine, thr, FAIR_SCORE_THRESHOLD)
+        records, gt_names, category_ids = load_ground_truth(Path(args.annotations), names, args.split)
         ids, unmatched = match_image_ids(images, records)
+        if unmatched == len(images.paths):
+            raise HarmonicError(f"--annotations {args.annotations}: none of the {len(images.paths)} image(s) is in it "
+                                "(matched by file_name)")
         if unmatched:
             log.warning("%d of %d images are not in %s; they get new ids and are left out of the report",
                         unmatched, len(images.paths), args.annotations)
@@ -188,9 +282,6 @@ def _run(args: argparse.Namespace, backend: Any) -> int:
             if v is None:
                 ids[i] = next_id
                 next_id += 1
-        if thr is not None and thr > FAIR_SCORE_THRESHOLD:
-            log.warning("%s: the engine drops detections below score %.3g; AP is only fair with <= %.2g "
-                        "(re-export with: python export/run.py ... --conf 0.001)", args.engine, thr, FAIR_SCORE_THRESHOLD)
         gt_ids = {int(r.image_id) for r in records}
     else:
         ids = list(range(1, len(images.paths) + 1))
@@ -201,38 +292,53 @@ def _run(args: argparse.Namespace, backend: Any) -> int:
         for _ in range(args.warmup):
             run_engine(backend, dummy)
 
-    stats = RunStats()
+    out.mkdir(parents=True, exist_ok=True)
     writer = _JsonListWriter(out / "detections.json")
+    try:
+        rc = _infer_and_report(args, backend, images, batch, writer, ids, records, gt_ids, gt_names, category_ids)
+        writer.commit()  # last, so a failed or interrupted run keeps the previous complete file
+    except BaseException:
+        writer.discard()
+        raise
+    return rc
+
+
+def _infer_and_report(args: argparse.Namespace, backend: Any, images: ImageList, batch: int,
+                      writer: _JsonListWriter, ids: list[int | None], records: list[Any] | None, gt_ids: set[int],
+                      gt_names: list[str], category_ids: list[int] | None) -> int:
+    out = Path(args.out)
+    names = backend.names
+    stats = RunStats()
     kept: list[dict[str, Any]] = []
+    evaluated: set[int] = set()
     vis_dir = out / "vis"
     t0 = time.perf_counter()
 
     def on_skip(p: Path, reason: str) -> None:
         log.warning("skipped %s", reason)
 
-    try:
-        for item, det in infer_images(backend, images.paths, batch, conf=args.conf, workers=args.workers,
-                                      stats=stats, on_skip=on_skip, fast_decode=args.fast_decode):
-            iid = ids[item.index]
-            entries = coco_results(det, iid, images.relative_name(item.index))
-            writer.extend(entries)
-            if records is not None and iid in gt_ids:
-                kept.extend(entries)
-            if args.save_vis:
-                vis = draw_detections(decode_image(item.path), det, names)
-                save_image(vis_dir / (Path(images.relative_name(item.index)).with_suffix(".jpg")), vis)
-    finally:
-        writer.close()
+    for item, det in infer_images(backend, images.paths, batch, conf=args.conf, workers=args.workers,
+                                  stats=stats, on_skip=on_skip, fast_decode=args.fast_decode):
+        iid = ids[item.index]
+        entries = coco_results(det, iid, images.relative_name(item.index), category_ids)
+        writer.extend(entries)
+        if records is not None and iid in gt_ids:
+            kept.extend(entries)
+            evaluated.add(int(iid))
+        if args.save_vis:
+            vis = draw_detections(decode_image(item.path), det, names)
+            save_image(vis_dir / (Path(images.relative_name(item.index)).with_suffix(".jpg")), vis)
+    writer.close()
     elapsed = time.perf_counter() - t0
 
     skipped = len(stats.skipped) + len(images.missing)
     print(f"images: {stats.processed} processed, {skipped} skipped "
           f"({len(stats.skipped)} unreadable, {len(images.missing)} missing); "
           f"{stats.detections} detections; {elapsed:.2f} s ({stats.processed / max(elapsed, 1e-9):.1f} img/s)")
-    print(f"wrote {out / 'detections.json'}" + (f" and {vis_dir}/" if args.save_vis else ""))
     if stats.processed == 0:
-        log.error("no image could be processed")
-        return 1
+        raise RunFailure(f"--images: none of the {len(images.paths)} image(s) could be read "
+                         f"(first: {stats.skipped[0][1] if stats.skipped else '?'}); {out} left as it was")
+    print(f"wrote {out / 'detections.json'}" + (f" and {vis_dir}/" if args.save_vis else ""))
 
     if args.bench:
         first_batch = _bench_batch(backend, images, batch)
@@ -251,13 +357,22 @@ def _run(args: argparse.Namespace, backend: Any) -> int:
         }
         e2e_tp, eng_tp = report["end_to_end"].get("throughput_img_s"), report["engine_only"]["throughput_img_s"]
         report["end_to_end_over_engine_only"] = e2e_tp / eng_tp if e2e_tp and eng_tp else None
-        (out / "bench.json").write_text(json.dumps(report, indent=2, default=_json_default))
+        write_json(out / "bench.json", report, indent=2, default=_json_default)
         print()
         print(bench_mod.format_table(report))
         print(f"wrote {out / 'bench.json'}")
 
     if records is not None:
-        report = evaluate_report(records, kept, gt_names, out, f"{Path(args.engine).name} on {args.annotations}")
+        subset = None
+        evaluated_records = [r for r in records if int(r.image_id) in evaluated]
+        if len(evaluated_records) < len(records):
+            subset = {"images_evaluated": len(evaluated_records), "images_annotated": len(records),
+                      "note": "AP covers only the annotated images that were inferred (given in --images and "
+                              "readable); the other annotated images are left out, not counted as misses"}
+            log.warning("report covers the %d of %d annotated images that were inferred",
+                        len(evaluated_records), len(records))
+        report = evaluate_report(evaluated_records, kept, gt_names, out,
+                                 f"{Path(args.engine).name} on {args.annotations}", category_ids, subset)
         coco, cons = report.get("coco") or {}, report.get("consistency") or {}
         parts = [f"{k} {coco[k]:.4f}" for k in ("AP", "AP50", "AP75") if isinstance(coco.get(k), float)]
         parts += [f"{k} {cons[k]:.3f}" for k in ("spearman", "kendall", "aic") if isinstance(cons.get(k), float)]

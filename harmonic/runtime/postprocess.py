@@ -120,13 +120,15 @@ def unletterbox(det: Detections, info: LetterboxInfo) -> Detections:
     return Detections(unletterbox_boxes(det.boxes, info), det.scores, det.classes)
 
 
-def coco_results(det: Detections, image_id: int, file_name: str | None = None) -> list[dict[str, Any]]:
-    """COCO results entries: ``category_id = class + 1``, bbox ``[x, y, w, h]`` rounded to 0.01 px, score to 1e-5."""
+def coco_results(det: Detections, image_id: int, file_name: str | None = None,
+                 category_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """COCO results entries: ``category_id = category_ids[class]`` (the dataset's own ids; default
+    ``class + 1``), bbox ``[x, y, w, h]`` rounded to 0.01 px, score to 1e-5."""
     res = []
     for (x1, y1, x2, y2), s, c in zip(det.boxes.tolist(), det.scores.tolist(), det.classes.tolist()):
         entry: dict[str, Any] = {
             "image_id": int(image_id),
-            "category_id": int(c) + 1,
+            "category_id": int(category_ids[int(c)]) if category_ids is not None else int(c) + 1,
             "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
             "score": round(float(s), 5),
         }
@@ -165,9 +167,11 @@ def draw_detections(img: np.ndarray, det: Detections, names: Sequence[str] | Non
 
 def save_image(path: str | Path, rgb: np.ndarray) -> None:
     """Write ``rgb[H, W, 3]`` uint8 to ``path`` (format from the suffix; unicode paths work)."""
+    from harmonic.atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ok, buf = cv2.imencode(path.suffix or ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"{path}: cannot encode image")
-    buf.tofile(str(path))
+    with atomic_path(path) as tmp:
+        buf.tofile(str(tmp))

@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from harmonic.data.exif import apply_orientation, jpeg_orientation, oriented_size
 from harmonic.data.letterbox import PAD_VALUE, LetterboxInfo, letterbox, letterbox_params
 from harmonic.errors import HarmonicError
 
@@ -97,9 +98,10 @@ def decode_image_for(path: str | Path, target: int | None) -> tuple[np.ndarray, 
     """Like :func:`decode_image`, but a large JPEG is decoded already scaled down by 2/4/8 in the DCT
     (libjpeg's scaled decode: several times cheaper) while its longer side stays >= ``target``.
 
-    Returns ``(image RGB uint8, (original width, original height))``. The letterbox
-    geometry is unchanged (see :func:`prepare_image` ``orig_size``); only the
-    resampling filter differs slightly from a full decode + area resize.
+    Returns ``(image RGB uint8, (original width, original height))``, both as displayed
+    (EXIF orientation applied, as in every decode path). The letterbox geometry is
+    unchanged (see :func:`prepare_image` ``orig_size``); only the resampling filter
+    differs slightly from a full decode + area resize.
     """
     path = Path(path)
     if target:
@@ -109,7 +111,9 @@ def decode_image_for(path: str | Path, target: int | None) -> tuple[np.ndarray, 
         if k > 1 and not _looks_truncated(data):
             img = cv2.imdecode(data, _REDUCED[k] | cv2.IMREAD_IGNORE_ORIENTATION)
             if img is not None and img.ndim == 3:
-                return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), size
+                orientation = jpeg_orientation(data)
+                img = apply_orientation(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), orientation)
+                return img, oriented_size(*size, orientation)
         img = _decode(path, data)
     else:
         img = decode_image(path)
@@ -119,8 +123,9 @@ def decode_image_for(path: str | Path, target: int | None) -> tuple[np.ndarray, 
 def decode_image(path: str | Path) -> np.ndarray:
     """Read ``path`` (any path, unicode included) -> ``[H, W, 3]`` uint8 RGB.
 
-    Grayscale, RGBA and 16-bit images are converted. Missing, non-image and
-    truncated files raise :class:`ImageDecodeError` naming the file.
+    Grayscale, RGBA, CMYK and 16-bit images are converted; a JPEG's EXIF orientation
+    is applied (:mod:`harmonic.data.exif`). Missing, empty, non-image and truncated
+    files raise :class:`ImageDecodeError` naming the file.
     """
     path = Path(path)
     return _decode(path, _read(path))
@@ -133,7 +138,7 @@ def _decode(path: Path, data: np.ndarray) -> np.ndarray:
     if _looks_truncated(data):
         raise ImageDecodeError(f"{path}: truncated JPEG (no end-of-image marker)")
     try:
-        return to_rgb8(img)
+        return apply_orientation(to_rgb8(img), jpeg_orientation(data))
     except ImageDecodeError as exc:
         raise ImageDecodeError(f"{path}: {exc}") from exc
 

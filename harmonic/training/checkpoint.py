@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harmonic.errors import HarmonicError
+from harmonic.errors import HarmonicError, one_line
 from harmonic.models.spec import CHECKPOINT_FORMAT, FORMAT_VERSION, ModelSpec
 
 
@@ -84,7 +84,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise HarmonicError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc):  # a pickled object (e.g. torch.save(model)), not our dict
+            raise HarmonicError(
+                f"{path}: not a HarmonicDet checkpoint: it holds pickled Python objects (e.g. a whole model saved "
+                "with torch.save(model)), which are not loaded because unpickling can run code; "
+                "train with harmonic train, or save a checkpoint dict of plain tensors") from None
+        raise HarmonicError(f"{path}: corrupt or truncated checkpoint ({one_line(str(exc))[:200]})") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HarmonicError(f"{path}: corrupt or truncated checkpoint ({first[:200]})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:

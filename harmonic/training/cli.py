@@ -66,6 +66,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (0: never; last epoch always)")
     p.add_argument("--find-unused-parameters", action="store_true", help="DDP option, only if a model needs it")
     p.add_argument("--list-models", action="store_true", help="print the detector names and exit")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="skip unreadable or truncated images with a warning (default: stop naming the file)")
     return p
 
 
@@ -83,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     result = train(args)
     if result.get("is_main", True):
         ap = result.get("best_ap")
-        print(f"done: {result['epochs_done']} epochs, last {result['last']}, best {result['best']}"
+        files = [f"{what} {result[what]}" for what in ("last", "best")
+                 if result.get(what) is not None and Path(result[what]).is_file()]
+        print(f"done: {result['epochs_done']} epochs, {', '.join(files) or 'no checkpoint written'}"
               + (f" (COCO AP {ap:.4f})" if ap is not None and ap >= 0 else ""))
     return 0
 
@@ -95,6 +99,8 @@ def seed_everything(seed: int) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    from harmonic.validate import check_float, check_in_file, check_int, check_out_dir
+
     for flag in ("epochs", "batch_size"):
         if getattr(args, flag) < 1:
             raise HarmonicError(f"--{flag.replace('_', '-')} must be >= 1")
@@ -102,6 +108,18 @@ def _check_args(args: argparse.Namespace) -> None:
         raise HarmonicError("--img-size must be >= 32")
     if args.max_iters_per_epoch is not None and args.max_iters_per_epoch < 1:
         raise HarmonicError("--max-iters-per-epoch must be >= 1")
+    check_int(args.workers, "--workers", 0)
+    check_int(args.warmup_iters, "--warmup-iters", 0)
+    check_int(args.log_every, "--log-every", 0)
+    check_int(args.val_every, "--val-every", 0)
+    check_float(args.lr, "--lr", 0, None, lo_open=True)
+    check_float(args.weight_decay, "--weight-decay", 0)
+    check_float(args.momentum, "--momentum", 0, 1)
+    check_float(args.clip_grad, "--clip-grad", 0)
+    check_in_file(args.data, "--data")
+    check_in_file(args.resume, "--resume")
+    check_out_dir(args.out)
+    check_float(getattr(args, "warmup_share", None), "--warmup-share", 0, 1, hi_open=True)
     _operating_point(args)
 
 
@@ -121,21 +139,29 @@ def _operating_point(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _build_data(args: argparse.Namespace, img_size: int, dist_info, seed: int):
-    """Datasets and loaders: ``(names, train_loader, train_sampler, generator, val_loader, val_records)``."""
+    """Datasets and loaders: ``(names, train_loader, train_sampler, generator, val_loader, val_records,
+    images skipped, the dataset's category id of each class)``."""
     from torch.utils.data import DataLoader, DistributedSampler
 
+    from harmonic.data.checks import check_split_images
     from harmonic.data.dataset import DetectionDataset, collate
     from harmonic.data.dataset_file import load_dataset_config
-    from harmonic.data.readers import read_split
+    from harmonic.data.readers import read_split, read_split_with_ids
     from harmonic.data.transforms import build_train_transforms
 
     cfg = load_dataset_config(args.data)
     if "train" not in cfg.splits:
         raise HarmonicError(f"{args.data}: no 'train' split")
     names = list(cfg.names)
-    train_records = read_split(cfg.splits["train"], names)
+    train_records, category_ids = read_split_with_ids(cfg.splits["train"], names)
     if not train_records:
         raise HarmonicError(f"{args.data}: the train split has no images")
+    # checked here, in the main process: a DataLoader worker can only fail with its own traceback
+    skip_bad = bool(getattr(args, "skip_bad_images", False))
+    train_records, skipped = check_split_images(train_records, cfg.splits["train"].images, "train", skip_bad)
+    if not any(int((~r.ignore).sum()) for r in train_records):
+        raise HarmonicError(f"{cfg.splits['train'].annotations}: the train split has no objects "
+                            f"({len(train_records)} images, 0 boxes): nothing to learn")
     train_ds = DetectionDataset(train_records, cfg.splits["train"].images, img_size, train=True,
                                 augment=args.augment != "none",
                                 transforms=(build_train_transforms(img_size, scale=(1.0, 1.0), translate=0.0,
@@ -154,11 +180,13 @@ def _build_data(args: argparse.Namespace, img_size: int, dist_info, seed: int):
     val_loader, val_records = None, None
     if "val" in cfg.splits and dist_info.is_main and args.val_every > 0:
         val_records = read_split(cfg.splits["val"], names)
+        val_records, val_skipped = check_split_images(val_records, cfg.splits["val"].images, "val", skip_bad)
+        skipped += val_skipped
         if val_records:
             val_ds = DetectionDataset(val_records, cfg.splits["val"].images, img_size, train=False)
             val_loader = DataLoader(val_ds, batch_size=args.batch_size, shuffle=False,
                                     num_workers=args.workers, collate_fn=collate)
-    return names, train_loader, sampler, gen, val_loader, val_records
+    return names, train_loader, sampler, gen, val_loader, val_records, skipped, category_ids
 
 
 def parse_key_values(items: list[str], flag: str) -> dict[str, Any]:
@@ -224,8 +252,9 @@ def train(args: argparse.Namespace, stop_after_epoch: int | None = None) -> dict
         raise HarmonicError("--device cuda requested but CUDA is not available")
     dist_info, device = init_distributed(device_name)
     try:
-        out = args.out or Path("runs") / f"{args.model}-{args.loss}"
-        out = Path(out)
+        # a resumed run continues in its own folder unless --out says otherwise
+        default_out = Path(args.resume).parent if args.resume is not None else Path("runs") / f"{args.model}-{args.loss}"
+        out = Path(args.out or default_out)
         amp = bool(args.amp)
         if amp and device.type != "cuda":
             log.warning("--amp needs CUDA; training in float32 on %s", device)
@@ -245,10 +274,16 @@ def train(args: argparse.Namespace, stop_after_epoch: int | None = None) -> dict
                 raise HarmonicError(
                     f"{args.resume}: checkpoint is {rspec.name}/{rspec.loss}/{rspec.img_size}px, "
                     f"but the command asks for {args.model}/{args.loss}/{img_size}px")
+            done = int(resume_ckpt.get("epoch", -1)) + 1
+            if done >= args.epochs:  # before anything is created or written
+                raise HarmonicError(f"{args.resume}: the run already finished {done} of --epochs {args.epochs}; "
+                                    f"nothing to resume (pass --epochs > {done} to train on)")
 
         seed_everything(args.seed)
-        names, train_loader, sampler, gen, val_loader, val_records = _build_data(args, img_size, dist_info, args.seed)
+        names, train_loader, sampler, gen, val_loader, val_records, skipped, category_ids = _build_data(
+            args, img_size, dist_info, args.seed)
         model, spec = _build_model(args, len(names), names, img_size)
+        spec.category_ids = category_ids
         if resume_ckpt is not None and list(resume_ckpt["spec"].get("class_names", names)) != names:
             raise HarmonicError(f"{args.resume}: checkpoint classes {resume_ckpt['spec'].get('class_names')} "
                                 f"differ from {args.data} names {names}")
@@ -290,12 +325,15 @@ def train(args: argparse.Namespace, stop_after_epoch: int | None = None) -> dict
                               find_unused_parameters=args.find_unused_parameters)
 
         logger = JsonlLogger(out / "log.jsonl", enabled=dist_info.is_main)
+        last_path, best_path = out / "last.pt", out / "best.pt"
         if dist_info.is_main:
             out.mkdir(parents=True, exist_ok=True)
+            if resume_ckpt is not None:
+                _prepare_resume_dir(Path(args.resume), out, start_epoch)
             logger.write({"type": "start", "time": time.time(), "resume_epoch": start_epoch,
                           "world_size": dist_info.world_size, "args": vars(args), "spec": spec.to_dict(),
-                          "iters_per_epoch": iters_per_epoch, "total_iters": args.epochs * iters_per_epoch})
-        last_path, best_path = out / "last.pt", out / "best.pt"
+                          "iters_per_epoch": iters_per_epoch, "total_iters": args.epochs * iters_per_epoch,
+                          "skipped_images": skipped})
         epoch = start_epoch - 1
         for epoch in range(start_epoch, args.epochs):
             gen.manual_seed(args.seed + epoch)  # data order (and worker seeds) fixed per epoch
@@ -339,7 +377,8 @@ def train(args: argparse.Namespace, stop_after_epoch: int | None = None) -> dict
             barrier(dist_info)
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
                 break
-        return {"last": last_path, "best": best_path, "best_ap": best_ap if best_ap >= 0 else None,
+        return {"last": last_path, "best": best_path if best_path.is_file() else None,
+                "best_ap": best_ap if best_ap >= 0 else None,
                 "epochs_done": epoch + 1, "history": history, "model": model, "is_main": dist_info.is_main}
     finally:
         cleanup(dist_info)
@@ -384,6 +423,21 @@ def warn_short_schedule(total_iters: int, warmup: int, pretrained: bool) -> None
         log.warning("this run has only %d optimizer steps (%d of them warm-up); a detector trained %s usually "
                     "needs at least %d: raise --epochs or lower --batch-size, or expect a low AP",
                     total_iters, warmup, "from pretrained weights" if pretrained else "from scratch", need)
+
+
+def _prepare_resume_dir(resume: Path, out: Path, start_epoch: int) -> None:
+    """Before a resumed run writes into ``out``: drop log records of epochs it will redo (a killed epoch
+    logged part of itself) and, in a new folder, start from the source run's ``best.pt``."""
+    import shutil
+
+    from harmonic.atomic import atomic_path
+    from harmonic.training.logging_utils import truncate_log
+
+    truncate_log(out / "log.jsonl", start_epoch)
+    src_best, best = resume.parent / "best.pt", out / "best.pt"
+    if not best.exists() and src_best.is_file():
+        with atomic_path(best) as tmp:
+            shutil.copyfile(src_best, tmp)
 
 
 def _summary(report: dict[str, Any] | None) -> dict[str, Any] | None:

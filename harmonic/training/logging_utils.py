@@ -86,3 +86,30 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+def truncate_log(path: str | Path, start_epoch: int) -> int:
+    """Remove the records of epochs ``>= start_epoch`` (and a torn last line) from a JSONL log, atomically.
+
+    A resumed run redoes those epochs; without this the log would hold them twice.
+    Returns the number of records removed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        epoch = rec.get("epoch") if isinstance(rec, dict) else None
+        if isinstance(epoch, int) and epoch >= start_epoch:
+            continue
+        kept.append(line)
+    if len(kept) != len(lines):
+        from harmonic.atomic import write_text
+
+        write_text(path, "".join(ln + "\n" for ln in kept))
+    return len(lines) - len(kept)

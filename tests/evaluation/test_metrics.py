@@ -247,7 +247,7 @@ def test_bad_files_and_empty_ground_truth(tmp_path):
 
 def test_coco_file_mapped_by_names_and_columns_input(tmp_path):
     gt = make_gt(num_images=3, seed=11)
-    # an external file: categories with other ids and order, mapped by name to index + 1
+    # an external file: categories with other ids and order; detections use the file's own ids
     ext = json.loads(json.dumps(gt))
     new_id = {1: 40, 2: 7, 3: 15}
     ext["categories"] = [{"id": new_id[c["id"]], "name": c["name"]} for c in reversed(gt["categories"])]
@@ -259,6 +259,7 @@ def test_coco_file_mapped_by_names_and_columns_input(tmp_path):
             "category_id": np.array([a["category_id"] for a in gt["annotations"]]),
             "bbox": np.array([a["bbox"] for a in gt["annotations"]]),
             "score": np.full(len(gt["annotations"]), 0.8)}
+    cols["category_id"] = np.array([new_id[c] for c in cols["category_id"]])
     r = evaluate(str(p), cols, names=NAMES)
     assert r["coco"]["AP"] == pytest.approx(1.0)
     assert list(r["per_class"]) == NAMES

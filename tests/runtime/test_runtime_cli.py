@@ -133,7 +133,7 @@ def test_nothing_processable_exits_nonzero(tmp_path):
     (tmp_path / "images" / "a.jpg").write_text("x")
     (tmp_path / "images" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     proc = run_infer("--engine", model, "--images", tmp_path / "images", "--out", tmp_path / "out", check_rc=1)
-    assert "0 processed, 2 skipped" in proc.stdout and "no image could be processed" in proc.stderr
+    assert "0 processed, 2 skipped" in proc.stdout and "none of the 2 image(s) could be read" in proc.stderr
 
 
 def test_batch_above_fixed_batch_graph_is_an_error(tmp_path):

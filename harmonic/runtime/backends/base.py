@@ -55,7 +55,7 @@ def parse_metadata(raw: dict[str, str]) -> dict[str, Any]:
                 out[key] = int(float(value))
             elif key in _FLOAT_KEYS:
                 out[key] = float(value)
-            elif key in {"names", "mean", "std", "versions", "profile", "fp16"}:
+            elif key in {"names", "mean", "std", "versions", "profile", "fp16", "category_ids"}:
                 out[key] = json.loads(value)
             else:
                 out[key] = value
@@ -109,6 +109,18 @@ class Backend(ABC):
     def names(self) -> list[str] | None:
         names = self.metadata.get("names")
         return list(names) if isinstance(names, list) else None
+
+    @property
+    def category_ids(self) -> list[int] | None:
+        """The dataset's category id of each class (COCO ``category_id`` to write), ``None`` = index + 1."""
+        ids = self.metadata.get("category_ids")
+        names = self.names
+        if not isinstance(ids, list) or (names is not None and len(ids) != len(names)):
+            return None
+        try:
+            return [int(c) for c in ids]
+        except (TypeError, ValueError):
+            return None
 
     @property
     def graph(self) -> str:
