@@ -243,7 +243,10 @@ def write_candidates(raw_onnx: Path, images_dir: Path, annotations: Path, out_js
     gt = json.loads(Path(annotations).read_text())
     sess = ort.InferenceSession(str(raw_onnx), providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
-    size = int(sess.get_modelmeta().custom_metadata_map["img_size"])
+    meta = sess.get_modelmeta().custom_metadata_map
+    size = int(meta["img_size"])
+    # the dataset's own category id of each class (metadata "category_ids"), else index + 1
+    cat_ids = json.loads(meta["category_ids"]) if meta.get("category_ids") else None
     out_names = [o.name for o in sess.get_outputs()]
     results: list[dict] = []
     images = gt["images"]
@@ -261,7 +264,7 @@ def write_candidates(raw_onnx: Path, images_dir: Path, annotations: Path, out_js
                 continue
             xywh = xyxy_to_xywh(unletterbox_boxes(boxes[a_idx], info))
             for (x, y, w, h), c, s in zip(xywh, c_idx, scores[a_idx, c_idx]):
-                results.append({"image_id": im["id"], "category_id": int(c) + 1,
+                results.append({"image_id": im["id"], "category_id": int(cat_ids[c]) if cat_ids else int(c) + 1,
                                 "bbox": [round(float(x), 2), round(float(y), 2), round(float(w), 2),
                                          round(float(h), 2)],
                                 "score": round(float(s), 5)})
