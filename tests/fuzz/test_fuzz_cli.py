@@ -175,6 +175,9 @@ CASES: dict[str, Case] = {
     "export-truncated-checkpoint": ("export", lambda c: [
         "--checkpoint", str(c.file("t.pt", (c.run / "best.pt").read_bytes()[:4096])), "--out", str(c.tmp / "m.onnx")],
         2, "corrupt or truncated checkpoint"),
+    "export-garbage-checkpoint": ("export", lambda c: ["--checkpoint", str(c.file("g.pt", b"not a checkpoint" * 20)),
+                                                       "--out", str(c.tmp / "m.onnx")], 2,
+                                  "corrupt or truncated checkpoint"),
     "export-zero-byte-checkpoint": ("export", lambda c: ["--checkpoint", str(c.file("z.pt", b"")), "--out",
                                                          str(c.tmp / "m.onnx")], 2, "z.pt"),
     "export-out-exists": ("export", lambda c: ["--checkpoint", str(c.run / "best.pt"), "--out",

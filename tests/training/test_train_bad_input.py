@@ -42,7 +42,7 @@ def _dataset(root: Path, n_boxes: int = 1, truncated: str | None = None) -> Path
 
 def _train_cli(*argv: str) -> int:
     return main(["train", "--device", "cpu", "--img-size", str(IMG), "--batch-size", "2", "--warmup-iters", "1",
-                 "--max-iters-per-epoch", "1", "--val-every", "0", *argv])
+                 "--epochs", "1", "--max-iters-per-epoch", "1", "--val-every", "0", "--fpn-channels", "32", *argv])
 
 
 def test_train_split_without_objects_is_an_error(tmp_path, capsys):
