@@ -33,7 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-images", default=None, help="folder of images for verification (default: synthetic)")
     p.add_argument("--no-verify", action="store_true", help="skip ONNX Runtime vs PyTorch verification")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--engine", default=None, help="also build this TensorRT engine")
+    p.add_argument("--engine", default=None, help="also build this TensorRT engine (from the INT8 graph with --int8)")
     p.add_argument("--fp16", action="store_true")
     p.add_argument("--workspace", type=float, default=4.0, help="TensorRT workspace (GiB)")
     p.add_argument("--min-batch", type=int, default=1)
@@ -64,6 +64,8 @@ def check_int8_args(args: argparse.Namespace, out: Path) -> Path | None:
         return None
     if args.calib is None:
         raise HarmonicError("--int8: needs --calib DIR (calibration images)")
+    if args.fp16 and args.engine:
+        raise HarmonicError("--int8 with --fp16: the INT8 engine keeps its float layers FP32; pass one of them")
     from harmonic.export.quantize import calibration_files
 
     calibration_files(args.calib, args.calib_count)  # fails now, before any export work
@@ -119,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         if engine is not None:
             from harmonic.export.tensorrt import build_engine
 
-            build_engine(out, engine, fp16=args.fp16, profile=(args.min_batch, args.opt_batch, args.max_batch),
-                         workspace_gb=args.workspace, timing_cache=args.timing_cache, overwrite=args.overwrite)
+            # with --int8 the engine is built from the Q/DQ graph (explicit quantisation, strongly typed)
+            build_engine(int8_out or out, engine, fp16=args.fp16, profile=(args.min_batch, args.opt_batch, args.max_batch),
+                         workspace_gb=args.workspace, timing_cache=args.timing_cache, overwrite=args.overwrite,
+                         int8=int8_out is not None)
     except BaseException:
         for p in written:  # no half-done export: a failed verification or build removes the ONNX too
             p.unlink(missing_ok=True)
