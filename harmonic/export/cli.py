@@ -21,13 +21,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--conf", type=float, default=None, help="score threshold (default: the checkpoint's)")
     p.add_argument("--iou", type=float, default=None, help="NMS IoU threshold (default: the checkpoint's)")
     p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--nms-topk", type=int, default=None,
+                   help="most candidates the NMS sees per image, 1..5000 (default: the model's own budget, <= 5000)")
+    p.add_argument("--int8", action="store_true",
+                   help="also write <out>.int8.onnx: INT8 Q/DQ graph calibrated on --calib (ONNX Runtime quantiser)")
+    p.add_argument("--calib", default=None, help="folder of calibration images for --int8")
+    p.add_argument("--calib-count", type=int, default=64, help="calibration images used for --int8")
     p.add_argument("--batch", default="dynamic", help="'dynamic' or a fixed batch size")
     p.add_argument("--raw", nargs="?", const="", default=None, metavar="PATH",
                    help="also write the pre-NMS graph (default path <out>.raw.onnx)")
     p.add_argument("--verify-images", default=None, help="folder of images for verification (default: synthetic)")
     p.add_argument("--no-verify", action="store_true", help="skip ONNX Runtime vs PyTorch verification")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--engine", default=None, help="also build this TensorRT engine")
+    p.add_argument("--engine", default=None, help="also build this TensorRT engine (from the INT8 graph with --int8)")
     p.add_argument("--fp16", action="store_true")
     p.add_argument("--workspace", type=float, default=4.0, help="TensorRT workspace (GiB)")
     p.add_argument("--min-batch", type=int, default=1)
@@ -69,6 +75,22 @@ def check_args(args: argparse.Namespace) -> None:
         check_in_file(args.checkpoint, "--checkpoint")
 
 
+def check_int8_args(args: argparse.Namespace, out: Path) -> Path | None:
+    """``<out>.int8.onnx`` for ``--int8`` (which needs ``--calib`` with a readable image), else None."""
+    if not args.int8:
+        if args.calib is not None:
+            raise HarmonicError("--calib: only used with --int8")
+        return None
+    if args.calib is None:
+        raise HarmonicError("--int8: needs --calib DIR (calibration images)")
+    if args.fp16 and args.engine:
+        raise HarmonicError("--int8 with --fp16: the INT8 engine keeps its float layers FP32; pass one of them")
+    from harmonic.export.quantize import calibration_files
+
+    calibration_files(args.calib, args.calib_count)  # fails now, before any export work
+    return out.with_suffix(".int8.onnx")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     check_args(args)
@@ -76,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     raw = None if args.raw is None else Path(args.raw or out.with_suffix(".raw.onnx"))
     engine = Path(args.engine) if args.engine else None
+    from harmonic.export.wrapper import check_nms_topk
+
+    check_nms_topk(args.nms_topk)
+    int8_out = check_int8_args(args, out)
     if engine is not None:  # fail before any export work
         from harmonic.export.tensorrt import import_tensorrt, profile_shapes
 
@@ -84,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         for p in (engine, engine.with_name(engine.name + ".json")):
             if p.exists() and not args.overwrite:
                 raise HarmonicError(f"{p}: already exists (pass --overwrite to replace it)")
-    for p in (out, raw):
+    for p in (out, raw, int8_out):
         if p is not None and p.exists() and not args.overwrite:
             raise HarmonicError(f"{p}: already exists (pass --overwrite to replace it)")
 
@@ -97,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     size = int(meta["img_size"])
     batch = int(meta["max_batch"]) if "max_batch" in meta else None  # Faster R-CNN: fixed at 1
     opts = dict(img_size=size, conf=args.conf, iou=args.iou, max_det=args.max_det, opset=args.opset,
-                batch=batch, metadata=meta, overwrite=args.overwrite)
+                batch=batch, metadata=meta, overwrite=args.overwrite, nms_topk=args.nms_topk)
     written = [export_model(model, out, **opts)]
     try:
         if raw is not None:
@@ -106,15 +132,22 @@ def main(argv: list[str] | None = None) -> int:
             from harmonic.export.verify import load_images, verify_onnx
 
             images = load_images(args.verify_images, size) if args.verify_images else None
-            res = verify_onnx(out, model, size, args.conf, args.iou, args.max_det, images=images, batch=batch)
+            res = verify_onnx(out, model, size, args.conf, args.iou, args.max_det, images=images, batch=batch,
+                              nms_topk=args.nms_topk)
             if not res.ok:
                 raise HarmonicError(f"{out}: ONNX Runtime differs from PyTorch: {res.message}")
             print(f"verify: OK, ONNX Runtime matches PyTorch ({res.message})")
+        if int8_out is not None:
+            from harmonic.export.quantize import quantize_int8
+
+            written.append(quantize_int8(out, int8_out, args.calib, count=args.calib_count, overwrite=args.overwrite))
         if engine is not None:
             from harmonic.export.tensorrt import build_engine
 
-            build_engine(out, engine, fp16=args.fp16, profile=(args.min_batch, args.opt_batch, args.max_batch),
-                         workspace_gb=args.workspace, timing_cache=args.timing_cache, overwrite=args.overwrite)
+            # with --int8 the engine is built from the Q/DQ graph (explicit quantisation, strongly typed)
+            build_engine(int8_out or out, engine, fp16=args.fp16, profile=(args.min_batch, args.opt_batch, args.max_batch),
+                         workspace_gb=args.workspace, timing_cache=args.timing_cache, overwrite=args.overwrite,
+                         int8=int8_out is not None)
     except BaseException:
         for p in written:  # no half-done export: a failed verification or build removes the ONNX too
             p.unlink(missing_ok=True)

@@ -38,6 +38,7 @@ def atomic_path(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        chmod_default(tmp)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -59,6 +60,82 @@ def check_opset(opset: int) -> None:
     lo, hi = opset_range()
     if not lo <= opset <= hi:
         raise HarmonicError(f"--opset: must be in {lo}..{hi} (default {DEFAULT_OPSET}), got {opset}")
+
+
+def chmod_default(path: str | Path) -> None:
+    """Give a ``mkstemp`` file (mode 0600) the mode a plain ``open`` would: 0666 minus the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def _constants(model_proto) -> dict[str, object]:  # noqa: ANN001
+    """Initializers and ``Constant`` node outputs of a graph, as numpy arrays by tensor name."""
+    from onnx import numpy_helper
+
+    out: dict[str, object] = {t.name: numpy_helper.to_array(t) for t in model_proto.graph.initializer}
+    for n in model_proto.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    out[n.output[0]] = numpy_helper.to_array(a.t)
+    return out
+
+
+def _dims(model_proto, name: str) -> list[int | str | None]:  # noqa: ANN001
+    """Inferred dims of tensor ``name`` (int, symbolic name, or None when unknown)."""
+    for vi in [*model_proto.graph.value_info, *model_proto.graph.output, *model_proto.graph.input]:
+        if vi.name == name and vi.type.tensor_type.HasField("shape"):
+            return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                    for d in vi.type.tensor_type.shape.dim]
+    return []
+
+
+def check_tensorrt_limits(model_proto, nms_topk: int | None = None) -> None:  # noqa: ANN001
+    """Raise ``HarmonicError`` unless every ``TopK`` has a constant K <= 3840 and the final NMS
+    (the one in the ``/nms_tail/`` scope, else the last) sees a constant number of boxes <= ``nms_topk``
+    (every other NMS <= 5000): what TensorRT's ``ITopKLayer`` and ``INMSLayer`` accept.
+    ``model_proto`` must be shape-inferred.
+    """
+    from harmonic.export.wrapper import TRT_MAX_NMS, TRT_MAX_TOPK
+
+    consts = _constants(model_proto)
+    for n in model_proto.graph.node:
+        if n.op_type != "TopK":
+            continue
+        k = consts.get(n.input[1]) if len(n.input) > 1 else None
+        if k is None:
+            raise HarmonicError(f"TopK node {n.name!r}: K ({n.input[1]!r}) is computed from the data; "
+                                "TensorRT needs a constant K")
+        if int(k.reshape(-1)[0]) > TRT_MAX_TOPK:
+            raise HarmonicError(f"TopK node {n.name!r}: K = {int(k.reshape(-1)[0])} exceeds TensorRT's limit {TRT_MAX_TOPK}")
+    nms = [n for n in model_proto.graph.node if n.op_type == "NonMaxSuppression"]
+    final = [n for n in nms if n.name.startswith("/nms_tail/")] or nms[-1:]
+    for n in nms:
+        limit = nms_topk if n in final and nms_topk else TRT_MAX_NMS
+        dims = _dims(model_proto, n.input[0])
+        count = dims[1] if len(dims) == 3 else None
+        if not isinstance(count, int) or count <= 0:
+            raise HarmonicError(f"NonMaxSuppression node {n.name!r}: the number of candidate boxes is not a constant")
+        if count > limit:
+            raise HarmonicError(f"NonMaxSuppression node {n.name!r}: {count} candidate boxes exceed the cap {limit}")
+
+
+def set_output_shapes(model_proto, max_det: int, batch: int | None) -> None:  # noqa: ANN001
+    """Declare the contract's output shapes: ``num_dets [B,1]``, ``det_boxes [B,K,4]``, ``det_scores/classes [B,K]``."""
+    shapes = {"num_dets": [1], "det_boxes": [max_det, 4], "det_scores": [max_det], "det_classes": [max_det]}
+    for out in model_proto.graph.output:
+        if out.name not in shapes:
+            continue
+        shape = out.type.tensor_type.shape
+        del shape.dim[:]
+        first = shape.dim.add()
+        if batch:
+            first.dim_value = batch
+        else:
+            first.dim_param = "batch"
+        for d in shapes[out.name]:
+            shape.dim.add().dim_value = d
 
 
 def check_graph(model_proto, graph: str = "nms") -> None:  # noqa: ANN001
@@ -84,6 +161,7 @@ def export_model(
     raw: bool = False,
     metadata: dict[str, str] | None = None,
     overwrite: bool = False,
+    nms_topk: int | None = None,
 ) -> Path:
     """Trace ``model`` (eval) into ``out``: simplified, shape-inferred, checked, with ``metadata``.
 
@@ -91,12 +169,14 @@ def export_model(
         img_size: the square input size ``S`` (input ``images [B,3,S,S]``).
         batch: ``None`` for a dynamic batch, else the fixed batch size.
         raw: write the pre-NMS graph (``boxes [B,A,4]``, ``scores [B,A,C]``) instead.
+        nms_topk: most candidates the NMS sees per image (1..5000; default: the family's
+            own candidate budget, at most 5000); recorded as ``nms_topk`` in the metadata.
     """
     import onnx
     import onnxslim
     import torch
 
-    wrapper = build_wrapper(model.eval(), img_size, conf, iou, max_det, raw=raw)
+    wrapper = build_wrapper(model.eval(), img_size, conf, iou, max_det, raw=raw, nms_topk=nms_topk)
     if wrapper.__class__.__name__ == "FasterRCNNExport":
         if batch not in (None, 1):
             raise HarmonicError(f"Faster R-CNN exports with batch 1 only, not {batch}")
@@ -121,10 +201,14 @@ def export_model(
         proto = onnxslim.slim(proto)
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
         check_graph(proto, "raw" if raw else "nms")
+        if not raw:
+            set_output_shapes(proto, max_det, batch)
+            check_tensorrt_limits(proto, wrapper.nms_topk)
         if metadata:
             from harmonic.export.metadata import set_metadata
 
-            set_metadata(proto, {**metadata, "graph": "raw" if raw else "nms"})
+            extra = {} if raw else {"nms_topk": str(wrapper.nms_topk)}
+            set_metadata(proto, {**metadata, **extra, "graph": "raw" if raw else "nms"})
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(tmp))
     log.info("wrote %s (%s graph, opset %d, batch %s)", out, "raw" if raw else "nms", opset, batch or "dynamic")
@@ -167,6 +251,7 @@ def export_onnx(
     batch: int | None = None,
     raw: str | Path | None = None,
     overwrite: bool = False,
+    nms_topk: int | None = None,
 ) -> Path:
     """Export a HarmonicDet checkpoint to ``out`` (NMS graph) and optionally ``raw`` (pre-NMS graph).
 
@@ -181,7 +266,7 @@ def export_onnx(
     if raw is not None and Path(raw).exists() and not overwrite:  # check both before writing either
         raise HarmonicError(f"{raw}: already exists (pass --overwrite to replace it)")
     export_model(model, out, img_size=img_size, conf=conf, iou=iou, max_det=max_det, opset=opset,
-                 batch=batch, metadata=meta, overwrite=overwrite)
+                 batch=batch, metadata=meta, overwrite=overwrite, nms_topk=nms_topk)
     if raw is not None:
         export_model(model, raw, img_size=img_size, conf=conf, iou=iou, max_det=max_det, opset=opset,
                      batch=batch, raw=True, metadata=meta, overwrite=overwrite)

@@ -10,6 +10,20 @@ FP16 per TensorRT version (:func:`fp16_mode`):
   the ``NonMaxSuppression`` inputs are cast back to float32 (the ONNX op is float-only),
   so the whole NMS tail, the box outputs and the scores stay FP32.
 
+FP16 keeps box decoding, candidate selection, the NMS tail and Faster R-CNN's FPN level
+mapper (whose ``w*h`` overflows FP16 above 65504 px²) in FP32: on 10.x those layers
+(ONNX node names ``/<scope>/...``, :data:`harmonic.export.wrapper.FP32_SCOPES`) get an FP32
+layer precision under ``OBEY_PRECISION_CONSTRAINTS``; on 11.x the FP16 copy of the graph
+leaves those nodes in FP32 with explicit Casts at the region's edges.
+
+INT8 (``int8=True``) takes an explicitly quantised Q/DQ graph (:mod:`harmonic.export.quantize`)
+and builds it strongly typed on every version (TensorRT's advice for Q/DQ networks; the
+implicit-INT8 calibrator is deprecated since 10.1 and gone in 11).
+
+The plugin registry is initialised before parsing (``init_libnvinfer_plugins``): the
+Faster R-CNN graph's ``RoiAlign`` can map to a plugin. TensorRT 10.0-10.6 has a known
+INMSLayer slowdown (TensorRT#4248): the build warns, and ``--raw`` + host NMS is the fallback.
+
 Everything but :func:`build_engine` is pure and testable without TensorRT.
 """
 
@@ -45,6 +59,27 @@ def trt_major(version: str) -> int:
         return int(str(version).split(".")[0])
     except ValueError:
         raise HarmonicError(f"cannot parse TensorRT version {version!r}") from None
+
+
+def nms_slowdown_warning(version: str) -> str | None:
+    """A warning for TensorRT 10.0-10.6, whose INMSLayer is known to be slow (TensorRT#4248), else None."""
+    parts = str(version).split(".")
+    try:
+        major, minor = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        return None
+    if major == 10 and minor <= 6:
+        return (f"TensorRT {version} has a known NonMaxSuppression slowdown (NVIDIA/TensorRT#4248, fixed in 10.7); "
+                "upgrade TensorRT, or export with --raw and run NMS on the host (infer/run.py --engine MODEL.raw.onnx)")
+    return None
+
+
+def fp32_layer_names(layer_names: list[str]) -> list[str]:
+    """The layers to pin to FP32 in an FP16 build: those parsed from nodes of the FP32 scopes."""
+    from harmonic.export.wrapper import FP32_SCOPES
+
+    prefixes = tuple(f"/{s}/" for s in FP32_SCOPES)
+    return [n for n in layer_names if n.startswith(prefixes)]
 
 
 def fp16_mode(version: str, fp16: bool) -> str:
@@ -95,8 +130,8 @@ def trtexec_command(
         f"--memPoolSize=workspace:{int(round(workspace_gb * 1024))}M",
     ]
     if mode == "builder_flag":
-        parts.append("--fp16")
-    elif mode == "strongly_typed":
+        parts.append("--fp16")  # approximate: the FP32 pinning of the scoped layers has no prefix form in trtexec
+    elif mode in ("strongly_typed", "int8"):
         parts.append("--stronglyTyped")
     if timing_cache:
         parts.append(f"--timingCacheFile={timing_cache}")
@@ -142,69 +177,100 @@ def gpu_info() -> tuple[str, str]:
     return "unknown", "unknown"
 
 
-def convert_onnx_fp16(model_proto):  # noqa: ANN001, ANN201
-    """FP16 copy of an FP32 graph with float32 IO and an FP32 NMS tail (see module docstring)."""
+#: inputs that stay float32 whatever the node's precision (ONNX fixes their type)
+_F32_INPUTS = {("Resize", 1), ("Resize", 2), ("NonMaxSuppression", 3), ("NonMaxSuppression", 4)}
+
+
+def convert_onnx_fp16(model_proto, fp32_scopes: tuple[str, ...] | None = None):  # noqa: ANN001, ANN201
+    """FP16 copy of an FP32 graph: float32 IO; FP32 NMS and FP32 scopes (see module docstring).
+
+    Nodes named ``/<scope>/...`` for a scope in ``fp32_scopes`` (default
+    :data:`harmonic.export.wrapper.FP32_SCOPES`) and ``NonMaxSuppression`` stay FP32, a
+    ``Constant`` stays FP32 when an FP32 node reads it; every other float node runs in FP16.
+    A Cast is inserted wherever a tensor crosses between the two, float initializers get an
+    FP16 copy for FP16 readers, and float graph outputs produced in FP16 are cast back.
+    """
     import copy
+    from collections import defaultdict
 
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    m = copy.deepcopy(model_proto)
+    from harmonic.export.wrapper import FP32_SCOPES
+
+    prefixes = tuple(f"/{s}/" for s in (FP32_SCOPES if fp32_scopes is None else fp32_scopes))
+    m = onnx.shape_inference.infer_shapes(copy.deepcopy(model_proto))
     g = m.graph
     f32, f16 = TensorProto.FLOAT, TensorProto.FLOAT16
+    elem = {vi.name: vi.type.tensor_type.elem_type for vi in [*g.value_info, *g.input, *g.output]}
+    inits = {t.name: t for t in g.initializer}
+    elem.update({name: t.data_type for name, t in inits.items()})
+    readers = defaultdict(list)
+    for n in g.node:
+        for i in n.input:
+            readers[i].append(n)
+    prec = {id(n): f32 if n.name.startswith(prefixes) or n.op_type == "NonMaxSuppression" else f16 for n in g.node}
+    for n in g.node:
+        if n.op_type == "Constant" and any(prec[id(r)] == f32 for r in readers[n.output[0]]):
+            prec[id(n)] = f32
 
     def to16(t):  # noqa: ANN001, ANN202
-        if t.data_type != f32:
-            return t
         arr = np.clip(numpy_helper.to_array(t), -65504, 65504).astype(np.float16)
         return numpy_helper.from_array(arr, t.name)
 
-    for i, init in enumerate(g.initializer):
-        if init.data_type == f32:
-            g.initializer[i].CopyFrom(to16(init))
-    for node in g.node:
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == f32:
+    cur = {i.name: i.type.tensor_type.elem_type for i in g.input}
+    cur.update({name: t.data_type for name, t in inits.items()})
+    made: dict[tuple[str, int], str] = {}
+    new_nodes, new_inits = [], []
+
+    def as_type(name: str, want: int) -> str:
+        if cur.get(name) == want:
+            return name
+        if (name, want) not in made:
+            out = f"{name}_as_{'fp16' if want == f16 else 'fp32'}"
+            if name in inits:
+                new_inits.append(to16(inits[name]) if want == f16 else numpy_helper.from_array(
+                    numpy_helper.to_array(inits[name]).astype(np.float32)))
+                new_inits[-1].name = out
+            else:
+                new_nodes.append(helper.make_node("Cast", [name], [out], to=want, name=f"{out}_cast"))
+            cur[out] = want
+            made[(name, want)] = out
+        return made[(name, want)]
+
+    for n in g.node:
+        p = prec[id(n)]
+        for a in n.attribute:
+            if p == f16 and a.type == onnx.AttributeProto.TENSOR and a.t.data_type == f32:
                 a.t.CopyFrom(to16(a.t))
-            if node.op_type == "Cast" and a.name == "to" and a.i == f32:
-                a.i = f16
-    new_nodes = []
-    for inp in g.input:
-        if inp.type.tensor_type.elem_type == f32:
-            new_nodes.append(helper.make_node("Cast", [inp.name + "_f16in"], [inp.name + "_f16"], to=f16))
-    renamed = {inp.name: inp.name + "_f16" for inp in g.input if inp.type.tensor_type.elem_type == f32}
-    for node in g.node:
-        if node.op_type == "NonMaxSuppression":
-            for k in (0, 1, 3, 4):
-                if k < len(node.input) and node.input[k]:
-                    src = renamed.get(node.input[k], node.input[k])
-                    cast_out = f"{src}_nms_f32_{k}_{id(node)}"
-                    new_nodes.append(helper.make_node("Cast", [src], [cast_out], to=f32))
-                    node.input[k] = cast_out
-                    continue
-        for k, name in enumerate(node.input):
-            if name in renamed:
-                node.input[k] = renamed[name]
-        new_nodes.append(node)
-    # Graph inputs keep their names and FP32 type: feed the leading Casts.
-    for n in new_nodes:
-        if n.op_type == "Cast" and n.input and n.input[0].endswith("_f16in"):
-            n.input[0] = n.input[0][: -len("_f16in")]
-    # Float outputs: produce FP16 internally, Cast back to FP32 under the original name.
+            if n.op_type == "Cast" and a.name == "to" and a.i == f32:
+                a.i = p
+        if n.op_type != "Cast":
+            for k, name in enumerate(n.input):
+                if name and elem.get(name) == f32:
+                    n.input[k] = as_type(name, f32 if (n.op_type, k) in _F32_INPUTS else p)
+        new_nodes.append(n)
+        for o in n.output:
+            if elem.get(o) == f32:
+                cur[o] = p
+    renames = {}
     for out in g.output:
-        if out.type.tensor_type.elem_type == f32:
-            internal = out.name + "_f16out"
-            for n in new_nodes:
-                for k, name in enumerate(n.output):
-                    if name == out.name:
-                        n.output[k] = internal
-                for k, name in enumerate(n.input):
-                    if name == out.name:
-                        n.input[k] = internal
-            new_nodes.append(helper.make_node("Cast", [internal], [out.name], to=f32))
+        if cur.get(out.name) == f16:
+            renames[out.name] = out.name + "_f16out"
+    for n in new_nodes:
+        for seq in (n.input, n.output):
+            for k, name in enumerate(seq):
+                if name in renames:
+                    seq[k] = renames[name]
+    for name, internal in renames.items():
+        new_nodes.append(helper.make_node("Cast", [internal], [name], to=f32, name=f"{name}_to_fp32"))
+    used = {i for n in new_nodes for i in n.input}
+    kept = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept + [t for t in new_inits if t.name in used])
     del g.node[:]
-    g.node.extend(_toposort(new_nodes, {i.name for i in g.input} | {i.name for i in g.initializer}))
+    g.node.extend(_toposort(new_nodes, {i.name for i in g.input} | {t.name for t in g.initializer}))
     del g.value_info[:]
     return onnx.shape_inference.infer_shapes(m)
 
@@ -228,10 +294,37 @@ def _toposort(nodes: list, available: set[str]) -> list:
 
 def _atomic_write(path: Path, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``; return the temp path (caller renames)."""
+    from harmonic.export.onnx_export import chmod_default
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+    chmod_default(tmp)  # mkstemp makes it 0600: give the final file the usual mode
     return Path(tmp)
+
+
+def pin_fp32_layers(trt, network, config) -> int:  # noqa: ANN001
+    """TensorRT 10.x FP16 build: FP32 precision for the FP32-scope layers, obeyed by the builder.
+
+    Only layers whose outputs are all float get a precision (int/bool layers have none to set).
+    Returns the number of layers pinned.
+    """
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    pinned = set(fp32_layer_names([layer.name for layer in layers]))
+    count = 0
+    for layer in layers:
+        if layer.name not in pinned:
+            continue
+        outs = [layer.get_output(i) for i in range(layer.num_outputs)]
+        if not outs or any(o.dtype not in (trt.float32, trt.float16) for o in outs):
+            continue
+        layer.precision = trt.float32
+        for i in range(layer.num_outputs):
+            layer.set_output_type(i, trt.float32)
+        count += 1
+    config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    log.info("FP16 build: %d layers (box decoding, NMS tail, level mapper) pinned to FP32", count)
+    return count
 
 
 def build_engine(
@@ -242,10 +335,13 @@ def build_engine(
     workspace_gb: float = 4.0,
     timing_cache: str | Path | None = None,
     overwrite: bool = False,
+    int8: bool = False,
 ) -> Path:
     """Build a TensorRT plan from ``onnx_path`` and write ``engine_path`` + ``engine_path.json``.
 
     Args:
+        int8: ``onnx_path`` is an INT8 Q/DQ graph (:func:`harmonic.export.quantize.quantize_int8`):
+            built strongly typed (its Q/DQ pairs fix the precisions; ``fp16`` is not combined with it).
         profile: ``(min, opt, max)`` batch of the single optimisation profile for ``images``.
         workspace_gb: ``WORKSPACE`` memory pool limit.
         timing_cache: file read (if present) and written back, so rebuilds skip kernel timing.
@@ -264,6 +360,18 @@ def build_engine(
     mode = fp16_mode(trt.__version__, fp16)
     proto = onnx.load(str(onnx_path))
     meta = read_metadata(proto)
+    has_qdq = any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+    if int8:
+        if fp16:
+            raise HarmonicError("--int8 and --fp16 together are not supported: the INT8 engine keeps float layers in FP32")
+        if not has_qdq:
+            raise HarmonicError(f"{onnx_path}: --int8 needs a Q/DQ graph (export with --int8 --calib DIR)")
+        mode = "int8"
+    elif has_qdq:
+        mode = "int8"  # a Q/DQ graph is explicitly quantised whatever was asked
+    warning = nms_slowdown_warning(trt.__version__)
+    if warning and any(n.op_type == "NonMaxSuppression" for n in proto.graph.node):
+        log.warning(warning)
     img_size = int(meta.get("img_size") or proto.graph.input[0].type.tensor_type.shape.dim[2].dim_value)
     fixed = int(meta["max_batch"]) if "max_batch" in meta else None
     shapes = profile_shapes(img_size, *profile, fixed_batch=fixed)
@@ -275,9 +383,10 @@ def build_engine(
             src = _atomic_write(engine_path, convert_onnx_fp16(proto).SerializeToString())
             tmp_files.append(src)
         logger = trt.Logger(trt.Logger.WARNING)
+        trt.init_libnvinfer_plugins(logger, "")  # RoiAlign and friends may map to plugins
         builder = trt.Builder(logger)
         flags = 0
-        if mode == "strongly_typed" and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        if mode in ("strongly_typed", "int8") and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
             flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
         network = builder.create_network(flags)
         parser = trt.OnnxParser(network, logger)
@@ -291,6 +400,7 @@ def build_engine(
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
         if mode == "builder_flag":
             config.set_flag(trt.BuilderFlag.FP16)
+            pin_fp32_layers(trt, network, config)
         prof = builder.create_optimization_profile()
         prof.set_shape(INPUT_NAME, shapes["min"], shapes["opt"], shapes["max"])
         config.add_optimization_profile(prof)
@@ -305,6 +415,7 @@ def build_engine(
         gpu, cc = gpu_info()
         side = sidecar_dict(meta, tensorrt_version=trt.__version__, gpu=gpu, compute_capability=cc,
                             fp16=fp16, shapes=shapes)
+        side["int8"] = mode == "int8"
         tmp_side = _atomic_write(sidecar_path, (json.dumps(side, indent=2) + "\n").encode())
         tmp_files.append(tmp_side)
         if timing_cache:

@@ -34,8 +34,13 @@ class VerifyResult:
     message: str
 
 
-def reference_detector(model, img_size: int, conf: float, iou: float, max_det: int):  # noqa: ANN001, ANN201
-    """A deep copy of ``model`` set to the export's operating point (see module docstring)."""
+def reference_detector(model, img_size: int, conf: float, iou: float, max_det: int,  # noqa: ANN001, ANN201
+                       nms_topk: int | None = None):
+    """A deep copy of ``model`` set to the export's operating point (see module docstring).
+
+    ``nms_topk``: the graph's NMS candidate cap; where it binds, the reference applies the same
+    cap (:func:`cap_reference`).
+    """
     from harmonic.export.wrapper import detector_family
 
     family = detector_family(model)
@@ -58,7 +63,54 @@ def reference_detector(model, img_size: int, conf: float, iou: float, max_det: i
 
         ref.head.classification_head.register_forward_hook(drop_background)
     ref.requires_grad_(False)
+    cap_reference(ref, family, img_size, conf, iou, max_det, nms_topk)
     return ref
+
+
+def cap_reference(ref, family: str, img_size: int, conf: float, iou: float, max_det: int,  # noqa: ANN001
+                  nms_topk: int | None) -> None:
+    """Make torchvision's post-processing cap the NMS candidates the way the graph does.
+
+    The graph keeps torchvision's budget, then either a global top-``nms_topk`` or (caps above
+    3840) a lower per-group k (:func:`harmonic.export.wrapper.group_budget`). A lower per-group
+    k is torchvision's own ``topk_candidates``; otherwise ``postprocess_detections`` runs with
+    NMS switched off (IoU threshold 1, no detection limit), and the cap, ``batched_nms`` and
+    the top ``max_det`` are applied to its candidates here.
+    """
+    import torch
+    from torchvision.ops import batched_nms
+
+    from harmonic.export.wrapper import build_wrapper
+
+    wrapper = build_wrapper(ref, img_size, conf, iou, max_det, nms_topk=nms_topk)
+    if not wrapper.cap_binds:
+        return  # torchvision's own post-processing is the reference
+    if wrapper.global_k is None and family != "fasterrcnn":
+        ref.topk_candidates = max(wrapper.ks)
+        return
+    per_class = None if wrapper.global_k is not None else wrapper.ks[0]
+    owner = ref.roi_heads if family == "fasterrcnn" else ref
+    orig = owner.postprocess_detections
+    owner.nms_thresh, owner.detections_per_img = 1.0, 10**9  # IoU > 1 never happens: NMS keeps everything
+
+    def cap(boxes, scores, labels):  # noqa: ANN001, ANN202
+        if per_class is None:
+            keep = scores.argsort(descending=True)[: wrapper.global_k]
+        else:
+            keep = torch.cat([torch.nonzero(labels == c).flatten()[scores[labels == c].argsort(descending=True)[:per_class]]
+                              for c in labels.unique()]) if len(labels) else labels
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        keep = batched_nms(boxes, scores, labels, iou)[:max_det]
+        return boxes[keep], scores[keep], labels[keep]
+
+    def capped(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        out = orig(*args, **kwargs)
+        if family == "fasterrcnn":
+            res = [cap(b, s, lab) for b, s, lab in zip(*out)]
+            return [r[0] for r in res], [r[1] for r in res], [r[2] for r in res]
+        return [dict(zip(("boxes", "scores", "labels"), cap(d["boxes"], d["scores"], d["labels"]))) for d in out]
+
+    owner.postprocess_detections = capped
 
 
 def synthetic_images(num: int, img_size: int, seed: int = 0) -> np.ndarray:
@@ -206,6 +258,7 @@ def verify_onnx(
     max_det: int,
     images: np.ndarray | None = None,
     batch: int | None = None,
+    nms_topk: int | None = None,
 ) -> VerifyResult:
     """ONNX Runtime vs the PyTorch detector (see module docstring) on ``images [N,3,S,S]``.
 
@@ -214,7 +267,7 @@ def verify_onnx(
     """
     if images is None:
         images = synthetic_images(4, img_size)
-    ref = run_reference(reference_detector(model, img_size, conf, iou, max_det), images)
+    ref = run_reference(reference_detector(model, img_size, conf, iou, max_det, nms_topk), images)
     got = run_onnx(onnx_path, images, batch)
     result = compare_detections(got, ref)
     log.debug("verify: %s", result.message)

@@ -40,6 +40,10 @@ def test_existing_output_is_refused_without_overwrite(tmp_path, capsys):
         (["--batch", "x"], "expected 'dynamic' or a positive integer"),
         (["--conf", "1.5"], "--conf 1.5 must be in [0, 1)"),
         (["--max-det", "0"], "--max-det 0 must be >= 1"),
+        (["--nms-topk", "0"], "--nms-topk 0 must be in 1..5000"),
+        (["--nms-topk", "5001"], "--nms-topk 5001 must be in 1..5000"),
+        (["--int8"], "--int8: needs --calib DIR"),
+        (["--calib", "somewhere"], "--calib: only used with --int8"),
     ],
 )
 def test_bad_flags(tmp_path, capsys, args, message):
@@ -48,6 +52,19 @@ def test_bad_flags(tmp_path, capsys, args, message):
     rc = _export("--checkpoint", ckpt, "--out", tmp_path / "m.onnx", *args)
     assert rc == 2 and message in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
+def test_calibration_folder_without_a_readable_image(tmp_path, capsys):
+    ckpt = tmp_path / "c.pt"
+    ckpt.write_bytes(b"x")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    (calib / "broken.jpg").write_bytes(b"not a jpeg")
+    (calib / "notes.txt").write_text("x")
+    rc = _export("--checkpoint", ckpt, "--out", tmp_path / "m.onnx", "--int8", "--calib", calib)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == f"error: {calib}: no readable calibration image (.jpg, .jpeg, .png, .bmp, .webp, .tif, .tiff)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "calib"]
 
 
 def test_foreign_checkpoint(tmp_path, capsys):
@@ -113,6 +130,55 @@ def test_export_checkpoint_end_to_end(tmp_path, capsys):
     before = out.read_bytes()
     assert _export("--checkpoint", ckpt, "--out", out) == 2
     assert out.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_int8_export_is_qdq_with_a_float_tail_and_runs_in_onnxruntime(tmp_path, capsys):
+    """--int8: <out>.int8.onnx with symmetric Q/DQ in the body only; ONNX Runtime runs it like the FP32 graph."""
+    import os
+    import stat
+
+    import cv2
+    import numpy as np
+    from onnx import numpy_helper
+
+    from harmonic.export.metadata import read_metadata
+    from harmonic.export.verify import run_onnx
+
+    ckpt, spec = _checkpoint(tmp_path / "best.pt")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):  # non-square: the calibration letterboxes like inference
+        cv2.imwrite(str(calib / f"{i}.jpg"), rng.integers(0, 255, (48 + 16 * i, 80, 3), dtype=np.uint8))
+    out = tmp_path / "model.onnx"
+    old = os.umask(0o022)
+    try:
+        rc = _export("--checkpoint", ckpt, "--out", out, "--conf", "0.005", "--max-det", "20", "--int8",
+                     "--calib", calib, "--calib-count", "2", "--no-verify")
+    finally:
+        os.umask(old)
+    assert rc == 0, capsys.readouterr().err
+    q = tmp_path / "model.int8.onnx"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644 and stat.S_IMODE(q.stat().st_mode) == 0o644
+    meta = read_metadata(q)
+    assert meta["quantization"] == "int8-qdq" and meta["calib_images"] == "2" and meta["model"] == spec.name
+    proto = onnx.load(str(q))
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    qnodes = [n for n in proto.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert any(n.op_type == "QuantizeLinear" for n in qnodes)
+    for n in qnodes:  # symmetric: zero points are int8 zeros
+        assert inits[n.input[2]].dtype == np.int8 and not inits[n.input[2]].any()
+    # per-channel weight scales (a vector) on the convolutions
+    assert any(inits[n.input[1]].ndim == 1 and inits[n.input[1]].size > 1 for n in qnodes if n.input[1] in inits)
+    # everything after the head stays float: no Q/DQ reads or feeds a decode/select/NMS node
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    for n in proto.graph.node:
+        if n.name.startswith(("/decode/", "/select/", "/nms_tail/")):
+            assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in n.input), n.name
+    x = np.random.default_rng(1).random((2, 3, spec.img_size, spec.img_size), dtype=np.float32)
+    a, b = run_onnx(out, x), run_onnx(q, x)
+    assert b["det_boxes"].shape == a["det_boxes"].shape == (2, 20, 4) and b["num_dets"].dtype == np.int32
 
 
 @pytest.mark.slow

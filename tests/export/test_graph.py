@@ -20,6 +20,28 @@ def _meta(size: int) -> dict[str, str]:
                           checkpoint_sha256="0" * 64, graph="nms")
 
 
+def assert_tensorrt_graph_facts(path, max_det: int, nms_topk: int, batch: int | None = None) -> None:
+    """What TensorRT needs, read back with ``onnx.shape_inference``: every TopK's K a constant
+    initializer <= 3840, the final NMS fed a constant number of candidates <= ``nms_topk``, and
+    integer K in every output shape."""
+    from onnx import numpy_helper
+
+    proto = onnx.shape_inference.infer_shapes(onnx.load(str(path)), strict_mode=True)
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    topks = [n for n in proto.graph.node if n.op_type == "TopK"]
+    assert topks and all(n.input[1] in inits and 1 <= int(inits[n.input[1]].reshape(-1)[0]) <= 3840 for n in topks)
+    shapes = {vi.name: [d.dim_value or d.dim_param for d in vi.type.tensor_type.shape.dim]
+              for vi in [*proto.graph.value_info, *proto.graph.output]}
+    nms = [n for n in proto.graph.node if n.op_type == "NonMaxSuppression" and n.name.startswith("/nms_tail/")]
+    assert len(nms) == 1
+    count = shapes[nms[0].input[0]][1]
+    assert isinstance(count, int) and 0 < count <= nms_topk
+    assert int(read_metadata(path)["nms_topk"]) == nms_topk
+    b = batch or "batch"
+    assert shapes["num_dets"] == [b, 1] and shapes["det_boxes"] == [b, max_det, 4]
+    assert shapes["det_scores"] == [b, max_det] and shapes["det_classes"] == [b, max_det]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "family,size", [("retinanet", 128), ("retinanet", 96), ("fcos", 128), ("fcos", 64), ("ssd", 128), ("ssd", 96)]
@@ -32,6 +54,12 @@ def test_onnx_matches_pytorch(tmp_path, family, size, make_detector):
     assert res.ok, res.message
     assert res.num_images == 3
     assert res.num_detections > 0  # the comparison saw detections, not just empty lists
+    # the default cap is the family's own budget: torchvision's per-level / per-class top-k, <= 5000
+    from harmonic.export.wrapper import build_wrapper
+
+    wrapper = build_wrapper(model, size, CONF, IOU, K)
+    assert not wrapper.cap_binds and wrapper.nms_topk == min(sum(wrapper.ks), 5000)
+    assert_tensorrt_graph_facts(out, K, wrapper.nms_topk)
 
 
 @pytest.mark.slow
@@ -142,5 +170,63 @@ def test_faster_rcnn_batch1_matches_pytorch_and_refuses_batch2(tmp_path, make_de
     res = verify_onnx(out, model, size, 0.05, IOU, K, images=synthetic_images(2, size, seed=6), batch=1)
     assert res.ok, res.message
     assert res.num_detections > 0
+    assert_tensorrt_graph_facts(out, K, 3000, batch=1)  # 1000 proposals x 3 classes
     with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match="images"):
         run_onnx(out, synthetic_images(2, size))  # B=2 into the batch-1 graph: refused by the runtime
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family,size,classes,cap", [("retinanet", 192, 10, 4000), ("ssd", 128, 3, 500),
+                                                      ("fasterrcnn", 96, 3, 1000)])
+def test_binding_nms_topk_shrinks_the_nms_input_and_verify_applies_it(tmp_path, family, size, classes, cap):
+    """A cap below the family's budget: the NMS gets <= cap candidates (a global TopK, or above 3840 a
+    lower per-group k) and the PyTorch reference applies the same cap, so the detections still match."""
+    from harmonic.export.wrapper import build_wrapper
+    from tests.export.conftest import tiny_detector
+
+    model = tiny_detector(family, size, num_classes=classes)
+    batch = 1 if family == "fasterrcnn" else None
+    conf = 0.05 if family == "fasterrcnn" else CONF
+    wrapper = build_wrapper(model, size, conf, IOU, K, nms_topk=cap)
+    assert wrapper.cap_binds and (wrapper.global_k is None) == (cap > 3840)
+    out = export_model(model, tmp_path / "m.onnx", img_size=size, conf=conf, iou=IOU, max_det=K, batch=batch,
+                       nms_topk=cap, metadata=_meta(size))
+    assert_tensorrt_graph_facts(out, K, cap, batch=batch)
+    res = verify_onnx(out, model, size, conf, IOU, K, images=synthetic_images(2, size, seed=1), batch=batch,
+                      nms_topk=cap)
+    assert res.ok, res.message
+    assert res.num_detections > 0
+
+
+def test_group_budget():
+    from harmonic.export.wrapper import group_budget
+
+    assert group_budget([9000, 2000, 500], 1000, 5000) == ([1000, 1000, 500], False)  # fits: torchvision's budget
+    assert group_budget([9000, 2000, 500], 1000, 1200) == ([1000, 1000, 500], True)  # global TopK(1200) follows
+    ks, glob = group_budget([9000, 9000, 9000, 9000, 900], 1000, 4000)  # 4900 > 4000 > 3840: lower per-group k
+    assert not glob and ks == [800] * 5  # the largest common k with 5 * k <= 4000
+
+
+def test_data_dependent_or_large_topk_is_refused_naming_the_op():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from harmonic.errors import HarmonicError
+    from harmonic.export.onnx_export import check_tensorrt_limits
+
+    def graph(k_from_data: bool, k: int = 10):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5000])
+        nodes, inits = [], []
+        if k_from_data:
+            nodes.append(helper.make_node("Shape", ["x"], ["kk"], start=1, end=2, name="/Shape"))
+        else:
+            inits.append(numpy_helper.from_array(np.array([k], np.int64), "kk"))
+        nodes.append(helper.make_node("TopK", ["x", "kk"], ["v", "i"], name="/select/TopK_7"))
+        outs = [helper.make_tensor_value_info(n, t, None) for n, t in (("v", TensorProto.FLOAT), ("i", TensorProto.INT64))]
+        m = helper.make_model(helper.make_graph(nodes, "g", [x], outs, inits), opset_imports=[helper.make_opsetid("", 17)])
+        return onnx.shape_inference.infer_shapes(m)
+
+    check_tensorrt_limits(graph(False, 3840))
+    with pytest.raises(HarmonicError, match=r"TopK node '/select/TopK_7': K .* computed from the data"):
+        check_tensorrt_limits(graph(True))
+    with pytest.raises(HarmonicError, match=r"TopK node '/select/TopK_7': K = 4000 exceeds TensorRT's limit 3840"):
+        check_tensorrt_limits(graph(False, 4000))

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import types
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -24,7 +26,13 @@ META = build_metadata(names=["a", "b"], img_size=64, mean=(0.5, 0.5, 0.5), std=(
                       checkpoint_sha256="ab" * 32, graph="nms", versions={"torch": "x"})
 
 
-def fake_tensorrt(version: str = "10.13.0.35", plan: bytes | None = b"PLAN-BYTES", parse_ok: bool = True):
+DEFAULT_LAYERS = (("/backbone/body/conv1/Conv", "float32"), ("/decode/Exp", "float32"),
+                  ("/level_mapper/Sqrt", "float32"), ("/nms_tail/NonMaxSuppression", "int64"),
+                  ("/nms_tail/TopK", "float32"), ("/head/cls_logits/Conv", "float32"))
+
+
+def fake_tensorrt(version: str = "10.13.0.35", plan: bytes | None = b"PLAN-BYTES", parse_ok: bool = True,
+                  layers=DEFAULT_LAYERS):
     """A stand-in ``tensorrt`` module that records every call in ``mod.calls``."""
     mod = types.ModuleType("tensorrt")
     mod.__version__ = version
@@ -75,13 +83,41 @@ def fake_tensorrt(version: str = "10.13.0.35", plan: bytes | None = b"PLAN-BYTES
         def set_shape(self, name, mn, opt, mx):
             self.shapes = (name, tuple(mn), tuple(opt), tuple(mx))
 
+    class Tensor:
+        def __init__(self, dtype):
+            self.dtype = dtype
+
+    class Layer:
+        def __init__(self, name, dtype="float32"):
+            self.name, self.num_outputs, self.out = name, 1, Tensor(dtype)
+            self.precision = None
+            self.out_types = {}
+
+        def get_output(self, i):
+            return self.out
+
+        def set_output_type(self, i, dtype):
+            self.out_types[i] = dtype
+
+    class Network:
+        def __init__(self):
+            self.layers = [Layer(n, dt) for n, dt in layers]
+            mod.network = self
+
+        @property
+        def num_layers(self):
+            return len(self.layers)
+
+        def get_layer(self, i):
+            return self.layers[i]
+
     class Builder:
         def __init__(self, logger):
             calls.append(("Builder",))
 
         def create_network(self, flags):
             calls.append(("create_network", flags))
-            return object()
+            return Network()
 
         def create_builder_config(self):
             return Config()
@@ -107,11 +143,17 @@ def fake_tensorrt(version: str = "10.13.0.35", plan: bytes | None = b"PLAN-BYTES
         def get_error(self, i):
             return f"node {i}: unsupported op"
 
+    def init_libnvinfer_plugins(logger, namespace):
+        calls.append(("init_libnvinfer_plugins", namespace))
+        return True
+
     mod.Logger, mod.Builder, mod.OnnxParser = Logger, Builder, OnnxParser
+    mod.init_libnvinfer_plugins = init_libnvinfer_plugins
+    mod.float32, mod.float16 = "float32", "float16"
     mod.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
     mod.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=3)
     if major == 10:
-        mod.BuilderFlag = types.SimpleNamespace(FP16="FP16")
+        mod.BuilderFlag = types.SimpleNamespace(FP16="FP16", INT8="INT8", OBEY_PRECISION_CONSTRAINTS="OBEY")
     else:
         mod.BuilderFlag = types.SimpleNamespace()  # 11.x: precision flags removed
     return mod
@@ -204,6 +246,112 @@ def test_build_engine_trt10_fp16(tiny_onnx, tmp_path, monkeypatch):
     parse = [x for x in c if x[0] == "parse_from_file"][0]
     assert parse[1] == str(tiny_onnx) and parse[2] == TensorProto.FLOAT
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.engine.json", "m.onnx", "timing.cache"]
+    # the plugin registry is initialised before the parser runs (RoiAlign may map to a plugin)
+    assert c.index(("init_libnvinfer_plugins", "")) < c.index(parse)
+    # FP16 on 10.x: decoding, level mapper and the NMS tail's float layers pinned to FP32, and obeyed
+    pinned = {layer.name: (layer.precision, layer.out_types) for layer in fake.network.layers if layer.precision}
+    assert pinned == {n: ("float32", {0: "float32"}) for n in ("/decode/Exp", "/level_mapper/Sqrt", "/nms_tail/TopK")}
+    assert ("set_flag", "OBEY") in c
+
+
+def test_outputs_get_the_usual_file_mode(tiny_onnx, tmp_path, monkeypatch):
+    """mkstemp's 0600 is not kept: engine and sidecar get 0666 minus the umask, like any written file."""
+    import os
+    import stat
+
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt())
+    old = os.umask(0o022)
+    try:
+        trtmod.build_engine(tiny_onnx, tmp_path / "m.engine")
+    finally:
+        os.umask(old)
+    for name in ("m.engine", "m.engine.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
+
+
+def test_nms_slowdown_warning_on_trt_10_0_to_10_6(tmp_path, monkeypatch, caplog):
+    for v in ("10.0.1.6", "10.3.0", "10.6.0.26"):
+        assert "TensorRT#4248" in trtmod.nms_slowdown_warning(v) and "--raw" in trtmod.nms_slowdown_warning(v)
+    for v in ("10.7.0.23", "10.13.0.35", "11.4.1", "9.3.0", "dev"):
+        assert trtmod.nms_slowdown_warning(v) is None
+    path = tmp_path / "nms.onnx"
+    onnx.save(_nms_graph(), str(path))
+    for version, warned in (("10.4.0", True), ("10.13.0.35", False)):
+        caplog.clear()
+        monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(version))
+        trtmod.build_engine(path, tmp_path / "m.engine", overwrite=True)
+        assert any("TensorRT#4248" in r.getMessage() for r in caplog.records) is warned
+
+
+def _nms_graph(qdq: bool = False):
+    """A tiny graph with an NMS (and optionally a Q/DQ pair before it)."""
+    from onnx import helper, numpy_helper
+
+    nodes, inits = [], [numpy_helper.from_array(np.array([10], np.int64), "k"),
+                        numpy_helper.from_array(np.array([0.5], np.float32), "iou")]
+    boxes = "boxes"
+    if qdq:
+        inits += [numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+                  numpy_helper.from_array(np.array(0, np.int8), "z")]
+        nodes += [helper.make_node("QuantizeLinear", ["boxes", "s", "z"], ["bq"]),
+                  helper.make_node("DequantizeLinear", ["bq", "s", "z"], ["bdq"])]
+        boxes = "bdq"
+    nodes.append(helper.make_node("NonMaxSuppression", [boxes, "scores", "k", "iou"], ["sel"], name="/nms_tail/NMS"))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 5, 4]),
+                     helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 2, 5])],
+        [helper.make_tensor_value_info("sel", TensorProto.INT64, [None, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    set_metadata(model, META)
+    return model
+
+
+@pytest.mark.parametrize("version", ["10.13.0.35", "11.4.1"])
+def test_int8_qdq_graph_builds_strongly_typed_without_precision_flags(tmp_path, monkeypatch, version):
+    fake = fake_tensorrt(version)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    path = tmp_path / "m.int8.onnx"
+    onnx.save(_nms_graph(qdq=True), str(path))
+    trtmod.build_engine(path, tmp_path / "m.engine", int8=True)
+    assert ("create_network", 1 << 3) in fake.calls  # STRONGLY_TYPED
+    assert not [x for x in fake.calls if x[0] == "set_flag"]  # no INT8/FP16 flags: the Q/DQ pairs decide
+    assert json.loads((tmp_path / "m.engine.json").read_text())["int8"] is True
+    plain = tmp_path / "plain.onnx"
+    onnx.save(_nms_graph(qdq=False), str(plain))
+    with pytest.raises(HarmonicError, match="needs a Q/DQ graph"):
+        trtmod.build_engine(plain, tmp_path / "p.engine", int8=True)
+    with pytest.raises(HarmonicError, match="--int8 and --fp16"):
+        trtmod.build_engine(path, tmp_path / "q.engine", int8=True, fp16=True)
+    assert not (tmp_path / "p.engine").exists() and not (tmp_path / "q.engine").exists()
+
+
+def test_fp16_copy_keeps_fp32_scopes_with_casts_at_the_edges():
+    """11.x FP16 copy: body nodes FP16, /decode/ nodes and their constants FP32, IO FP32; ORT runs it."""
+    from onnx import helper, numpy_helper
+
+    from harmonic.export.verify import run_onnx
+
+    inits = [numpy_helper.from_array(np.full((1, 3, 1, 1), 0.5, np.float32), "w"),
+             numpy_helper.from_array(np.array([300.0], np.float32), "big")]
+    nodes = [helper.make_node("Mul", ["images", "w"], ["feat"], name="/backbone/Mul"),
+             helper.make_node("Mul", ["feat", "big"], ["area"], name="/decode/Mul"),
+             helper.make_node("Mul", ["area", "area"], ["det_boxes"], name="/decode/Mul_1")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 2, 2])],
+                              [helper.make_tensor_value_info("det_boxes", TensorProto.FLOAT, [1, 3, 2, 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    half = trtmod.convert_onnx_fp16(model)
+    onnx.checker.check_model(half, full_check=True)
+    types_ = {t.name: t.data_type for t in half.graph.initializer}
+    assert types_ == {"w_as_fp16": TensorProto.FLOAT16, "big": TensorProto.FLOAT}
+    producers = {o: n for n in half.graph.node for o in n.output}
+    dec = [n for n in half.graph.node if n.name == "/decode/Mul"][0]
+    assert producers[dec.input[0]].op_type == "Cast" and producers[dec.input[0]].attribute[0].i == TensorProto.FLOAT
+    path = Path(tempfile.mkdtemp()) / "h.onnx"
+    onnx.save(half, str(path))
+    x = np.full((1, 3, 2, 2), 1.0, np.float32)
+    out = run_onnx(path, x)["det_boxes"]
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, 150.0**2)  # 22500 (> FP16 max 65504 would overflow on the next step)
 
 
 def test_build_engine_trt11_fp16_is_strongly_typed_from_fp16_onnx(tiny_onnx, tmp_path, monkeypatch):
@@ -251,8 +399,21 @@ def test_fp16_conversion_of_a_real_graph(tmp_path, make_detector):
     types_ = {o.name: o.type.tensor_type.elem_type for o in proto.graph.output}
     assert types_ == {"num_dets": TensorProto.INT32, "det_boxes": TensorProto.FLOAT,
                       "det_scores": TensorProto.FLOAT, "det_classes": TensorProto.INT32}
-    assert all(i.data_type != TensorProto.FLOAT for i in proto.graph.initializer)
     producers = {o: n for n in proto.graph.node for o in n.output}
+    readers = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    for init in proto.graph.initializer:  # FP32 constants only where an FP32-scope node reads them
+        if init.data_type == TensorProto.FLOAT:
+            assert all(r.name.startswith(("/decode/", "/select/", "/nms_tail/")) or r.op_type in ("Resize", "NonMaxSuppression")
+                       for r in readers[init.name]), init.name
+    for n in proto.graph.node:  # decoding and the NMS tail compute in FP32
+        if n.name.startswith(("/decode/", "/nms_tail/")) and n.op_type in ("Mul", "Add", "Exp", "Sub"):
+            for i in n.input:
+                src = producers.get(i)
+                if src is not None and src.op_type == "Cast":
+                    assert src.attribute[0].i == TensorProto.FLOAT, n.name
     nms = [n for n in proto.graph.node if n.op_type == "NonMaxSuppression"][0]
     for k in (0, 1):
         src = producers[nms.input[k]]

@@ -95,6 +95,8 @@ def _fake_trt(log, version="10.13.2.6"):
     trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, lvl: None})
     trt.TensorIOMode = types.SimpleNamespace(INPUT=0, OUTPUT=1)
     trt.nptype = lambda dt: dt
+    trt.init_libnvinfer_plugins = lambda logger, ns: log.append(("init_libnvinfer_plugins", ns)) or True
+    trt.profile_min = 1
 
     class Engine:
         num_io_tensors = len(TENSORS)
@@ -115,7 +117,7 @@ def _fake_trt(log, version="10.13.2.6"):
             return self._t(name)[3]
 
         def get_tensor_profile_shape(self, name, idx):
-            return [(1, 3, S, S), (2, 3, S, S), (4, 3, S, S)]
+            return [(trt.profile_min, 3, S, S), (max(2, trt.profile_min), 3, S, S), (4, 3, S, S)]
 
         def create_execution_context(self):
             return FakeContext(log)
@@ -175,6 +177,25 @@ def test_buffers_allocated_once_and_outputs_copied_back(fake_trt):
         with pytest.raises(HarmonicError, match=r"--batch 5 is outside the engine's batch range 1..4"):
             be.check_batch(5)
         assert run_engine(be, np.zeros((2, 3, S, S), np.float32))["num_dets"].shape == (2, 1)
+
+
+def test_plugins_initialised_before_deserialising(fake_trt):
+    engine, log = fake_trt
+    with open_backend(engine):
+        pass
+    assert log.index(("init_libnvinfer_plugins", "")) < log.index(("deserialize",))
+
+
+def test_buffers_cover_the_profile_minimum_when_batch_is_smaller(fake_trt, monkeypatch):
+    """--batch 1 on a profile with min batch 3: run_engine pads to 3 rows, so 3 rows are allocated."""
+    engine, log = fake_trt
+    monkeypatch.setattr(sys.modules["tensorrt"], "profile_min", 3, raising=False)
+    with open_backend(engine, max_batch=1) as be:
+        assert (be.min_batch, be.max_batch) == (3, 4)
+        assert be.plans["images"].shape[0] == 3
+        out = run_engine(be, np.full((1, 3, S, S), 0.5, np.float32))
+        assert out["num_dets"].shape == (3, 1) and out["det_scores"][0, 0] == pytest.approx(0.5)
+    assert [e for e in log if e[0] == "execute"] == [("execute", 3)]
 
 
 def test_version_mismatch_is_caught_before_deserialising(fake_trt, monkeypatch):

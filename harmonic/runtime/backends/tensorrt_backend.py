@@ -199,6 +199,7 @@ class TensorRTBackend(Backend):
         except OSError as exc:
             raise HarmonicError(f"{self.path}: cannot read engine ({exc})") from exc
         self._logger = trt.Logger(trt.Logger.WARNING)
+        trt.init_libnvinfer_plugins(self._logger, "")  # an engine with plugin layers (RoiAlign) needs the registry
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(blob)
         if self.engine is None:
@@ -226,7 +227,8 @@ class TensorRTBackend(Backend):
             self.min_batch = self.max_batch = inputs[0].shape[0]
         if max_batch is not None:
             check_batch_range(max_batch, 1, self.max_batch, self.path)
-        alloc_batch = max_batch or self.max_batch
+        # run_engine pads a batch up to the profile's minimum: the buffers must hold that many rows
+        alloc_batch = max(max_batch or self.max_batch, self.min_batch)
         meta = dict(sidecar or {})
         if "img_size" not in meta:
             meta.update(fallback_metadata(self.path, inputs[0].shape, img_size))
