@@ -220,7 +220,7 @@ def test_trained_model_exports_and_verifies(tmp_path, capsys):
     run = tmp_path / "run"
     rc = main(["train", "--data", str(data), "--model", "retinanet_resnet18_fpn", "--img-size", "96",
                "--epochs", "1", "--batch-size", "4", "--max-iters-per-epoch", "4", "--out", str(run),
-               "--device", "cpu", "--workers", "0", "--fpn-channels", "64", "--val-every", "0", "--lr", "0.01",
+               "--device", "cpu", "--workers", "0", "--fpn-channels", "64", "--val-every", "0", "--optimizer", "sgd", "--lr", "0.01",
                "--warmup-iters", "1"])
     assert rc == 0, capsys.readouterr().err
     ckpt = run / "last.pt" if (run / "last.pt").exists() else run / "best.pt"
