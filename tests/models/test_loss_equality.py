@@ -17,6 +17,8 @@ OFF = {"harmonic_factors": "false", "alpha": "0", "tc_weight": "0"}
 _FRCNN = dict(rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50, box_batch_size_per_image=32)
 # name -> (square input size, builder options)
 CASES = {
+    "fcos_resnet10s_fpn": (128, {"fpn_channels": 64, "num_convs": 2}),
+    "retinanet_resnet10s_fpn": (128, {"fpn_channels": 64, "head_norm": "gn"}),
     "retinanet_resnet18_fpn": (64, {}),
     "retinanet_resnet50_fpn": (64, {}),
     "fcos_resnet18_fpn": (64, {}),
@@ -67,7 +69,7 @@ def _train_step(model: torch.nn.Module, size: int) -> tuple[dict[str, torch.Tens
 
 
 def test_cases_are_registered_models():
-    assert len(CASES) == 8 and set(CASES) <= set(MODELS)
+    assert set(CASES) == set(MODELS)
 
 
 @pytest.mark.parametrize(
