@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -43,24 +42,14 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     ``format`` and ``format_version`` are filled in if missing. A crash at any point leaves
     either the previous file or the new one, never a partial file.
     """
+    from harmonic.atomic import atomic_open
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = dict(state)
     state.setdefault("format", CHECKPOINT_FORMAT)
     state.setdefault("format_version", FORMAT_VERSION)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_open(path, "wb") as f:
+        torch.save(state, f)
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
