@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 HEXBIN_ABOVE = 3000  # points; above this a density (hexbin) reads better than a scatter
 
 
-def _figure(ncols: int, width: float = 5.0, height: float = 4.6):
+def new_figure(ncols: int, width: float = 5.0, height: float = 4.6):
+    """A matplotlib ``Figure`` on its own Agg canvas, ``ncols`` panels of ``width x height`` inches."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -30,7 +31,8 @@ def _figure(ncols: int, width: float = 5.0, height: float = 4.6):
     return fig
 
 
-def _save(fig, out_png: str | Path) -> Path:
+def save_figure(fig, out_png: str | Path) -> Path:
+    """Lay out ``fig`` and write it as a PNG atomically; returns the path."""
     from harmonic.atomic import atomic_path
 
     out = Path(out_png)
@@ -101,9 +103,9 @@ def scatter_score_iou(report_or_pairs: Any, out_png: str | Path, title: str | No
     ``report_or_pairs``: see :func:`load_pairs`. Detections with IoU 0 are counted in the subtitle.
     """
     score, iou = load_pairs(report_or_pairs)
-    fig = _figure(1)
+    fig = new_figure(1)
     _draw_scatter(fig.add_subplot(1, 1, 1), score, iou, title)
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def scatter_side_by_side(reports: Sequence[Any], out_png: str | Path, labels: Sequence[str] | None = None,
@@ -117,12 +119,12 @@ def scatter_side_by_side(reports: Sequence[Any], out_png: str | Path, labels: Se
         raise HarmonicError(f"{len(labels)} labels for {len(reports)} reports")
     pairs = [load_pairs(rep) for rep in reports]
     dense = max(int((iou > 0).sum()) for _, iou in pairs) > HEXBIN_ABOVE  # same rendering in every panel
-    fig = _figure(len(reports))
+    fig = new_figure(len(reports))
     for i, ((score, iou), label) in enumerate(zip(pairs, labels)):
         _draw_scatter(fig.add_subplot(1, len(reports), i + 1), score, iou, label, dense)
     if title:
         fig.suptitle(title)
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def read_training_log(path: str | Path) -> list[dict]:
@@ -172,7 +174,7 @@ def training_curves(logs: str | Path | Sequence[str | Path], out_png: str | Path
     labels = list(labels) if labels is not None else [Path(p).parent.name or Path(p).stem for p in logs]
     if len(labels) != len(logs):
         raise HarmonicError(f"{len(labels)} labels for {len(logs)} logs")
-    fig = _figure(2, width=5.5)
+    fig = new_figure(2, width=5.5)
     ax_f, ax_a = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     drawn = 0
     for i, (path, label) in enumerate(zip(logs, labels)):
@@ -200,4 +202,4 @@ def training_curves(logs: str | Path | Sequence[str | Path], out_png: str | Path
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="0.5")
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)

@@ -12,6 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from harmonic.atomic import atomic_path
+from harmonic.errors import HarmonicError
 from harmonic.evaluation import plots
 
 AP_THRESHOLDS = (50, 60, 70, 80, 90)
@@ -45,12 +47,8 @@ def fig4_per_epoch(logs: Mapping[str, Path], out_png: Path) -> Path:
 
     Reads the ``epoch`` records of each training ``log.jsonl`` (``train.stat_factor_r`` etc.).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig = plots.new_figure(3, width=5.0, height=4.2)
+    axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
     panels = (("stat_factor_r", "(a) mean 1+β_r (weights the classification loss)"),
               ("stat_factor_c", "(b) mean 1+β_c (weights the localisation loss)"),
               ("stat_aic", "(c) AIC = mean |p − IoU| over positives ↓"))
@@ -64,18 +62,13 @@ def fig4_per_epoch(logs: Mapping[str, Path], out_png: Path) -> Path:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, out_png)
+    return plots.save_figure(fig, out_png)
 
 
 def ap_vs_iou(reports: Mapping[str, Sequence[dict]], out_png: Path) -> Path:
     """AP at IoU 0.5…0.9, one line per model (mean over seeds, error bars = std when > 1 seed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig = plots.new_figure(1, width=6.0, height=4.2)
+    ax = fig.add_subplot(1, 1, 1)
     x = np.asarray(AP_THRESHOLDS) / 100
     for i, (label, runs) in enumerate(reports.items()):
         vals = np.array([[100 * float((r.get("voc") or {}).get(f"AP{t}") or 0.0) for t in AP_THRESHOLDS]
@@ -89,8 +82,7 @@ def ap_vs_iou(reports: Mapping[str, Sequence[dict]], out_png: Path) -> Path:
     ax.set_xticks(x)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    return _save(fig, out_png)
+    return plots.save_figure(fig, out_png)
 
 
 def _draw_boxes(img: np.ndarray, boxes: np.ndarray, colour: tuple[int, int, int],
@@ -145,21 +137,9 @@ def examples_grid(images_dir: Path, annotations: Path, detections: Mapping[str, 
                         cv2.LINE_AA)
             tiles.append(np.pad(pad, ((2, 2), (2, 2), (0, 0)), constant_values=255))
         rows.append(np.concatenate(tiles, axis=1))
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
     grid = np.concatenate(rows, axis=0) if rows else np.full((tile, tile, 3), 255, np.uint8)
-    if not cv2.imwrite(str(out_png), grid):
-        from harmonic.errors import HarmonicError
-
-        raise HarmonicError(f"{out_png}: cannot write image")
-    return out_png
-
-
-def _save(fig, out_png: Path) -> Path:
-    import matplotlib.pyplot as plt
-
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
+    with atomic_path(out_png) as tmp:
+        if not cv2.imwrite(str(tmp), grid):
+            raise HarmonicError(f"{out_png}: cannot write image")
     return out_png
