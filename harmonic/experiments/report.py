@@ -9,13 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-# (label, metric key of harmonic.experiments.stats.METRICS, scale, higher is better)
-ROWS: list[tuple[str, str, float, bool]] = [
-    ("AP (COCO, IoU .50:.95)", "AP", 100, True), ("AP50", "AP50", 100, True), ("AP60", "AP60", 100, True),
-    ("AP70", "AP70", 100, True), ("AP75", "AP75", 100, True), ("AP80", "AP80", 100, True),
-    ("AP90", "AP90", 100, True), ("Spearman ρ(score, IoU)", "spearman", 1, True),
-    ("Kendall τ(score, IoU)", "kendall", 1, True), ("AIC = mean abs(score − IoU)", "aic", 1, False),
-    ("NMS regret rate", "regret", 1, False),
+from harmonic import atomic
+
+# (label, metric key of harmonic.experiments.stats.METRICS, scale); stats.METRICS says which way is better
+ROWS: list[tuple[str, str, float]] = [
+    ("AP (COCO, IoU .50:.95)", "AP", 100), ("AP50", "AP50", 100), ("AP60", "AP60", 100),
+    ("AP70", "AP70", 100), ("AP75", "AP75", 100), ("AP80", "AP80", 100),
+    ("AP90", "AP90", 100), ("Spearman ρ(score, IoU)", "spearman", 1),
+    ("Kendall τ(score, IoU)", "kendall", 1), ("AIC = mean abs(score − IoU)", "aic", 1),
+    ("NMS regret rate", "regret", 1),
 ]
 # the floors a converged demo detector must reach (AP50 and AP in %)
 FLOORS = {"AP50": 60.0, "AP": 35.0}
@@ -56,7 +58,7 @@ def delta_table(boot: Mapping[str, Mapping], labels: tuple[str, str] = ("Baselin
     head = (f"| metric | {labels[0]} | {labels[1]} | Δ ({labels[1]} − {labels[0]}) | 95 % CI of Δ | "
             f"significant? |")
     lines = [head, "|---|---|---|---|---|---|"]
-    for label, key, scale, _ in ROWS:
+    for label, key, scale in ROWS:
         b = boot.get(key)
         if b is None:
             continue
@@ -84,7 +86,7 @@ def per_seed_table(per_seed: Mapping[str, Sequence[Mapping[str, float]]]) -> str
     for variant, rows in per_seed.items():
         for seed, row in enumerate(rows):
             lines.append(f"| {variant} | {seed} | "
-                         + " | ".join(_fmt(row.get(key), scale, _digits(scale)) for _, key, scale, _ in ROWS) + " |")
+                         + " | ".join(_fmt(row.get(key), scale, _digits(scale)) for _, key, scale in ROWS) + " |")
     return "\n".join(lines)
 
 
@@ -168,7 +170,7 @@ def ablation_table(per_variant: Mapping[str, Sequence[Mapping[str, float]]],
     lines = [head, "|---|" + "---|" * len(keys) + extra]
     for variant, rows in per_variant.items():
         cells = []
-        for _, key, scale, _ in keys:
+        for _, key, scale in keys:
             vals = np.array([r.get(key, np.nan) for r in rows], dtype=np.float64)
             vals = vals[np.isfinite(vals)]
             d = _digits(scale)
@@ -195,8 +197,4 @@ def ablation_table(per_variant: Mapping[str, Sequence[Mapping[str, float]]],
 
 def write_markdown(path: Path, lines: Sequence[str]) -> Path:
     """Write ``lines`` atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic.write_text(path, "\n".join(lines) + "\n")

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from harmonic import atomic
 from harmonic.errors import HarmonicError
 
 log = logging.getLogger(__name__)
@@ -268,9 +269,7 @@ def write_candidates(raw_onnx: Path, images_dir: Path, annotations: Path, out_js
                                 "bbox": [round(float(x), 2), round(float(y), 2), round(float(w), 2),
                                          round(float(h), 2)],
                                 "score": round(float(s), 5)})
-    tmp = out_json.with_name(out_json.name + ".tmp")
-    tmp.write_text(json.dumps(results))
-    tmp.replace(out_json)
+    atomic.write_text(out_json, json.dumps(results))
     return len(results)
 
 
