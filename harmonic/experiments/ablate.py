@@ -17,7 +17,7 @@ from harmonic.errors import HarmonicError
 from harmonic.experiments import pictures, report
 from harmonic.experiments.demo import add_recipe_args, prepare
 from harmonic.experiments.runner import BASELINE, Variant, run_experiment
-from harmonic.experiments.stats import metrics, paired_bootstrap, run_data_from_dir
+from harmonic.experiments.stats import metrics, paired_bootstrap_arms, run_data_from_dir
 
 # The paper's parts: harmonic factors (HL, Eq. 2-3), HIoU inside L_loc (alpha, Eq. 10-11), TC (Eq. 8).
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
@@ -62,8 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     per_variant = {v.label: [metrics(d) for d in data[v.name]] for v in variants}
     versus = None
     if BASELINE.name in data:
-        versus = {v.label: paired_bootstrap(data[BASELINE.name], data[v.name], resamples=args.resamples)
-                  for v in variants if v.name != BASELINE.name}
+        arms = {v.label: data[v.name] for v in variants if v.name != BASELINE.name}
+        versus = paired_bootstrap_arms(data[BASELINE.name], arms, resamples=args.resamples)
     fig = pictures.fig4_per_epoch({v.label: exp.runs[v.name][0].run_dir / "log.jsonl" for v in variants},
                                   out / "ablation_fig4.png")
     table = report.ablation_table(per_variant, versus)

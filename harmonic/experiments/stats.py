@@ -14,7 +14,7 @@ numpy + scipy + pycocotools only (no torch): it runs wherever ``harmonic eval`` 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,9 +207,21 @@ def paired_bootstrap(baseline: Sequence[RunData], harmonic: Sequence[RunData], r
     point values on the full set (seed means), the interval, whether it excludes 0, and
     whether the delta's direction is an improvement (None when not significant).
     """
-    if len(baseline) != len(harmonic) or not baseline:
+    return paired_bootstrap_arms(baseline, {"harmonic": harmonic}, resamples, seed, level)["harmonic"]
+
+
+def paired_bootstrap_arms(baseline: Sequence[RunData], arms: Mapping[str, Sequence[RunData]],
+                          resamples: int = 1000, seed: int = 0,
+                          level: float = 0.95) -> dict[str, dict[str, dict[str, float | bool | None]]]:
+    """:func:`paired_bootstrap` of every arm against the same baseline, on the same resamples.
+
+    The baseline is evaluated once per resample, not once per arm; each arm's result equals
+    ``paired_bootstrap(baseline, arms[name], resamples, seed, level)``.
+    """
+    arms = dict(arms)
+    if not baseline or any(len(runs) != len(baseline) for runs in arms.values()):
         raise HarmonicError("paired bootstrap needs the same number (>= 1) of baseline and harmonic runs")
-    sizes = {d.num_images for d in (*baseline, *harmonic)}
+    sizes = {d.num_images for d in baseline} | {d.num_images for runs in arms.values() for d in runs}
     if len(sizes) != 1:
         raise HarmonicError(f"paired bootstrap: runs were evaluated on different image sets ({sorted(sizes)})")
     if resamples < 1:
@@ -223,13 +235,22 @@ def paired_bootstrap(baseline: Sequence[RunData], harmonic: Sequence[RunData], r
             warnings.simplefilter("ignore", RuntimeWarning)
             return {m: float(np.nanmean([row[m] for row in rows])) for m in METRICS}
 
-    point_b, point_h = seed_mean(baseline, None), seed_mean(harmonic, None)
-    deltas = {m: np.empty(resamples) for m in METRICS}
+    point_b = seed_mean(baseline, None)
+    points = {name: seed_mean(runs, None) for name, runs in arms.items()}
+    deltas = {name: {m: np.empty(resamples) for m in METRICS} for name in arms}
     for b in range(resamples):
         w = np.bincount(rng.integers(0, n, n), minlength=n)
-        mb, mh = seed_mean(baseline, w), seed_mean(harmonic, w)
-        for m in METRICS:
-            deltas[m][b] = mh[m] - mb[m]
+        mb = seed_mean(baseline, w)
+        for name, runs in arms.items():
+            mh = seed_mean(runs, w)
+            for m in METRICS:
+                deltas[name][m][b] = mh[m] - mb[m]
+    return {name: _intervals(point_b, points[name], deltas[name], resamples, level) for name in arms}
+
+
+def _intervals(point_b: dict[str, float], point_h: dict[str, float], deltas: dict[str, np.ndarray],
+               resamples: int, level: float) -> dict[str, dict[str, float | bool | None]]:
+    """Per metric: point values, the delta, its percentile interval and the verdict."""
     alpha = (1.0 - level) / 2.0
     out: dict[str, dict[str, float | bool | None]] = {}
     for m, higher_better in METRICS.items():

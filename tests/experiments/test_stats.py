@@ -122,3 +122,15 @@ def test_bootstrap_rejects_mismatched_inputs(case):
     b = run_data(small, _noisy_detections(small, 1))
     with pytest.raises(HarmonicError, match="different image sets"):
         paired_bootstrap([a], [b])
+
+
+def test_many_arms_share_the_baseline_and_equal_one_arm_at_a_time(case):
+    from harmonic.experiments.stats import paired_bootstrap_arms
+
+    gt, dets, cands = case
+    base = run_data(copy.deepcopy(gt), dets, cands)
+    a = run_data(copy.deepcopy(gt), _noisy_detections(gt, seed=7), cands)
+    b = run_data(copy.deepcopy(gt), _noisy_detections(gt, seed=2, quality=1.0, fp_rate=0.0), cands)
+    both = paired_bootstrap_arms([base], {"a": [a], "b": [b]}, resamples=100, seed=3)
+    assert both["a"] == paired_bootstrap([base], [a], resamples=100, seed=3)
+    assert both["b"] == paired_bootstrap([base], [b], resamples=100, seed=3)
