@@ -118,7 +118,9 @@ def evaluate_experiment(exp: Experiment, resamples: int) -> tuple[dict, dict[str
 
 
 def write_report(exp: Experiment, args: argparse.Namespace, device: str, recipe: Recipe,
-                 boot: dict, per_seed: dict[str, list[dict[str, float]]]) -> Path:
+                 table: str, verdict: str, per_seed: dict[str, list[dict[str, float]]]) -> Path:
+    """REPORT.md: ``verdict`` (its first paragraph), ``table`` (deltas and intervals), the per-seed
+    table of ``per_seed`` (with 2+ seeds) and the pictures."""
     out = exp.out
     first = {v.label: exp.runs[v.name][0] for v in exp.variants}
     pics = {
@@ -132,19 +134,18 @@ def write_report(exp: Experiment, args: argparse.Namespace, device: str, recipe:
                                            {k: r.run_dir / "infer" / "detections.json" for k, r in first.items()},
                                            out / "examples.png"),
     }
-    floors = report.floor_failures(per_seed)
     benches = {k: r.bench for k, r in first.items() if r.bench}
     train_s = [r.seconds.get("train") for runs in exp.runs.values() for r in runs if r.seconds.get("train")]
     lines = [
         "# HarmonicDet demo report", "",
-        report.verdict_paragraph(boot, args.seeds, floors), "",
+        verdict, "",
         "## Set-up", "",
         f"- Model `{recipe.model}` (FPN width {recipe.fpn_channels}, options {recipe.model_options or 'none'}), "
         f"trained from {'`' + str(recipe.backbone_weights) + '`' if recipe.backbone_weights else 'scratch'} "
         f"for {recipe.epochs} epochs at {recipe.img_size} px, batch {recipe.batch_size}, {recipe.optimizer} "
         f"lr {recipe.lr}, augmentation `{recipe.augment}`; both losses use the same recipe and seeds.",
         f"- Data: {'`' + str(args.data) + '`' if args.data else f'`harmonic synth` ({args.num_train} train / {args.num_val} val images, 3 shape classes, objects 20–60 % of the image side, up to 5 per image, occluding each other)'}; "
-        f"validation on {first[first_label(exp, 0)].report.get('counts', {}).get('images', '?')} images.",
+        f"validation on {first[BASELINE.label].report.get('counts', {}).get('images', '?')} images.",
         f"- Machine: {report.machine_line(device)}. {args.seeds} seed(s). Whole run {exp.seconds / 60:.1f} min"
         + (f"; one training {min(train_s):.0f}–{max(train_s):.0f} s" if train_s else "") + ".",
         "- Evaluated as shipped: detections of the exported ONNX model (NMS in the graph) run by the torch-free "
@@ -153,7 +154,7 @@ def write_report(exp: Experiment, args: argparse.Namespace, device: str, recipe:
         f"Δ with a 95 % confidence interval from a paired bootstrap over validation images ({args.resamples} "
         "resamples, seeded; the same resampled images for both models). A difference is called significant "
         "only when its interval excludes 0.", "",
-        report.delta_table(boot, (first_label(exp, 0), first_label(exp, 1)), per_seed), "",
+        table, "",
     ]
     if args.seeds > 1:
         lines += ["### Per seed", "", report.per_seed_table(per_seed), ""]
@@ -182,12 +183,6 @@ def write_report(exp: Experiment, args: argparse.Namespace, device: str, recipe:
     return path
 
 
-def first_label(exp: Experiment, i: int) -> str:
-    return exp.variants[i].label
-
-
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     t0 = time.perf_counter()
@@ -195,11 +190,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     exp = run_experiment(out, data_yaml, [BASELINE, HARMONIC], args.seeds, recipe, keep=args.keep)
     boot, per_seed = evaluate_experiment(exp, args.resamples)
     exp.seconds = time.perf_counter() - t0
-    path = write_report(exp, args, device, recipe, boot, per_seed)
+    table = report.delta_table(boot, (BASELINE.label, HARMONIC.label), per_seed)
+    verdict = report.verdict_paragraph(boot, args.seeds, report.floor_failures(per_seed))
+    path = write_report(exp, args, device, recipe, table, verdict, per_seed)
     print()
-    print(report.delta_table(boot, (BASELINE.label, HARMONIC.label), per_seed))
+    print(table)
     print()
-    print(report.verdict_paragraph(boot, args.seeds, report.floor_failures(per_seed)))
+    print(verdict)
     print(f"\nReport: {path}")
     print(f"Pictures: {out}/score_iou_side_by_side.png, harmonic_factors_per_epoch.png, ap_vs_iou.png, examples.png")
     return 0
