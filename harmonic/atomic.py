@@ -15,11 +15,19 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def chmod_default(path: str | Path) -> None:
+    """Give a ``mkstemp`` file (mode 0600) the mode a plain ``open`` would: 0666 minus the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside ``path`` for writers that want a file name (``np.savez``, ``savefig``).
 
-    The temporary name keeps ``path``'s suffix so such writers pick the right format.
+    The temporary name keeps ``path``'s suffix so such writers pick the right format. The file
+    gets the usual mode (0666 minus the umask), not ``mkstemp``'s 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,6 +35,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        chmod_default(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -11,12 +11,11 @@ Files are written to a temporary name in the target folder and renamed at the en
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from harmonic import atomic
 from harmonic.errors import HarmonicError
 from harmonic.export.wrapper import OUTPUT_NAMES, RAW_OUTPUT_NAMES, build_wrapper
 
@@ -34,15 +33,8 @@ def atomic_path(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         raise HarmonicError(f"{out}: already exists (pass --overwrite to replace it)")
     if not out.parent.is_dir():
         raise HarmonicError(f"{out}: folder {out.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        chmod_default(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic.atomic_path(out) as tmp:
+        yield tmp
 
 
 def opset_range() -> tuple[int, int]:
@@ -60,13 +52,6 @@ def check_opset(opset: int) -> None:
     lo, hi = opset_range()
     if not lo <= opset <= hi:
         raise HarmonicError(f"--opset: must be in {lo}..{hi} (default {DEFAULT_OPSET}), got {opset}")
-
-
-def chmod_default(path: str | Path) -> None:
-    """Give a ``mkstemp`` file (mode 0600) the mode a plain ``open`` would: 0666 minus the umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 def _constants(model_proto) -> dict[str, object]:  # noqa: ANN001

@@ -294,7 +294,7 @@ def _toposort(nodes: list, available: set[str]) -> list:
 
 def _atomic_write(path: Path, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``; return the temp path (caller renames)."""
-    from harmonic.export.onnx_export import chmod_default
+    from harmonic.atomic import chmod_default
 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "wb") as f:
