@@ -5,7 +5,12 @@ Every backend gets the same decoded, letterboxed batches, so the timing is the m
 part (forward + post-processing incl. NMS), not decoding; AP and consistency come from
 ``harmonic.evaluation.evaluate`` on detections mapped back to original pixels;
 "agree" is the share of eager detections that the backend reproduces
-(same class, IoU >= 0.95), with the mean |score difference| of those.
+(same class, IoU >= 0.95), with the mean |score difference| of those. Eager is the
+reference ``export/verify.py`` checks graphs against: the graph's operating point and NMS
+cap, and RetinaNet/FCOS's background logit column switched off as the graph drops it
+(left on, a random-init model's top-100 is ~15 % "class -1" boxes no graph can match).
+GFLOP/s = convolution GFLOP per image x images/s: how close each backend runs to the
+machine's FP32 rate.
 
     python scripts/bench_backends.py --checkpoint runs/x/best.pt --images data/synth/images/val \\
         --annotations data/synth/annotations/val.json [--engine model.engine]
@@ -50,14 +55,38 @@ def load_model(args: argparse.Namespace) -> tuple[Any, int, list[str], str]:
     return model, size, ["a", "b", "c"], f"{args.arch} (random init)"
 
 
-def set_eager_thresholds(model: Any, conf: float, iou: float, max_det: int) -> None:
-    """Make torchvision's post-processing use the exported graph's thresholds."""
-    for obj in (model, getattr(model, "roi_heads", None)):
-        if obj is None:
-            continue
-        for attr, v in (("score_thresh", conf), ("nms_thresh", iou), ("detections_per_img", max_det)):
-            if hasattr(obj, attr):
-                setattr(obj, attr, v)
+def eager_reference(model: Any, graph: Path, size: int, conf: float, iou: float, max_det: int) -> Any:
+    """``model`` as ``harmonic.export.verify`` checks the graph against: the graph's operating point and
+    NMS candidate cap, and the background logit column (RetinaNet/FCOS column 0, which the graph
+    drops) switched off, so eager and the graph rank the same classes."""
+    from harmonic.export.metadata import read_metadata
+    from harmonic.export.verify import reference_detector
+
+    cap = read_metadata(graph).get("nms_topk")
+    return reference_detector(model, size, conf, iou, max_det, nms_topk=int(cap) if cap else None)
+
+
+def conv_gflop(model: Any, size: int) -> float:
+    """Convolution GFLOP (2 x multiply-adds) of one ``size x size`` image through ``model`` (eval).
+
+    Convolutions are >95 % of these detectors' arithmetic, so GFLOP/s per backend says how
+    close each one runs to the machine's FP32 rate.
+    """
+    import torch
+
+    total = [0]
+
+    def hook(mod: Any, _inp: Any, out: Any) -> None:
+        total[0] += 2 * out.numel() * mod.weight[0].numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        with torch.inference_mode():
+            model([torch.rand(3, size, size)])
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0] / 1e9
 
 
 def eager_infer(model: Any, batch: np.ndarray) -> list[Detections]:
@@ -102,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--annotations", default=None, help="COCO json or dataset.yaml for AP and consistency")
     p.add_argument("--split", default="val")
     p.add_argument("--engine", default=None, help="a TensorRT engine of the same model (optional)")
+    p.add_argument("--int8", action="store_true",
+                   help="also time the INT8 Q/DQ graph (export/run.py --int8), calibrated on the benchmark's "
+                        "own images: a latency figure; its agreement is optimistic (calibrated on the test images)")
     p.add_argument("--num-images", type=int, default=16)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads")
@@ -119,10 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="harmonic_backends_"))
     work.mkdir(parents=True, exist_ok=True)
     model, size, names, label = load_model(args)
-    set_eager_thresholds(model, args.conf, args.iou, args.max_det)
     nms_path, raw_path = work / "model.onnx", work / "model.raw.onnx"
     export_random_model(args.arch, nms_path, conf=args.conf, iou=args.iou, max_det=args.max_det,
                         raw_out=raw_path, model=model, img_size=size)
+    model = eager_reference(model, nms_path, size, args.conf, args.iou, args.max_det)
+    gflop = conv_gflop(model, size)
 
     folder = Path(args.images) if args.images else work / "images"
     if not args.images:
@@ -131,11 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     images.paths, images.roots = images.paths[: args.num_images], images.roots[: args.num_images]
     records, gt_names, ids = None, names, list(range(1, len(images.paths) + 1))
     if args.annotations:
-        records, gt_names = load_ground_truth(Path(args.annotations), names, args.split)
+        records, gt_names, _ = load_ground_truth(Path(args.annotations), names, args.split)
         matched, unmatched = match_image_ids(images, records)
         if unmatched:
             raise SystemExit(f"{unmatched} images are not in {args.annotations}")
         ids = matched
+        benched = set(ids)  # score the benchmarked images only, not the rest of the split's ground truth
+        records = [r for r in records if int(r.image_id) in benched]
 
     # decode + letterbox once: every backend sees identical batches
     prepared = []
@@ -151,7 +186,13 @@ def main(argv: list[str] | None = None) -> int:
 
     runners: list[tuple[str, Any]] = [("pytorch eager", lambda x: eager_infer(model, x))]
     opened = []
-    for name, path in (("onnxruntime nms graph", nms_path), ("onnxruntime raw + numpy nms", raw_path)):
+    graphs = [("onnxruntime nms graph", nms_path), ("onnxruntime raw + numpy nms", raw_path)]
+    if args.int8:
+        from harmonic.export.quantize import quantize_int8
+
+        graphs.append(("onnxruntime int8 q/dq",
+                       quantize_int8(nms_path, work / "model.int8.onnx", folder, count=len(prepared), overwrite=True)))
+    for name, path in graphs:
         be = open_backend(path, provider="cpu", threads=args.threads)
         opened.append(be)
         runners.append((name, backend_infer(be)))
@@ -179,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                 best_wall, lat, dets = wall, lat_r, dets_r
         per_backend[name] = dets
         row: dict[str, Any] = {"backend": name, "img_s": len(prepared) / best_wall,
+                               "gflop_s": gflop * len(prepared) / best_wall,
                                "latency_ms": summarize(lat), "detections": int(sum(len(d) for d in dets))}
         if records is not None:
             from harmonic.evaluation import evaluate
@@ -196,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n{label}, {len(prepared)} images at {size}px, batch {args.batch}, {args.threads} threads, "
           f"conf {args.conf}, iou {args.iou}, K {args.max_det}; time = forward + post-processing on "
-          "pre-decoded batches (best of repeats)")
-    head = f"{'backend':<30}{'img/s':>8}{'p50 ms':>9}{'p90 ms':>9}{'dets':>7}{'agree':>7}{'|ds|':>8}"
+          f"pre-decoded batches (best of repeats); {gflop:.1f} conv GFLOP per image")
+    head = f"{'backend':<30}{'img/s':>8}{'GFLOP/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'dets':>7}{'agree':>7}{'|ds|':>8}"
     if records is not None:
         head += f"{'AP':>7}{'AP50':>7}{'rho':>7}{'tau':>7}{'AIC':>7}"
     print(head)
@@ -206,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         return f"{v:>{w}.{d}f}" if isinstance(v, float) and v == v else f"{'-':>{w}}"
 
     for r in rows:
-        line = (f"{r['backend']:<30}{r['img_s']:>8.1f}{r['latency_ms']['p50']:>9.1f}{r['latency_ms']['p90']:>9.1f}"
+        line = (f"{r['backend']:<30}{r['img_s']:>8.1f}{r['gflop_s']:>9.0f}{r['latency_ms']['p50']:>9.1f}{r['latency_ms']['p90']:>9.1f}"
                 f"{r['detections']:>7d}{f(r['agree'], 7, 3)}{f(r['dscore'], 8, 4)}")
         if records is not None:
             line += "".join(f(r.get(k), 7) for k in ("AP", "AP50", "spearman", "kendall", "aic"))

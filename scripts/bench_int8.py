@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_backends import agreement, backend_infer, eager_infer, set_eager_thresholds  # noqa: E402
+from bench_backends import agreement, backend_infer, eager_infer, eager_reference  # noqa: E402
 
 from harmonic.runtime import open_backend  # noqa: E402
 from harmonic.runtime.postprocess import coco_results, unletterbox  # noqa: E402
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     b8 = [to_batch([c for c, _ in prepared[k : k + 8]]) for k in range(0, len(prepared), 8)]
     b1 = [to_batch([c]) for c, _ in prepared[:16]]
 
-    set_eager_thresholds(model, args.conf, args.iou, args.max_det)
+    model = eager_reference(model, fp32, size, args.conf, args.iou, args.max_det)
     runners: list[tuple[str, Any]] = [("pytorch eager", lambda x: eager_infer(model, x))]
     opened = []
     for name, path in graphs:
