@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harmonic.errors import HarmonicError
+from harmonic.errors import HarmonicError, RunFailure
 from harmonic.models.spec import CHECKPOINT_FORMAT, FORMAT_VERSION, ModelSpec
 
 
@@ -48,8 +49,19 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     state = dict(state)
     state.setdefault("format", CHECKPOINT_FORMAT)
     state.setdefault("format_version", FORMAT_VERSION)
-    with atomic_open(path, "wb") as f:
-        torch.save(state, f)
+    try:
+        with atomic_open(path, "wb") as f:
+            torch.save(state, f)
+    except (OSError, RuntimeError) as exc:
+        if not _is_write_failure(exc):
+            raise
+        try:
+            free = f"{shutil.disk_usage(path.parent).free / 2**30:.1f} GiB free there"
+        except OSError:
+            free = "free space unknown"
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "the write stopped short"
+        raise RunFailure(f"{path}: checkpoint not written ({reason}; {free}: is the disk full?); "
+                            f"the previous {path.name}, if any, is unchanged") from exc
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -59,6 +71,18 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     except OSError:
         pass
     return path
+
+
+def _is_write_failure(exc: BaseException) -> bool:
+    """An error from writing the file (full disk, quota, I/O), not from what was being saved.
+
+    ``torch.save`` reports a short write by its zip writer as a ``RuntimeError`` such as
+    "[enforce fail at inline_container.cc:672] . unexpected pos 71951872 vs 71951760".
+    """
+    if isinstance(exc, OSError):
+        return True
+    msg = str(exc)
+    return "inline_container" in msg or "PytorchStreamWriter" in msg or "unexpected pos" in msg
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

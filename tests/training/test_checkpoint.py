@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from harmonic.errors import HarmonicError
+from harmonic.errors import HarmonicError, RunFailure
 from harmonic.models.spec import CHECKPOINT_FORMAT, FORMAT_VERSION
 from harmonic.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
@@ -45,6 +46,28 @@ def test_save_is_atomic_on_failure(tmp_path):
     assert p.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["last.pt"]
     assert load_checkpoint(p)["epoch"] == 1
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 71951872 vs 71951760"),
+    OSError(errno.ENOSPC, "No space left on device"),
+])
+def test_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch, error):
+    p = save_checkpoint(tmp_path / "last.pt", _state(epoch=1))
+    before = p.read_bytes()
+
+    def short_write(obj, f):
+        f.write(b"PK\x03\x04 partial")
+        raise error
+
+    monkeypatch.setattr(torch, "save", short_write)
+    with pytest.raises(RunFailure) as info:  # a failed run (exit 1), not bad input
+        save_checkpoint(p, _state(epoch=2))
+    msg = str(info.value)
+    assert msg.startswith(f"{p}: checkpoint not written (") and "GiB free there: is the disk full?" in msg
+    assert ("No space left on device" in msg) == isinstance(error, OSError)
+    assert "\n" not in msg
+    assert p.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["last.pt"]
 
 
 def test_rejects_foreign_newer_and_corrupt(tmp_path):
