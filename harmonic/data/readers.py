@@ -231,11 +231,10 @@ def records_to_coco(records: Sequence[ImageRecord], names: Sequence[str],
 
 
 def write_coco(records: Sequence[ImageRecord], names: Sequence[str], path: str | Path) -> Path:
-    """Write :func:`records_to_coco` to ``path`` (parents created); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(records_to_coco(records, names)), encoding="utf-8")
-    return path
+    """Write :func:`records_to_coco` to ``path`` atomically (parents created); returns the path."""
+    from harmonic.atomic import write_text
+
+    return write_text(path, json.dumps(records_to_coco(records, names)))
 
 
 # ---------------------------------------------------------------- Pascal VOC

@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 import yaml
 
+from harmonic.atomic import write_text
 from harmonic.data.readers import ImageRecord, write_coco
 from harmonic.errors import HarmonicError
 
@@ -347,6 +348,10 @@ def generate(out_dir: str | Path, num_train: int, num_val: int, seed: int = 0, i
     out = Path(out_dir)
     workers = (os.cpu_count() or 1) if workers is None else workers
     t0 = time.perf_counter()
+    yaml_path = out / "dataset.yaml"
+    # dataset.yaml marks a complete dataset: drop an earlier one first and write the new one last
+    # (atomically), so an interrupted run never leaves new images beside an old, complete-looking yaml
+    yaml_path.unlink(missing_ok=True)
     splits = {}
     for split_id, (split, n) in enumerate(zip(SPLITS, (num_train, num_val))):
         img_dir = out / "images" / split
@@ -361,10 +366,9 @@ def generate(out_dir: str | Path, num_train: int, num_val: int, seed: int = 0, i
         splits[split] = {"images": f"images/{split}", "annotations": f"annotations/{split}.json"}
         log.info("synth: %s: %d images, %d objects", split, n, sum(len(r.labels) for r in records))
     config = {"names": names, **splits}
-    yaml_path = out / "dataset.yaml"
     header = (f"# harmonic synth --seed {seed} --img-size {img_size} --classes {num_classes} "
               f"--scale {scale[0]:g} {scale[1]:g} --max-objects {max_objects}\n")
-    yaml_path.write_text(header + yaml.safe_dump(config, sort_keys=False, default_flow_style=None), encoding="utf-8")
+    write_text(yaml_path, header + yaml.safe_dump(config, sort_keys=False, default_flow_style=None))
     log.info("synth: wrote %s in %.1f s", yaml_path, time.perf_counter() - t0)
     return yaml_path
 

@@ -88,3 +88,27 @@ def test_output_does_not_depend_on_worker_processes(tmp_path):
     synth.generate(tmp_path / "one", 64, 0, seed=2, img_size=48, workers=1)
     synth.generate(tmp_path / "two", 64, 0, seed=2, img_size=48, workers=2)  # process pool path
     assert _tree(tmp_path / "one") == _tree(tmp_path / "two")
+
+
+def test_interrupted_regeneration_leaves_no_dataset_yaml(tmp_path, monkeypatch):
+    """dataset.yaml marks a complete dataset: a regeneration stopped half-way must not leave the old one."""
+    out = tmp_path / "d"
+    yaml_path = synth.generate(out, 3, 2, seed=0, img_size=48, workers=1)
+    assert yaml_path.is_file()
+    real = synth._run_jobs
+    calls = []
+
+    def stop_on_val(jobs, workers):
+        calls.append(len(jobs))
+        if len(calls) == 2:  # train re-rendered, Ctrl-C during val
+            raise KeyboardInterrupt
+        return real(jobs, workers)
+
+    monkeypatch.setattr(synth, "_run_jobs", stop_on_val)
+    with pytest.raises(KeyboardInterrupt):
+        synth.generate(out, 4, 2, seed=1, img_size=48, workers=1)
+    assert calls == [4, 2] and not yaml_path.exists()
+    assert not list(out.rglob("*.tmp*"))
+    monkeypatch.setattr(synth, "_run_jobs", real)
+    assert synth.generate(out, 4, 2, seed=1, img_size=48, workers=1) == yaml_path
+    assert len(read_split(load_dataset_config(yaml_path).splits["train"], synth.class_names(3))) == 4
