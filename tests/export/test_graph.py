@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harmonic.export.metadata import build_metadata, read_metadata
-from harmonic.export.onnx_export import export_model
+from harmonic.export.onnx_export import DEFAULT_OPSET, export_model
 from harmonic.export.verify import run_onnx, synthetic_images, verify_onnx
 
 CONF, IOU, K = 0.005, 0.6, 50
@@ -43,12 +43,15 @@ def assert_tensorrt_graph_facts(path, max_det: int, nms_topk: int, batch: int | 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "family,size", [("retinanet", 128), ("retinanet", 96), ("fcos", 128), ("fcos", 64), ("ssd", 128), ("ssd", 96)]
+@pytest.mark.parametrize(  # opset 11, the documented lower bound, on one size of each family
+    "family,size,opset", [("retinanet", 128, DEFAULT_OPSET), ("retinanet", 96, 11), ("fcos", 128, DEFAULT_OPSET),
+                          ("fcos", 64, 11), ("ssd", 128, DEFAULT_OPSET), ("ssd", 96, 11)]
 )
-def test_onnx_matches_pytorch(tmp_path, family, size, make_detector):
+def test_onnx_matches_pytorch(tmp_path, family, size, opset, make_detector):
     model = make_detector(family, size)
-    out = export_model(model, tmp_path / "m.onnx", img_size=size, conf=CONF, iou=IOU, max_det=K, metadata=_meta(size))
+    out = export_model(model, tmp_path / "m.onnx", img_size=size, conf=CONF, iou=IOU, max_det=K, metadata=_meta(size),
+                       opset=opset)
+    assert onnx.load(str(out)).opset_import[0].version == opset
     images = synthetic_images(3, size, seed=1)
     res = verify_onnx(out, model, size, CONF, IOU, K, images=images)
     assert res.ok, res.message
@@ -153,7 +156,8 @@ def test_wrapper_eager_matches_torchvision_postprocess(make_detector):
 
 
 @pytest.mark.slow
-def test_faster_rcnn_batch1_matches_pytorch_and_refuses_batch2(tmp_path, make_detector):
+@pytest.mark.parametrize("opset", [DEFAULT_OPSET, 11])
+def test_faster_rcnn_batch1_matches_pytorch_and_refuses_batch2(tmp_path, make_detector, opset):
     import onnxruntime as ort
 
     size = 96
@@ -161,8 +165,9 @@ def test_faster_rcnn_batch1_matches_pytorch_and_refuses_batch2(tmp_path, make_de
     with pytest.raises(Exception, match="batch 1 only"):
         export_model(model, tmp_path / "b2.onnx", img_size=size, conf=0.05, iou=IOU, max_det=K, batch=2)
     out = export_model(model, tmp_path / "m.onnx", img_size=size, conf=0.05, iou=IOU, max_det=K,
-                       metadata={**_meta(size), "max_batch": "1"})
+                       metadata={**_meta(size), "max_batch": "1"}, opset=opset)
     proto = onnx.load(str(out))
+    assert proto.opset_import[0].version == opset
     ops = {n.op_type for n in proto.graph.node}
     assert {"NonMaxSuppression", "RoiAlign"} <= ops and all(n.domain in ("", "ai.onnx") for n in proto.graph.node)
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
