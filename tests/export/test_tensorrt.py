@@ -220,6 +220,32 @@ def test_sidecar_dict():
     assert side["checkpoint_sha256"] == "ab" * 32 and side["harmonic.format"] == "harmonicdet-onnx"
 
 
+def test_sidecar_carries_category_ids_to_the_runtime(tmp_path, monkeypatch):
+    """A dataset with its own category ids (COCO {7: a, 3: b}): build -> sidecar -> TensorRTBackend's metadata."""
+    from onnx import helper, numpy_helper
+
+    from harmonic.runtime.backends.base import Backend
+    from harmonic.runtime.backends.tensorrt_backend import read_sidecar
+
+    meta = build_metadata(names=["a", "b"], img_size=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                          score_threshold=0.01, iou_threshold=0.6, max_det=10, model="tiny", loss="harmonic",
+                          checkpoint_sha256="ab" * 32, graph="nms", category_ids=[7, 3])
+    w = numpy_helper.from_array(np.full((3, 3, 1, 1), 0.5, np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["images", "w"], ["det_boxes"])], "g",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 64, 64])],
+        [helper.make_tensor_value_info("det_boxes", TensorProto.FLOAT, ["batch", 3, 64, 64])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    set_metadata(model, meta)
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("10.13.0.35"))
+    engine = trtmod.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", profile=(1, 1, 2))
+    side = read_sidecar(engine)  # what TensorRTBackend takes as its metadata
+    assert side["category_ids"] == [7, 3] and side["names"] == ["a", "b"]
+    holder = types.SimpleNamespace(metadata=side, names=side["names"])
+    assert Backend.category_ids.fget(holder) == [7, 3]  # detections.json gets the dataset's own ids
+
+
 def test_import_error_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(HarmonicError, match=r'pip install "harmonicdet\[trt\]"'):
