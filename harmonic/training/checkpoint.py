@@ -12,6 +12,7 @@ reads it without executing pickled code.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
@@ -55,13 +56,14 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     except (OSError, RuntimeError) as exc:
         if not _is_write_failure(exc):
             raise
-        try:
-            free = f"{shutil.disk_usage(path.parent).free / 2**30:.1f} GiB free there"
-        except OSError:
-            free = "free space unknown"
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "the write stopped short"
-        raise RunFailure(f"{path}: checkpoint not written ({reason}; {free}: is the disk full?); "
-                            f"the previous {path.name}, if any, is unchanged") from exc
+        if not isinstance(exc, OSError) or exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            try:
+                reason += f"; {shutil.disk_usage(path.parent).free / 2**30:.1f} GiB free there: is the disk full?"
+            except OSError:
+                pass
+        raise RunFailure(f"{path}: checkpoint not written ({reason}); "
+                         f"the previous {path.name}, if any, is unchanged") from exc
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
         try:

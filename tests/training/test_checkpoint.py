@@ -51,6 +51,7 @@ def test_save_is_atomic_on_failure(tmp_path):
 @pytest.mark.parametrize("error", [
     RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 71951872 vs 71951760"),
     OSError(errno.ENOSPC, "No space left on device"),
+    OSError(errno.EIO, "Input/output error"),
 ])
 def test_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch, error):
     p = save_checkpoint(tmp_path / "last.pt", _state(epoch=1))
@@ -64,8 +65,10 @@ def test_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch
     with pytest.raises(RunFailure) as info:  # a failed run (exit 1), not bad input
         save_checkpoint(p, _state(epoch=2))
     msg = str(info.value)
-    assert msg.startswith(f"{p}: checkpoint not written (") and "GiB free there: is the disk full?" in msg
-    assert ("No space left on device" in msg) == isinstance(error, OSError)
+    assert msg.startswith(f"{p}: checkpoint not written (")
+    assert ("GiB free there: is the disk full?" in msg) == (getattr(error, "errno", None) != errno.EIO)
+    if isinstance(error, OSError):
+        assert error.strerror in msg
     assert "\n" not in msg
     assert p.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["last.pt"]
 
