@@ -106,7 +106,7 @@ def test_each_paper_term_changes_the_loss():
                         "hiou": {**OFF, "alpha": 1.5}, "tc": {**OFF, "tc_weight": 1.0}}.items():
         _, harmonic = _pair(name, opts)
         losses, total, _ = _train_step(harmonic, size)
-        totals[label] = (float(total), float(losses["loss_tc"]))
+        totals[label] = (float(total.detach()), float(losses["loss_tc"].detach()))
     assert totals["factors"][0] > totals["off"][0]
     assert totals["hiou"][0] > totals["off"][0]
     assert totals["tc"][1] > 0.0 and totals["off"][1] == 0.0
