@@ -248,15 +248,20 @@ def main(argv: list[str] | None = None) -> int:
         return f"{v:>{w}.{d}f}" if isinstance(v, float) and v == v else f"{'-':>{w}}"
 
     for r in rows:
-        line = (f"{r['backend']:<30}{r['img_s']:>8.1f}{r['gflop_s']:>9.0f}{r['latency_ms']['p50']:>9.1f}{r['latency_ms']['p90']:>9.1f}"
-                f"{r['detections']:>7d}{f(r['agree'], 7, 3)}{f(r['dscore'], 8, 4)}")
+        line = (f"{r['backend']:<30}{r['img_s']:>8.1f}{r['gflop_s']:>9.0f}"
+                f"{r['latency_ms']['p50']:>9.1f}{r['latency_ms']['p90']:>9.1f}{r['detections']:>7d}{f(r['agree'], 7, 3)}{f(r['dscore'], 8, 4)}")
         if records is not None:
             line += "".join(f(r.get(k), 7) for k in ("AP", "AP50", "spearman", "kendall", "aic"))
         print(line)
     if not args.engine:
         print(f"{'tensorrt':<30}   (no --engine given / TensorRT not installed here)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2, default=float))
+    return finish(rows, args.json, opened)
+
+
+def finish(rows: list[dict[str, Any]], json_path: str | None, opened: list[Any]) -> int:
+    """Write ``rows`` to ``json_path`` (if given), close the backends; the script's exit code."""
+    if json_path:
+        Path(json_path).write_text(json.dumps(rows, indent=2, default=float))
     for be in opened:
         be.close()
     return 0

@@ -14,7 +14,6 @@ decoded, letterboxed batches; latency is forward + NMS on those batches (median 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_backends import agreement, backend_infer, eager_infer, eager_reference  # noqa: E402
+from bench_backends import agreement, backend_infer, eager_infer, eager_reference, finish  # noqa: E402
 
 from harmonic.runtime import open_backend  # noqa: E402
 from harmonic.runtime.postprocess import coco_results, unletterbox  # noqa: E402
@@ -141,11 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         rho = r["spearman"] if r["spearman"] is not None else float("nan")
         print(f"{r['model']:<34}{r['AP']:>7.4f}{r['AP50']:>7.4f}{r['AP75']:>7.4f}{rho:>7.3f}{r['detections']:>7d}"
               f"{r['agree_fp32']:>7.3f}{r['ms_b1']:>8.1f}{r['speedup_b1']:>6.2f}{r['ms_b8']:>8.1f}{r['speedup_b8']:>6.2f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2, default=float))
-    for be in opened:
-        be.close()
-    return 0
+    return finish(rows, args.json, opened)
 
 
 if __name__ == "__main__":
