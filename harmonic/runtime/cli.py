@@ -136,7 +136,10 @@ class _JsonListWriter:
             self.f.close()
 
     def commit(self) -> None:
+        from harmonic.atomic import chmod_default
+
         self.close()
+        chmod_default(self.tmp)  # mkstemp's 0600 -> the usual mode, as for every atomic output
         os.replace(self.tmp, self.path)
 
     def discard(self) -> None:

@@ -76,6 +76,22 @@ def test_interrupted_or_full_disk_keeps_the_last_complete_outputs(tmp_path, caps
     assert sorted(p.name for p in out.iterdir()) == ["detections.json"]  # no temporary file left
 
 
+def test_detections_json_gets_the_usual_file_mode(tmp_path):
+    """Streamed through a mkstemp file (0600), detections.json ends with 0666 minus the umask like any output."""
+    import os
+    import stat
+
+    model = make_graph(tmp_path / "model.onnx")
+    write_images(tmp_path / "images", 2)
+    old = os.umask(0o022)
+    try:
+        assert main(["infer", "--engine", str(model), "--images", str(tmp_path / "images"),
+                     "--out", str(tmp_path / "out")]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out" / "detections.json").stat().st_mode) == 0o644
+
+
 def test_report_covers_only_the_inferred_images(tmp_path, capsys):
     model = make_graph(tmp_path / "model.onnx", score_threshold=0.01)
     paths = write_images(tmp_path / "images", 4)
