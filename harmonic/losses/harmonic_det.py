@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from harmonic.losses.functional import harmonic_factors, harmonic_iou_loss, task_contrastive_loss
 
 _TRUE = ("true", "yes", "on", "1")
+# IoU bins of the per-bin score stats (``stat_score_iou50`` = mean score of positives with IoU in [0.5, 0.6))
+SCORE_IOU_BINS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 _FALSE = ("false", "no", "off", "0")
 
 
@@ -194,14 +196,49 @@ def positive_stats(
     """
     num = terms.cls_loss.numel()
     zero = terms.cls_loss.new_zeros((), dtype=torch.float32)
+    score, iou = terms.score.detach().float(), terms.iou.detach().float()
+    bins = score_per_iou_bin(score, iou)
     if num == 0:
-        return {"stat_factor_r": zero, "stat_factor_c": zero, "stat_aic": zero, "stat_num_pos": zero.clone()}
+        return {"stat_factor_r": zero, "stat_factor_c": zero, "stat_aic": zero, "stat_num_pos": zero.clone(), **bins}
     if loc is None:
         loc = localisation_loss(terms, config)
     factor_r, factor_c = harmonic_factors(terms.p_true.detach().float(), loc.detach().float())
     return {
         "stat_factor_r": factor_r.mean(),
         "stat_factor_c": factor_c.mean(),
-        "stat_aic": (terms.score.detach().float() - terms.iou.detach().float()).abs().mean(),
+        "stat_aic": (score - iou).abs().mean(),
         "stat_num_pos": zero + num,
+        **bins,
     }
+
+
+def score_per_iou_bin(score: Tensor, iou: Tensor) -> dict[str, Tensor]:
+    """Score sum and count of the positives in each IoU bin of :data:`SCORE_IOU_BINS`.
+
+    ``score[P]``, ``iou[P]`` (detached) -> ``{"stat_score_sum_iou50": sum of scores over IoU in [0.5, 0.6),
+    "stat_count_iou50": their count, ..., ..._iou90 over [0.9, 1.0]}`` (finite, 0 for an empty bin).
+    The training log averages both over the same iterations, so their ratio is the exact mean score of
+    the positives in that bin over a window or an epoch (:func:`mean_score_per_iou_bin`). Positives with
+    IoU < 0.5 are not binned. This shows the score compression the paper's Fig. 4 would show: positives
+    settling at an IoU-dependent score far below 1.
+    """
+    out = {}
+    edges = SCORE_IOU_BINS
+    for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        last = k == len(edges) - 2
+        mask = (iou >= lo) & ((iou <= hi) if last else (iou < hi))
+        name = round(lo * 100)
+        out[f"stat_score_sum_iou{name}"] = score[mask].sum()
+        out[f"stat_count_iou{name}"] = mask.sum().to(score.dtype)
+    return out
+
+
+def mean_score_per_iou_bin(record: dict[str, Any]) -> dict[str, float]:
+    """``{50: mean score, ..., 90: ...}`` from a log record holding :func:`score_per_iou_bin`'s keys
+    (NaN where a bin had no positive or the record predates these stats)."""
+    out = {}
+    for lo in SCORE_IOU_BINS[:-1]:
+        name = round(lo * 100)
+        total, count = record.get(f"stat_score_sum_iou{name}"), record.get(f"stat_count_iou{name}")
+        out[name] = float(total) / float(count) if total is not None and count else float("nan")
+    return out

@@ -160,3 +160,21 @@ def test_config_accepts_cli_strings():
     assert cfg.to_dict() == {**HarmonicConfig().to_dict(), "harmonic_factors": False, "detach_factors": True,
                              "alpha": 0.5, "gamma": 1.0, "tc_weight": 0.0}
     assert HarmonicConfig().harmonic_factors is True and HarmonicConfig().detach_factors is False
+
+
+def test_score_per_iou_bin_means_and_empty_bins():
+    from harmonic.losses.harmonic_det import mean_score_per_iou_bin, score_per_iou_bin
+
+    score = torch.tensor([0.2, 0.4, 0.9, 0.7, 0.1])
+    iou = torch.tensor([0.55, 0.58, 1.0, 0.95, 0.3])  # 0.3 is not binned; IoU 1.0 falls in the last bin
+    out = score_per_iou_bin(score, iou)
+    assert len(out) == 10 and all(torch.isfinite(v) for v in out.values())
+    assert out["stat_count_iou50"].item() == 2 and out["stat_score_sum_iou50"].item() == pytest.approx(0.6)
+    assert out["stat_count_iou90"].item() == 2 and out["stat_score_sum_iou90"].item() == pytest.approx(1.6)
+    assert out["stat_count_iou70"].item() == 0
+    # window means of sums and counts (two batches: the one above and one with a single 0.65-IoU positive)
+    other = score_per_iou_bin(torch.tensor([0.5]), torch.tensor([0.65]))
+    record = {k: (out[k].item() + other[k].item()) / 2 for k in out}
+    means = mean_score_per_iou_bin(record)
+    assert means[50] == pytest.approx(0.3) and means[60] == pytest.approx(0.5) and means[90] == pytest.approx(0.8)
+    assert math.isnan(means[70]) and math.isnan(mean_score_per_iou_bin({})[50])

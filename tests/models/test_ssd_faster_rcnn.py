@@ -27,7 +27,8 @@ CASES = [
 ]
 HARMONIC_KEYS = {"loss_classifier", "loss_box_reg", "loss_tc"}
 # Both losses log the factors (the baseline the ones it would have had) for the paper's Fig. 4.
-BASELINE_STATS = {"stat_aic", "stat_num_pos", "stat_factor_r", "stat_factor_c"}
+BASELINE_STATS = {"stat_aic", "stat_num_pos", "stat_factor_r", "stat_factor_c"} | {
+    f"stat_{kind}_iou{b}" for kind in ("score_sum", "count") for b in (50, 60, 70, 80, 90)}
 HARMONIC_STATS = BASELINE_STATS
 RPN_KEYS = {"loss_objectness", "loss_rpn_box_reg"}
 # Fewer proposals / sampled RoIs keep the 12544x1024 box-head FC cheap on CPU.
