@@ -37,6 +37,21 @@ class HarmonicConfig:
             its Eq. 4-7 rely on the gradient through ``beta_c = p_i``).
         detach_tc_iou: use a detached IoU as the TC target (default): TC then only pulls
             the score towards the localisation quality, never the box towards the score.
+
+    Mechanism variants (``harmonic ablate``; the defaults are the paper's setting):
+        beta_c: ``"p"`` (Eq. 5, ``beta_c = p_i``) or ``"exp_ce"`` (``beta_c = exp(-cls_i)``, the
+            paper's identity ``exp(-CE) = p`` carried to focal heads, where it does not hold).
+        detach_beta_c: stop gradient through ``1+beta_c`` only (``1+beta_r`` keeps it).
+        factor_mode: ``"harmonic"`` (the dynamic factors) or ``"constant"``: both factors are the
+            fixed ``constant_factor``, which separates "more weight on positives" from the coupling.
+        constant_factor: the fixed weight of ``factor_mode="constant"``.
+
+    Beyond the paper (a positive control of the ranking harness, GFL's quality focal loss):
+        quality_focal: focal heads only: the classification loss is QFL, ``BCE(sigma, y) |y - sigma|^qfl_beta``
+            with the true class's target ``y`` = the positive's IoU (detached), 0 elsewhere.
+        qfl_beta: QFL's modulation exponent.
+        iou_centerness: FCOS only: the centre-ness target is the positive's IoU (detached) instead
+            of the geometric centre-ness.
     """
 
     harmonic_factors: bool = True
@@ -47,6 +62,13 @@ class HarmonicConfig:
     tc_weight: float = 1.0
     detach_factors: bool = False
     detach_tc_iou: bool = True
+    beta_c: str = "p"
+    detach_beta_c: bool = False
+    factor_mode: str = "harmonic"
+    constant_factor: float = 1.5
+    quality_focal: bool = False
+    qfl_beta: float = 2.0
+    iou_centerness: bool = False
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -55,7 +77,11 @@ class HarmonicConfig:
             raise ValueError(f"gamma={self.gamma}: must be <= 1 (HIoU is monotonic in IoU only then)")
         if self.tc_mode not in ("hinge", "step"):
             raise ValueError(f"tc_mode={self.tc_mode!r}: must be 'hinge' or 'step'")
-        for name in ("alpha", "tc_weight", "margin"):
+        if self.beta_c not in ("p", "exp_ce"):
+            raise ValueError(f"beta_c={self.beta_c!r}: must be 'p' or 'exp_ce'")
+        if self.factor_mode not in ("harmonic", "constant"):
+            raise ValueError(f"factor_mode={self.factor_mode!r}: must be 'harmonic' or 'constant'")
+        for name in ("alpha", "tc_weight", "margin", "constant_factor", "qfl_beta"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 0")
 
@@ -155,9 +181,7 @@ class HarmonicDetLoss(nn.Module):
         t = terms
         loc = localisation_loss(t, cfg)
         if cfg.harmonic_factors:
-            factor_r, factor_c = harmonic_factors(t.p_true, loc)
-            if cfg.detach_factors:
-                factor_r, factor_c = factor_r.detach(), factor_c.detach()
+            factor_r, factor_c = loss_factors(t, cfg, loc)
             cls_pos, loc_pos = factor_r * t.cls_loss, factor_c * loc
         else:
             cls_pos, loc_pos = t.cls_loss, loc
@@ -175,6 +199,25 @@ class HarmonicDetLoss(nn.Module):
             losses["loss_tc"] = t.cls_loss.new_zeros(())
         losses.update(positive_stats(t, cfg, loc))
         return losses
+
+
+def loss_factors(terms: PositiveTerms, config: HarmonicConfig, loc: Tensor) -> tuple[Tensor, Tensor]:
+    """``(1+beta_r, 1+beta_c)`` per positive (``Tensor[P]`` each) under ``config``'s variant.
+
+    The paper: ``1+exp(-L_loc)`` and ``1+p`` with gradient through both; ``beta_c="exp_ce"`` uses
+    ``exp(-cls)``; ``detach_factors`` / ``detach_beta_c`` stop gradients; ``factor_mode="constant"``
+    gives both the fixed ``constant_factor`` (no coupling at all).
+    """
+    if config.factor_mode == "constant":
+        const = torch.full_like(loc, config.constant_factor)
+        return const, const
+    beta_c = terms.p_true if config.beta_c == "p" else torch.exp(-terms.cls_loss)
+    factor_r, factor_c = harmonic_factors(beta_c, loc)
+    if config.detach_factors:
+        return factor_r.detach(), factor_c.detach()
+    if config.detach_beta_c:
+        factor_c = factor_c.detach()
+    return factor_r, factor_c
 
 
 def localisation_loss(terms: PositiveTerms, config: HarmonicConfig) -> Tensor:

@@ -235,6 +235,8 @@ def focal_positive_terms(
     labels: Tensor,
     negative: Tensor,
     image_weight: Tensor,
+    quality: Tensor | None = None,
+    qfl_beta: float = 2.0,
 ) -> dict[str, Tensor]:
     """Classification parts of :class:`PositiveTerms` for a sigmoid focal-loss head.
 
@@ -248,14 +250,22 @@ def focal_positive_terms(
         image_idx, anchor_idx: ``Tensor[P]`` the positives; labels: ``Tensor[P]`` their class column.
         negative: ``Tensor[B, A]`` bool, the anchors trained as background.
         image_weight: ``Tensor[B]`` normaliser of each image's terms.
+        quality: ``Tensor[P]`` (detached) soft targets of the true classes: with it the loss is GFL's
+            quality focal loss ``BCE(sigma, y) * |y - sigma| ** qfl_beta`` (``y`` = quality at the
+            positive's true class, 0 elsewhere; no alpha) instead of torchvision's focal loss.
+        qfl_beta: QFL's modulation exponent.
 
     Returns:
         ``cls_loss``, ``p_true``, ``class_probs`` ``[P, K]``, ``labels``, ``weight`` ``[P]``,
         ``neg_cls_loss`` (scalar).
     """
     gt_classes = torch.zeros_like(cls_logits)
-    gt_classes[image_idx, anchor_idx, labels] = 1.0
-    focal = sigmoid_focal_loss(cls_logits, gt_classes, reduction="none").sum(dim=-1)  # [B, A]
+    if quality is None:
+        gt_classes[image_idx, anchor_idx, labels] = 1.0
+        focal = sigmoid_focal_loss(cls_logits, gt_classes, reduction="none").sum(dim=-1)  # [B, A]
+    else:
+        gt_classes[image_idx, anchor_idx, labels] = quality.detach().to(cls_logits.dtype)
+        focal = quality_focal_loss(cls_logits, gt_classes, qfl_beta).sum(dim=-1)  # [B, A]
     neg = (torch.where(negative, focal, torch.zeros_like(focal)).sum(dim=1) * image_weight).sum()
     probs = cls_logits[image_idx, anchor_idx].sigmoid()
     return {
@@ -268,6 +278,15 @@ def focal_positive_terms(
     }
 
 
+def quality_focal_loss(logits: Tensor, targets: Tensor, beta: float = 2.0) -> Tensor:
+    """GFL's quality focal loss, elementwise: ``BCE(sigmoid(x), y) * |y - sigmoid(x)| ** beta``.
+
+    ``logits``/``targets`` ``Tensor[...]`` of one shape, targets in ``[0, 1]`` -> ``Tensor[...]``.
+    """
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return bce * (targets - logits.sigmoid()).abs().pow(beta)
+
+
 def softmax_positive_terms(logits_pos: Tensor, labels: Tensor, ce_pos: Tensor) -> dict[str, Tensor]:
     """``p_true``, ``class_probs``, ``score`` of softmax CE heads (the score is the softmax column).
 
@@ -277,6 +296,14 @@ def softmax_positive_terms(logits_pos: Tensor, labels: Tensor, ce_pos: Tensor) -
     probs = F.softmax(logits_pos, dim=-1)
     p_true = probs.gather(1, labels.view(-1, 1)).squeeze(1)
     return {"cls_loss": ce_pos, "p_true": p_true, "class_probs": probs, "labels": labels, "score": p_true}
+
+
+def quality_target(loss: str, config: HarmonicConfig, pred_boxes: Tensor, gt_boxes: Tensor) -> Tensor | None:
+    """The QFL soft target of each positive (``Tensor[P]``, detached IoU of ``pred_boxes[P, 4]`` with
+    ``gt_boxes[P, 4]``) when ``config.quality_focal`` is on for the harmonic loss, else None."""
+    if loss != "harmonic" or not config.quality_focal:
+        return None
+    return elementwise_box_iou(pred_boxes.detach(), gt_boxes).clamp(0.0, 1.0)
 
 
 def make_terms(parts: dict[str, Tensor], box_loss: Tensor, pred_boxes: Tensor, gt_boxes: Tensor) -> PositiveTerms:

@@ -18,7 +18,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead
 
 from harmonic.errors import HarmonicError
-from harmonic.losses import HarmonicDetLoss, PositiveTerms, positive_stats
+from harmonic.losses import HarmonicDetLoss, PositiveTerms, elementwise_box_iou, positive_stats
 from harmonic.models.common import (
     box_loss_per_positive,
     check_img_size,
@@ -27,6 +27,7 @@ from harmonic.models.common import (
     make_loss_module,
     make_terms,
     pop_options,
+    quality_target,
     resnet_fpn_backbone,
     transform_kwargs,
 )
@@ -103,7 +104,8 @@ class HarmonicFCOSHead(FCOSHead):
             return losses
         terms, ctrness = self.positive_terms(targets, head_outputs, anchors, matched_idxs)
         losses = self.harmonic_loss(terms)
-        losses["loss_bbox_ctrness"] = centerness_loss(ctrness["logits"], ctrness["target_ltrb"]) * ctrness["norm"]
+        losses["loss_bbox_ctrness"] = centerness_loss(ctrness["logits"], ctrness["target_ltrb"],
+                                                      ctrness["target"]) * ctrness["norm"]
         return losses
 
     def positive_terms(
@@ -124,17 +126,21 @@ class HarmonicFCOSHead(FCOSHead):
         flat = (counts.cumsum(0) - counts)[image_idx] + matched[image_idx, anchor_idx]
         norm = 1.0 / max(1, int(image_idx.numel()))
         image_weight = torch.full((len(targets),), norm, device=matched.device)
-        parts = focal_positive_terms(head_outputs["cls_logits"], image_idx, anchor_idx, gt_labels[flat],
-                                     matched < 0, image_weight)
-        ctrness = head_outputs["bbox_ctrness"][image_idx, anchor_idx, 0]
-        parts["score"] = torch.sqrt(parts["p_true"] * torch.sigmoid(ctrness))  # torchvision's ranking score
         matched_boxes = gt_boxes[flat]
         pos_anchors = torch.stack(anchors)[image_idx, anchor_idx]
         box_loss, pred_boxes = box_loss_per_positive(
             "giou", self.box_coder, pos_anchors, matched_boxes, head_outputs["bbox_regression"][image_idx, anchor_idx])
+        quality = quality_target(self.loss_kind, self.loss_config, pred_boxes, matched_boxes)
+        parts = focal_positive_terms(head_outputs["cls_logits"], image_idx, anchor_idx, gt_labels[flat],
+                                     matched < 0, image_weight, quality=quality, qfl_beta=self.loss_config.qfl_beta)
+        ctrness = head_outputs["bbox_ctrness"][image_idx, anchor_idx, 0]
+        parts["score"] = torch.sqrt(parts["p_true"] * torch.sigmoid(ctrness))  # torchvision's ranking score
         target_ltrb = self.box_coder.encode(pos_anchors, matched_boxes)
+        ctr_target = None
+        if self.loss_kind == "harmonic" and self.loss_config.iou_centerness:
+            ctr_target = elementwise_box_iou(pred_boxes.detach(), matched_boxes).clamp(0.0, 1.0)
         return make_terms(parts, box_loss, pred_boxes, matched_boxes), {
-            "logits": ctrness, "target_ltrb": target_ltrb, "norm": norm}
+            "logits": ctrness, "target_ltrb": target_ltrb, "norm": norm, "target": ctr_target}
 
 
 class HarmonicFCOS(FCOS):
@@ -146,17 +152,20 @@ class HarmonicFCOS(FCOS):
         return super().postprocess_detections(drop_background(head_outputs), anchors, image_shapes)
 
 
-def centerness_loss(ctrness_logits: Tensor, target_ltrb: Tensor) -> Tensor:
+def centerness_loss(ctrness_logits: Tensor, target_ltrb: Tensor, target: Tensor | None = None) -> Tensor:
     """Summed BCE of FCOS centre-ness, as torchvision.
 
     Args:
         ctrness_logits: ``Tensor[P]`` predicted centre-ness logits of the positives.
         target_ltrb: ``Tensor[P, 4]`` encoded (l, t, r, b) targets (all > 0 for positives).
+        target: ``Tensor[P]`` in ``[0, 1]`` to use instead of the geometric centre-ness (the
+            ``iou_centerness`` option passes the detached IoU of the predicted box).
     """
     if target_ltrb.numel() == 0:
         return ctrness_logits.sum() * 0.0
-    lr, tb = target_ltrb[:, [0, 2]], target_ltrb[:, [1, 3]]
-    target = torch.sqrt((lr.min(dim=-1)[0] / lr.max(dim=-1)[0]) * (tb.min(dim=-1)[0] / tb.max(dim=-1)[0]))
+    if target is None:
+        lr, tb = target_ltrb[:, [0, 2]], target_ltrb[:, [1, 3]]
+        target = torch.sqrt((lr.min(dim=-1)[0] / lr.max(dim=-1)[0]) * (tb.min(dim=-1)[0] / tb.max(dim=-1)[0]))
     return F.binary_cross_entropy_with_logits(ctrness_logits, target, reduction="sum")
 
 

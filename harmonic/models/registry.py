@@ -98,7 +98,12 @@ def _check_common(name: str, num_classes: int, loss: str, img_size: int | None,
     info = model_info(name)
     if int(num_classes) != num_classes or num_classes < 1:
         raise HarmonicError(f"model {name}: num_classes must be a positive integer (got {num_classes})")
-    check_loss(loss, loss_options)
+    config = check_loss(loss, loss_options)
+    if config.quality_focal and info.family not in ("retinanet", "fcos"):
+        raise HarmonicError(f"model {name}: loss option quality_focal needs a sigmoid focal head "
+                            f"(retinanet, fcos), not {info.family}")
+    if config.iou_centerness and info.family != "fcos":
+        raise HarmonicError(f"model {name}: loss option iou_centerness is for FCOS only, not {info.family}")
     size = info.default_img_size if img_size is None else img_size
     if int(size) != size or size < info.stride or size % info.stride:
         raise HarmonicError(f"model {name}: img_size must be a positive multiple of {info.stride} (got {size})")

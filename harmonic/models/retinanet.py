@@ -27,6 +27,7 @@ from harmonic.models.common import (
     make_loss_module,
     make_terms,
     pop_options,
+    quality_target,
     resnet_fpn_backbone,
     transform_kwargs,
 )
@@ -117,13 +118,15 @@ class HarmonicRetinaNetHead(RetinaNetHead):
         flat = (counts.cumsum(0) - counts)[image_idx] + matched[image_idx, anchor_idx]
         num_fg = (matched >= 0).sum(dim=1).clamp_min(1).float()
         image_weight = 1.0 / (num_fg * len(targets))
-        parts = focal_positive_terms(head_outputs["cls_logits"], image_idx, anchor_idx, gt_labels[flat],
-                                     matched == -1, image_weight)  # -1: Matcher.BELOW_LOW_THRESHOLD
         matched_boxes = gt_boxes[flat]
         box_loss, pred_boxes = box_loss_per_positive(
             self.regression_head._loss_type, self.regression_head.box_coder,
             torch.stack(anchors)[image_idx, anchor_idx], matched_boxes,
             head_outputs["bbox_regression"][image_idx, anchor_idx])
+        quality = quality_target(self.loss_kind, self.loss_config, pred_boxes, matched_boxes)
+        parts = focal_positive_terms(head_outputs["cls_logits"], image_idx, anchor_idx, gt_labels[flat],
+                                     matched == -1, image_weight,  # -1: Matcher.BELOW_LOW_THRESHOLD
+                                     quality=quality, qfl_beta=self.loss_config.qfl_beta)
         return make_terms(parts, box_loss, pred_boxes, matched_boxes)
 
 

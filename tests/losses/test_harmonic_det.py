@@ -178,3 +178,42 @@ def test_score_per_iou_bin_means_and_empty_bins():
     means = mean_score_per_iou_bin(record)
     assert means[50] == pytest.approx(0.3) and means[60] == pytest.approx(0.5) and means[90] == pytest.approx(0.8)
     assert math.isnan(means[70]) and math.isnan(mean_score_per_iou_bin({})[50])
+
+
+def test_mechanism_variants_hand_computed():
+    """beta_c = exp(-cls), constant factors, and the gradients each variant keeps or stops."""
+    loc = [b + 1.5 * (1 + i) ** 0.8 * (1 - i) for b, i in zip(B, IOUS)]
+    base = {"tc_weight": 0.0}
+    terms, _, _ = _terms()
+    out = HarmonicDetLoss(HarmonicConfig(beta_c="exp_ce", **base))(terms)
+    expected = sum((1 + math.exp(-c)) * lo for c, lo in zip(C, loc)) / 2
+    assert out["loss_box_reg"].item() == pytest.approx(expected, rel=1e-5)
+
+    terms, _, _ = _terms()
+    out = HarmonicDetLoss(HarmonicConfig(factor_mode="constant", constant_factor=1.5, **base))(terms)
+    assert out["loss_box_reg"].item() == pytest.approx(1.5 * sum(loc) / 2, rel=1e-5)
+    assert out["loss_classifier"].item() == pytest.approx(1.5 * sum(C) / 2 + 3.0, rel=1e-5)
+    out["loss_box_reg"].backward()
+    assert terms.p_true.grad_fn is not None
+    # constant factors: the box loss sends no gradient to the class probabilities
+    probs_grad = terms.class_probs.grad
+    assert probs_grad is None or torch.count_nonzero(probs_grad) == 0
+
+    for detach_bc, expect_grad in ((False, True), (True, False)):
+        terms, _, probs = _terms()
+        out = HarmonicDetLoss(HarmonicConfig(detach_beta_c=detach_bc, **base))(terms)
+        out["loss_box_reg"].backward()
+        got = probs.grad is not None and bool(torch.count_nonzero(probs.grad))
+        assert got == expect_grad, detach_bc
+        # beta_r keeps its gradient either way: the classifier loss reaches the box loss
+        terms, _, _ = _terms()
+        out = HarmonicDetLoss(HarmonicConfig(detach_beta_c=detach_bc, **base))(terms)
+        out["loss_classifier"].backward()
+        assert torch.count_nonzero(terms.box_loss.grad) == 2
+
+
+@pytest.mark.parametrize("bad", [{"beta_c": "q"}, {"factor_mode": "fixed"}, {"constant_factor": -1},
+                                 {"qfl_beta": -0.5}])
+def test_mechanism_options_rejected(bad):
+    with pytest.raises(ValueError):
+        HarmonicConfig.from_options(bad)

@@ -176,3 +176,71 @@ def test_baseline_equals_torchvision_loss(name):
     model(images, targets)
     assert ours["loss_classifier"].item() == pytest.approx(captured["classification"].item(), rel=1e-6)
     assert ours["loss_box_reg"].item() == pytest.approx(captured["bbox_regression"].item(), rel=1e-6)
+
+
+def test_quality_focal_loss_values():
+    from harmonic.models.common import quality_focal_loss
+
+    logits = torch.tensor([0.0, 2.0, -1.0])
+    target = torch.tensor([0.7, 0.0, 1.0])
+    p = logits.sigmoid()
+    bce = -(target * p.log() + (1 - target) * (1 - p).log())
+    expected = bce * (target - p).abs() ** 2
+    assert torch.allclose(quality_focal_loss(logits, target), expected, atol=1e-6)
+    # the target itself is a minimum: sigma(x) = y costs only the BCE's entropy floor, no modulation left
+    y = torch.tensor([0.3])
+    assert quality_focal_loss(torch.logit(y), y).item() == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_qfl_control_classification_target_is_detached_iou(name):
+    """The QFL control: positives' class target is their IoU (detached); FCOS's centre-ness target too."""
+    from harmonic.models.common import quality_focal_loss
+
+    opts = {"harmonic_factors": False, "alpha": 0.0, "tc_weight": 0.0, "quality_focal": True,
+            "iou_centerness": name.startswith("fcos")}
+    torch.manual_seed(0)
+    model = build_detector(name, 3, loss="harmonic", img_size=SIZE, fpn_channels=64, loss_options=opts)
+    model.train()
+    images, targets = _batch()
+    captured = {}
+    head = model.head
+    original = head.positive_terms
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        captured["out"] = out
+        captured["head_outputs"] = args[1]
+        return out
+
+    head.positive_terms = spy
+    out = model(images, targets)
+    terms = captured["out"][0] if isinstance(captured["out"], tuple) else captured["out"]
+    iou = terms.iou.detach()
+    logits = captured["head_outputs"]["cls_logits"]
+    probs = terms.class_probs
+    p_true = terms.p_true
+    # each positive's classification loss = QFL at the true column (target IoU) + QFL of its other columns
+    # (target 0): recompute the true column's part from p_true and compare to the full sum minus the rest
+    others = probs.clone()
+    others[torch.arange(len(p_true)), terms.labels] = 0.0
+    rest = quality_focal_loss(torch.logit(others.clamp(1e-6, 1 - 1e-6)), torch.zeros_like(others)).sum(1)
+    true_part = quality_focal_loss(torch.logit(p_true.detach()), iou)
+    assert torch.allclose(terms.cls_loss.detach(), true_part + rest, atol=1e-4)
+    assert logits.shape[-1] == 4 and iou.numel() > 0
+    assert torch.isfinite(sum(v for k, v in out.items() if k.startswith("loss_")))
+    if name.startswith("fcos"):
+        ctr = captured["out"][1]
+        assert ctr["target"] is not None
+        assert torch.allclose(ctr["target"], iou.clamp(0, 1), atol=1e-6)
+
+
+@pytest.mark.parametrize("opt", ["quality_focal", "iou_centerness"])
+def test_focal_only_options_rejected_elsewhere(opt):
+    from harmonic.errors import HarmonicError
+
+    with pytest.raises(HarmonicError, match=opt):
+        build_detector("ssdlite320_mobilenet_v3_large", 3, loss="harmonic", img_size=320, loss_options={opt: True})
+    if opt == "iou_centerness":
+        with pytest.raises(HarmonicError, match=opt):
+            build_detector("retinanet_resnet18_fpn", 3, loss="harmonic", img_size=SIZE, loss_options={opt: True})
