@@ -15,6 +15,7 @@ from harmonic.errors import HarmonicError
 from harmonic.evaluation.coco import coco_metrics
 from harmonic.evaluation.consistency import consistency_metrics, detection_ious
 from harmonic.evaluation.inputs import load_detections, load_ground_truth
+from harmonic.evaluation.ranking import ranking_metrics
 from harmonic.evaluation.regret import nms_regret
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,11 @@ def evaluate(ground_truth: Any, detections: Any, candidates: Any = None, score_m
             detection (IoU 0 = false positive), for the score-IoU scatter plot.
 
     Returns:
-        A JSON-serialisable dict: ``coco``, ``voc``, ``per_class``, ``consistency``, ``regret``
-        (None without candidates), ``counts``, ``settings``, ``sources`` (+ ``pairs``).
+        A JSON-serialisable dict: ``coco``, ``voc``, ``per_class``, ``ranking`` (the primary
+        score-IoU metrics: true positives, NMS clusters with candidates, calibration; see
+        :mod:`harmonic.evaluation.ranking`), ``consistency`` (secondary: pooled over every scored
+        detection with IoU > 0, most of them false positives), ``regret`` (None without
+        candidates), ``counts``, ``settings``, ``sources`` (+ ``pairs``).
 
     Raises:
         HarmonicError: unreadable files, unknown image/category ids, NaN or negative boxes/scores,
@@ -66,6 +70,7 @@ def evaluate(ground_truth: Any, detections: Any, candidates: Any = None, score_m
     scored_dets = dets.select(scored)
     iou = detection_ious(gt, scored_dets)
     report["consistency"] = consistency_metrics(scored_dets.score, iou)
+    report["ranking"] = ranking_metrics(gt, dets, cands, score_min)
     report["regret"] = nms_regret(gt, dets, cands, score_min) if cands is not None else None
     report["counts"] = {
         "images": int(len(gt.image_ids)),

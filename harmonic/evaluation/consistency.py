@@ -33,7 +33,8 @@ def consistency_metrics(score: np.ndarray, iou: np.ndarray,
     Detections with IoU > 0 are "used": Spearman and Kendall (tau-b) correlation,
     AIC = mean |score - IoU| and the harmonious fraction at each ``t`` (share with
     ``min(score, IoU) >= t``) are over them; IoU == 0 ones are counted apart as
-    false positives. Values are None where undefined (no used detection; a
+    false positives; ``share_iou_below_0.5`` is the share of the used ones that overlap no object
+    by 0.5 (the pooled correlation's population is mostly junk). Values are None where undefined (no used detection; a
     correlation needs two and non-constant inputs).
     """
     score = np.asarray(score, dtype=np.float64)
@@ -44,6 +45,8 @@ def consistency_metrics(score: np.ndarray, iou: np.ndarray,
     out.update({f"harmonious_{t:g}": None for t in thresholds})
     out["num_used"] = int(used.sum())
     out["num_false_positive"] = int((~used).sum())
+    # the population the pooled correlation is over: most of it overlaps no object by 0.5
+    out["share_iou_below_0.5"] = float((q < 0.5).mean()) if s.size else None
     if s.size == 0:
         return out
     out["aic"] = float(np.abs(s - q).mean())

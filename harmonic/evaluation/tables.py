@@ -8,6 +8,8 @@ from typing import Any
 
 # (column, path into the report, scale, decimals); AP columns in % like the paper's Table 1
 COMPARE_COLUMNS: list[tuple[str, tuple[str, ...], float, int]] = [
+    ("ρ TP ↑", ("ranking", "true_positives", "spearman"), 1, 3),
+    ("NMS top-1 ↑", ("ranking", "nms", "top1_share"), 1, 3),
     ("AP", ("coco", "AP"), 100, 1),
     ("AP50", ("voc", "AP50"), 100, 1),
     ("AP60", ("voc", "AP60"), 100, 1),
@@ -15,8 +17,8 @@ COMPARE_COLUMNS: list[tuple[str, tuple[str, ...], float, int]] = [
     ("AP80", ("voc", "AP80"), 100, 1),
     ("AP90", ("voc", "AP90"), 100, 1),
     ("AP75", ("coco", "AP75"), 100, 1),
-    ("Spearman ↑", ("consistency", "spearman"), 1, 3),
-    ("Kendall ↑", ("consistency", "kendall"), 1, 3),
+    ("Spearman pooled ↑", ("consistency", "spearman"), 1, 3),
+    ("Kendall pooled ↑", ("consistency", "kendall"), 1, 3),
     ("AIC ↓", ("consistency", "aic"), 1, 3),
     ("harm@0.5 ↑", ("consistency", "harmonious_0.5"), 1, 3),
     ("harm@0.7 ↑", ("consistency", "harmonious_0.7"), 1, 3),
@@ -55,13 +57,15 @@ def format_report_table(report: dict) -> str:
         width = max(len(str(n)) for n in per_class)
         lines.append("Per-class AP (%)")
         lines += [f"  {str(n):<{width}}  {_fmt(v, 100, 1)}" for n, v in per_class.items()]
+    lines += _ranking_lines(report.get("ranking") or {})
     c = report.get("consistency") or {}
-    lines.append(f"Score-IoU consistency (detections with score >= "
+    lines.append(f"Pooled score-IoU consistency (secondary: every detection with score >= "
                  f"{(report.get('settings') or {}).get('score_min', 0.05)} matched to GT)")
     lines.append(f"  Spearman={_fmt(c.get('spearman'))}  Kendall={_fmt(c.get('kendall'))}  "
                  f"AIC={_fmt(c.get('aic'))}  harmonious@0.5={_fmt(c.get('harmonious_0.5'))}  "
                  f"harmonious@0.7={_fmt(c.get('harmonious_0.7'))}")
-    lines.append(f"  used={c.get('num_used', 0)}  false positives (IoU=0)={c.get('num_false_positive', 0)}")
+    lines.append(f"  used={c.get('num_used', 0)} (IoU < 0.5: {_fmt(c.get('share_iou_below_0.5'), 100, 0)} %)  "
+                 f"false positives (IoU=0)={c.get('num_false_positive', 0)}")
     r = report.get("regret")
     if r:
         lines.append("NMS regret (from pre-NMS candidates)")
@@ -72,6 +76,27 @@ def format_report_table(report: dict) -> str:
         lines.append("Counts")
         lines.append("  " + "  ".join(f"{k}={v}" for k, v in counts.items() if v is not None))
     return "\n".join(lines)
+
+
+def _ranking_lines(rk: dict) -> list[str]:
+    """The ranking section (primary score-IoU metrics) as text lines; empty for an older report."""
+    if not rk:
+        return []
+    tp = rk.get("true_positives") or {}
+    lines = ["Score ranks boxes by IoU? (true positives: one per object, COCO matching at IoU 0.5)",
+             f"  Spearman={_fmt(tp.get('spearman'))}  Kendall={_fmt(tp.get('kendall'))}  "
+             f"class-mean Spearman={_fmt(tp.get('spearman_class_mean'))}  true positives={tp.get('count', 0)}"]
+    nms = rk.get("nms")
+    if nms:
+        lines.append(f"  NMS clusters: top-scored candidate within 0.05 IoU of the best for "
+                     f"{_fmt(nms.get('top1_share'), 100, 1)} % of {nms.get('num_eligible', 0)} objects; "
+                     f"within-object Spearman={_fmt(nms.get('within_spearman'))}")
+    cal = rk.get("calibration") or {}
+    if cal.get("bins"):
+        cells = [f"{lo:.1f}-{hi:.1f}: {_fmt(m, 1, 2)} (n={n})"
+                 for (lo, hi), m, n in zip(cal["bins"], cal["mean_score"], cal["count"])]
+        lines.append("  mean score of true positives per IoU bin: " + ", ".join(cells))
+    return lines
 
 
 def _as_report(item: dict | str | Path) -> dict:
@@ -106,5 +131,6 @@ def compare_table(reports: Sequence[dict | str | Path], labels: Sequence[str] | 
         for a, b, (_, _, scale, dec) in zip(values[0], values[-1], COMPARE_COLUMNS):
             cells.append("n/a" if a is None or b is None else _fmt(b - a, scale, dec, sign=True))
         lines.append(f"| Δ ({labels[-1]} − {labels[0]}) | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nAP columns in %; consistency over kept detections matched to ground truth; " \
-                              "regret needs pre-NMS candidates.\n"
+    return "\n".join(lines) + "\n\nAP columns in %; ρ TP over true positives (one per object, IoU ≥ 0.5); " \
+                              "NMS top-1 and regret need pre-NMS candidates; pooled consistency over every " \
+                              "kept detection that overlaps an object (mostly false positives).\n"

@@ -1,10 +1,12 @@
 """``harmonic ablate``: the paper's ablation (its Tables 3–5) as one command.
 
-Trains each variant — the baseline, +HL (harmonic factors only), +HL+TC, +HL+HIoU, full HarmonicDet
-and full HarmonicDet with detached factors — through the same train → export → infer path as
-``harmonic demo`` (one runner), then writes ``ABLATION.md`` (mean ± std over seeds of AP, AP50…AP90,
-Spearman, AIC and NMS regret, one row per variant, with paired-bootstrap intervals of the AP and
-Spearman deltas against the baseline) and the paper's Fig. 4 as a PNG (a line per variant).
+Trains each variant — the baseline, +HL (harmonic factors only), +HL+TC, +HL+HIoU, full HarmonicDet,
+the mechanism variants of the full loss (detached factors, β_c detached only, β_c = exp(−L_cls), HIoU
+α 0.5 and 1.0, constant factors) and the QFL positive control — through the same train → export →
+infer path as ``harmonic demo`` (one runner), then writes ``ABLATION.md`` (mean ± std over seeds of
+the ranking metrics, AP, AP50…AP90, pooled Spearman and NMS regret, one row per variant, with
+paired-bootstrap intervals over seeds and images of the ρ TP, NMS top-1 and AP deltas against the
+baseline), the paper's Fig. 4 and the per-IoU-bin score of the positives per epoch as PNGs.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from harmonic.experiments.demo import add_recipe_args, prepare
 from harmonic.experiments.runner import BASELINE, Variant, run_experiment
 from harmonic.experiments.stats import metrics, paired_bootstrap_arms, run_data_from_dir
 
-# The paper's parts: harmonic factors (HL, Eq. 2-3), HIoU inside L_loc (alpha, Eq. 10-11), TC (Eq. 8).
+# The paper's parts: harmonic factors (HL, Eq. 2-3), HIoU inside L_loc (alpha, Eq. 10-11), TC (Eq. 8);
+# then the mechanism variants of the full loss (issue: which part compresses the scores of focal heads),
+# and the positive control, beyond the paper: GFL's quality focal loss (+ IoU centre-ness for FCOS), a
+# loss known to make scores rank boxes by IoU: if the harness cannot see its gain, the harness is wrong.
+QFL_OPTIONS = (("harmonic_factors", False), ("alpha", 0.0), ("tc_weight", 0.0), ("quality_focal", True))
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     BASELINE,
     Variant("hl", "+HL", "harmonic", (("harmonic_factors", True), ("alpha", 0.0), ("tc_weight", 0.0))),
@@ -27,14 +33,27 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("hl_hiou", "+HL+HIoU", "harmonic", (("harmonic_factors", True), ("tc_weight", 0.0))),
     Variant("full", "HarmonicDet (full)", "harmonic", ()),
     Variant("full_detached", "full, detached factors", "harmonic", (("detach_factors", True),)),
+    Variant("detach_bc", "full, β_c detached only", "harmonic", (("detach_beta_c", True),)),
+    Variant("exp_ce", "full, β_c = exp(−L_cls)", "harmonic", (("beta_c", "exp_ce"),)),
+    Variant("alpha05", "full, HIoU α = 0.5", "harmonic", (("alpha", 0.5),)),
+    Variant("alpha10", "full, HIoU α = 1.0", "harmonic", (("alpha", 1.0),)),
+    Variant("const", "full, constant factors 1.5", "harmonic", (("factor_mode", "constant"),)),
+    Variant("qfl", "QFL control (beyond the paper)", "harmonic", QFL_OPTIONS),
 )}
+
+
+def for_family(variant: Variant, family: str) -> Variant:
+    """``variant`` as it runs on a model of ``family``: the QFL control adds IoU centre-ness on FCOS."""
+    if variant.name == "qfl" and family == "fcos":
+        return Variant(variant.name, variant.label, variant.loss, (*variant.loss_options, ("iou_centerness", True)))
+    return variant
 
 
 def parse_variants(text: str | None) -> list[Variant]:
     """``"baseline,hl,full"`` -> those variants in that order (default: all); unknown names are an error."""
     if not text:
         return list(VARIANTS.values())
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    names = [n.split(":")[0].strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise HarmonicError(f"--variants: unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
@@ -43,11 +62,33 @@ def parse_variants(text: str | None) -> list[Variant]:
     return [VARIANTS[n] for n in names]
 
 
+def parse_seed_counts(text: str | None, default: int) -> dict[str, int]:
+    """Seeds per variant from ``--variants``: ``"baseline:3,full:3,hl"`` -> ``{"baseline": 3, "full": 3,
+    "hl": default}``; a count must be an integer >= 1 (one line naming it otherwise)."""
+    counts = {}
+    for item in (text or ",".join(VARIANTS)).split(","):
+        if not item.strip():
+            continue
+        name, _, count = item.partition(":")
+        if not count.strip():
+            counts[name.strip()] = default
+            continue
+        try:
+            n = int(count)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise HarmonicError(f"--variants: {item.strip()!r}: the seed count after ':' must be an integer >= 1")
+        counts[name.strip()] = n
+    return counts
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harmonic ablate", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/ablate", help="output folder (ABLATION.md and the PNG go here)")
     p.add_argument("--variants", default=None,
-                   help=f"comma-separated subset of: {', '.join(VARIANTS)} (default: all, in that order)")
+                   help=f"comma-separated subset of: {', '.join(VARIANTS)} (default: all, in that order); "
+                        "NAME:N runs N seeds of that variant instead of --seeds (e.g. baseline:3,full:3,hl)")
     add_recipe_args(p, epochs=7, synthetic_help="the demo's synthetic shapes")
     return p
 
@@ -55,9 +96,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     variants = parse_variants(args.variants)
+    seed_counts = parse_seed_counts(args.variants, args.seeds)
     t0 = time.perf_counter()
     out, data_yaml, device, recipe = prepare(args)
-    exp = run_experiment(out, data_yaml, variants, args.seeds, recipe, keep=args.keep, save_vis=False)
+    from harmonic.models import model_info
+
+    variants = [for_family(v, model_info(recipe.model).family) for v in variants]
+    exp = run_experiment(out, data_yaml, variants, max(seed_counts.values()), recipe, keep=args.keep,
+                         save_vis=False, seeds_per_variant=seed_counts)
     data = {v.name: [run_data_from_dir(r.run_dir, exp.val_annotations) for r in exp.runs[v.name]] for v in variants}
     per_variant = {v.label: [metrics(d) for d in data[v.name]] for v in variants}
     versus = None

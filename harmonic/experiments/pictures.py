@@ -65,6 +65,73 @@ def fig4_per_epoch(logs: Mapping[str, Path], out_png: Path) -> Path:
     return plots.save_figure(fig, out_png)
 
 
+def score_per_iou_bin(record: Mapping) -> dict[int, float]:
+    """``{50: mean score, 60: ..., 90: ...}`` of the positives per IoU bin from a training-log record
+    holding ``stat_score_sum_iouN`` / ``stat_count_iouN`` (window means of the batch sums and counts,
+    so their ratio is the exact mean); NaN where a bin had no positive or the record lacks them."""
+    out = {}
+    for lo in AP_THRESHOLDS:
+        total, count = record.get(f"stat_score_sum_iou{lo}"), record.get(f"stat_count_iou{lo}")
+        out[lo] = float(total) / float(count) if total is not None and count else float("nan")
+    return out
+
+
+def score_bins_per_epoch(logs: Mapping[str, Path], out_png: Path) -> Path:
+    """Mean score of the training positives per IoU bin, per epoch: one panel per model, a line per bin.
+
+    A detector whose scores rank its boxes keeps the lines apart and ordered (higher IoU, higher
+    score); the compression the issue describes shows as lines bunched far below 1.
+    """
+    logs = dict(logs)
+    fig = plots.new_figure(max(1, len(logs)), width=4.2, height=3.8)
+    for i, (label, path) in enumerate(logs.items()):
+        ax = fig.add_subplot(1, max(1, len(logs)), i + 1)
+        rows = [r for r in plots.read_training_log(Path(path)) if r.get("type") == "epoch"]
+        epochs = [int(r["epoch"]) + 1 for r in rows]
+        per = [score_per_iou_bin(r.get("train") or {}) for r in rows]
+        for k, lo in enumerate(AP_THRESHOLDS):
+            y = np.array([p[lo] for p in per], np.float64)
+            if np.isfinite(y).any():
+                ax.plot(epochs, y, marker="o", ms=3, color=f"C{k}", label=f"IoU {lo / 100:.1f}–{lo / 100 + 0.1:.1f}")
+        ax.set_ylim(0, 1)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("mean score of positives" if i == 0 else "")
+        ax.grid(alpha=0.3)
+        if i == 0 and ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    return plots.save_figure(fig, out_png)
+
+
+def calibration(reports: Mapping[str, Sequence[dict]], out_png: Path) -> Path:
+    """Mean score of the true positives per IoU bin (``report["ranking"]["calibration"]``), a line per
+    model (mean over seeds, error bars = std when > 1 seed), with the diagonal score = IoU."""
+    fig = plots.new_figure(1, width=6.0, height=4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    centres = None
+    for i, (label, runs) in enumerate(reports.items()):
+        cals = [(r.get("ranking") or {}).get("calibration") for r in runs]
+        cals = [c for c in cals if c and c.get("bins")]
+        if not cals:
+            continue
+        centres = np.array([(lo + hi) / 2 for lo, hi in cals[0]["bins"]])
+        vals = np.array([[np.nan if m is None else m for m in c["mean_score"]] for c in cals], np.float64)
+        with np.errstate(invalid="ignore"):
+            mean = np.nanmean(vals, 0) if np.isfinite(vals).any() else vals[0]
+        ax.errorbar(centres, mean, yerr=np.nanstd(vals, 0) if len(cals) > 1 else None, marker="o", ms=4,
+                    capsize=3, color=f"C{i}", label=label)
+    if centres is not None:
+        ax.plot([0.5, 1.0], [0.5, 1.0], ls="--", color="grey", lw=1, label="score = IoU")
+    ax.set_xlabel("IoU of the true positive with its object (bin centre)")
+    ax.set_ylabel("mean score")
+    ax.set_ylim(0, 1)
+    ax.set_title("Calibration of true positives: mean score per IoU bin", fontsize=10)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    return plots.save_figure(fig, out_png)
+
+
 def ap_vs_iou(reports: Mapping[str, Sequence[dict]], out_png: Path) -> Path:
     """AP at IoU 0.5…0.9, one line per model (mean over seeds, error bars = std when > 1 seed)."""
     fig = plots.new_figure(1, width=6.0, height=4.2)

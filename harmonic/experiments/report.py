@@ -13,12 +13,23 @@ from harmonic import atomic
 
 # (label, metric key of harmonic.experiments.stats.METRICS, scale); stats.METRICS says which way is better
 ROWS: list[tuple[str, str, float]] = [
+    ("ρ TP: Spearman(score, IoU), true positives", "tp_spearman", 1),
+    ("τ TP: Kendall(score, IoU), true positives", "tp_kendall", 1),
+    ("ρ TP, mean over classes", "tp_spearman_cls", 1),
+    ("NMS top-1: top-scored candidate within 0.05 IoU of the best", "nms_top1", 1),
+    ("NMS ρ: within-object Spearman of candidates", "nms_rho", 1),
     ("AP (COCO, IoU .50:.95)", "AP", 100), ("AP50", "AP50", 100), ("AP60", "AP60", 100),
     ("AP70", "AP70", 100), ("AP75", "AP75", 100), ("AP80", "AP80", 100),
-    ("AP90", "AP90", 100), ("Spearman ρ(score, IoU)", "spearman", 1),
-    ("Kendall τ(score, IoU)", "kendall", 1), ("AIC = mean abs(score − IoU)", "aic", 1),
+    ("AP90", "AP90", 100), ("Spearman pooled (all kept boxes, mostly false positives)", "spearman", 1),
+    ("Kendall pooled", "kendall", 1), ("AIC = mean abs(score − IoU), pooled", "aic", 1),
     ("NMS regret rate", "regret", 1),
 ]
+# the ablation's columns (a subset) and the deltas it gives with intervals
+ABLATION_KEYS = ("tp_spearman", "nms_top1", "nms_rho", "AP", "AP50", "AP75", "AP90", "spearman", "regret")
+ABLATION_DELTAS = (("tp_spearman", "ρ TP", 1), ("nms_top1", "NMS top-1", 1), ("AP", "AP", 100))
+# short labels for the ablation table's columns
+SHORT = {"tp_spearman": "ρ TP", "nms_top1": "NMS top-1", "nms_rho": "NMS ρ", "spearman": "ρ pooled",
+         "regret": "regret"}
 # the floors a converged demo detector must reach (AP50 and AP in %)
 FLOORS = {"AP50": 60.0, "AP": 35.0}
 
@@ -100,13 +111,11 @@ def floor_failures(per_seed: Mapping[str, Sequence[Mapping[str, float]]]) -> dic
 
 
 def verdict_paragraph(boot: Mapping[str, Mapping], seeds: int, floors_missed: Mapping[str, Sequence[str]],
-                      labels: tuple[str, str] = ("the baseline", "HarmonicDet")) -> str:
+                      labels: tuple[str, str] = ("the baseline", "HarmonicDet"), split: str = "test") -> str:
     """The report's first paragraph: in plain words, what held and what did not."""
     better = [label for label, key, *_ in ROWS if boot.get(key, {}).get("significant") and boot[key]["better"]]
     worse = [label for label, key, *_ in ROWS
              if boot.get(key, {}).get("significant") and boot[key]["better"] is False]
-    ap = boot.get("AP", {})
-    rho = boot.get("spearman", {})
     parts = []
     missed = {name: m for name, m in floors_missed.items() if m}
     if missed:
@@ -116,20 +125,24 @@ def verdict_paragraph(boot: Mapping[str, Mapping], seeds: int, floors_missed: Ma
                      + ". Differences between under-trained detectors say little about trained ones.")
     else:
         parts.append(f"Both detectors converged (AP50 ≥ {FLOORS['AP50']:.0f} and AP ≥ {FLOORS['AP']:.0f}).")
-    if ap.get("delta") is not None:
-        parts.append(f"COCO AP: {labels[1]} {100 * ap['harmonic']:.2f} vs {labels[0]} {100 * ap['baseline']:.2f} "
-                     f"(Δ {100 * ap['delta']:+.2f}, 95 % CI "
-                     + ("n/a" if ap["lo"] is None else f"[{100 * ap['lo']:+.2f}, {100 * ap['hi']:+.2f}]")
-                     + ("), a real difference." if ap.get("significant") else "), not distinguishable from noise."))
-    if rho.get("delta") is not None:
-        parts.append(f"Score–IoU rank correlation (Spearman): {rho['baseline']:.3f} → {rho['harmonic']:.3f} "
-                     f"(Δ {rho['delta']:+.3f}, CI "
-                     + ("n/a" if rho["lo"] is None else f"[{rho['lo']:+.3f}, {rho['hi']:+.3f}]")
-                     + ("): significant." if rho.get("significant") else "): not significant."))
-    parts.append("Significantly better with HarmonicDet: " + (", ".join(better) if better else "nothing") + ". "
+    for key, what, scale in (("tp_spearman", "Do scores rank true positives by IoU? Spearman over true "
+                                             "positives", 1),
+                             ("nms_top1", "Does NMS keep the best box? Share of objects whose top-scored "
+                                          "candidate is within 0.05 IoU of the best", 1),
+                             ("AP", "COCO AP", 100)):
+        b = boot.get(key, {})
+        if b.get("delta") is None:
+            continue
+        d = 2 if scale == 100 else 3
+        parts.append(f"{what}: {labels[0]} {scale * b['baseline']:.{d}f} → {labels[1]} "
+                     f"{scale * b['harmonic']:.{d}f} (Δ {scale * b['delta']:+.{d}f}, 95 % CI "
+                     + ("n/a" if b["lo"] is None else f"[{scale * b['lo']:+.{d}f}, {scale * b['hi']:+.{d}f}]")
+                     + ("), a real difference." if b.get("significant") else "), not distinguishable from noise."))
+    parts.append(f"Significantly better with {labels[1]}: " + (", ".join(better) if better else "nothing") + ". "
                  + "Significantly worse: " + (", ".join(worse) if worse else "nothing") + ".")
-    parts.append(f"Intervals: paired bootstrap over validation images, {seeds} seed(s)"
-                 + (" (each resample averages the seeds)." if seeds > 1 else
+    parts.append(f"Intervals: paired bootstrap over the {split} images, {seeds} seed(s)"
+                 + (" with the seeds resampled as well, so training-to-training variation is inside them."
+                    if seeds > 1 else
                     "; one seed does not show training-to-training variation: use `--seeds 3`."))
     return " ".join(parts)
 
@@ -158,15 +171,15 @@ def ablation_table(per_variant: Mapping[str, Sequence[Mapping[str, float]]],
                    versus_baseline: Mapping[str, Mapping[str, Mapping]] | None = None) -> str:
     """ABLATION.md's table: one row per variant, mean ± std over seeds of every metric.
 
-    ``versus_baseline[variant][metric]`` (bootstrap results against the baseline) adds the AP and
-    Spearman deltas with their 95 % intervals.
+    ``versus_baseline[variant][metric]`` (bootstrap results against the baseline) adds the deltas of
+    :data:`ABLATION_DELTAS` (true-positive ρ, NMS top-1 share, AP) with their 95 % intervals.
     """
-    keys = [r for r in ROWS if r[1] != "kendall"]
-    head = "| variant | " + " | ".join(label for label, *_ in keys) + " |"
+    keys = [r for key in ABLATION_KEYS for r in ROWS if r[1] == key]
+    head = "| variant | " + " | ".join(SHORT.get(key, label) for label, key, _ in keys) + " |"
     extra = ""
     if versus_baseline:
-        head += " Δ AP vs baseline [95 % CI] | Δ Spearman vs baseline [95 % CI] |"
-        extra = "---|---|"
+        head += "".join(f" Δ {name} vs baseline [95 % CI] |" for _, name, _ in ABLATION_DELTAS)
+        extra = "---|" * len(ABLATION_DELTAS)
     lines = [head, "|---|" + "---|" * len(keys) + extra]
     for variant, rows in per_variant.items():
         cells = []
@@ -179,7 +192,7 @@ def ablation_table(per_variant: Mapping[str, Sequence[Mapping[str, float]]],
         row = f"| {variant} | " + " | ".join(cells) + " |"
         if versus_baseline:
             vb = versus_baseline.get(variant)
-            for key, scale in (("AP", 100), ("spearman", 1)):
+            for key, _, scale in ABLATION_DELTAS:
                 b = (vb or {}).get(key)
                 if not b or b["lo"] is None:
                     row += " – |"

@@ -323,21 +323,26 @@ def prepare_synthetic(out: Path, num_train: int, num_val: int, img_size: int, cl
 
 
 def run_experiment(out: Path, data_yaml: Path, variants: Sequence[Variant], seeds: int, recipe: Recipe,
-                   *, keep: bool = False, bench: bool = True, save_vis: bool = True) -> Experiment:
+                   *, keep: bool = False, bench: bool = True, save_vis: bool = True,
+                   seeds_per_variant: dict[str, int] | None = None) -> Experiment:
     """Run every variant for seeds ``0..seeds-1``; runs go to ``out/<variant>_s<seed>``.
 
-    Seed 0 of each variant is benchmarked (``bench``) and drawn (``save_vis``).
+    ``seeds_per_variant[name]`` (at most ``seeds``) runs fewer seeds of that variant. Seed 0 of each
+    variant is benchmarked (``bench``) and drawn (``save_vis``).
     """
+    counts = {v.name: min(seeds, (seeds_per_variant or {}).get(v.name, seeds)) for v in variants}
     check_counts(seeds, recipe.epochs)
     if len({v.name for v in variants}) != len(variants) or not variants:
         raise HarmonicError("an experiment needs one or more variants with distinct names")
     names, val_images, val_annotations = validation_split(data_yaml)
     t0 = time.perf_counter()
     runs: dict[str, list[RunResult]] = {v.name: [] for v in variants}
-    total = seeds * len(variants)
+    total = sum(counts.values())
     k = 0
     for seed in range(seeds):
         for variant in variants:
+            if seed >= counts[variant.name]:
+                continue
             k += 1
             tag = f"{variant.label}, seed {seed} [{k}/{total}]"
             run = run_variant(variant, seed, recipe, data_yaml, val_images, val_annotations,

@@ -22,14 +22,18 @@ from typing import Any
 import numpy as np
 
 from harmonic.errors import HarmonicError
+from harmonic.evaluation.ranking import NmsObjects, TruePositives
 
 # COCO's recall grid (101 points) and IoU grid 0.50:0.05:0.95
 REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
 IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 VOC_THRS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
-# metric name -> higher is better?
+# metric name -> higher is better? The ranking metrics first (harmonic.evaluation.ranking): true
+# positives' Spearman/Kendall (pooled and mean over classes), the NMS-cluster share and correlation;
+# then AP; then the pooled (mostly false-positive) correlation, AIC and the NMS regret rate.
 METRICS: dict[str, bool] = {
+    "tp_spearman": True, "tp_kendall": True, "tp_spearman_cls": True, "nms_top1": True, "nms_rho": True,
     "AP": True, "AP50": True, "AP60": True, "AP70": True, "AP75": True, "AP80": True, "AP90": True,
     "spearman": True, "kendall": True, "aic": False, "regret": False,
 }
@@ -53,9 +57,11 @@ class CategoryMatches:
 class RunData:
     """Per-image pieces of one run's evaluation (see module docstring).
 
-    ``num_images`` I; ``categories`` one :class:`CategoryMatches` per category;
-    ``pair_image`` int64[P], ``pair_score``/``pair_iou`` float64[P] for scored detections
-    with IoU > 0; ``regret_image`` int64[G], ``regret_eligible``/``regret_flag`` bool[G].
+    ``num_images`` I; ``image_ids`` int64[I] the evaluated images (sorted); ``categories`` one
+    :class:`CategoryMatches` per category; ``pair_image`` int64[P], ``pair_score``/``pair_iou``
+    float64[P] for scored detections with IoU > 0; ``regret_image`` int64[G],
+    ``regret_eligible``/``regret_flag`` bool[G]; ``tp`` the true positives (one per matched
+    object); ``nms`` per-object NMS-cluster ranking (None without candidates).
     """
 
     num_images: int
@@ -66,6 +72,9 @@ class RunData:
     regret_image: np.ndarray
     regret_eligible: np.ndarray
     regret_flag: np.ndarray
+    image_ids: np.ndarray | None = None
+    tp: TruePositives | None = None
+    nms: NmsObjects | None = None
 
 
 def _category_matches(ev: Any, num_images: int, k: int) -> CategoryMatches:
@@ -106,6 +115,7 @@ def run_data(ground_truth: Any, detections: Any, candidates: Any = None, score_m
     from harmonic.evaluation.coco import _quiet, build_coco_objects
     from harmonic.evaluation.consistency import detection_ious
     from harmonic.evaluation.inputs import load_detections, load_ground_truth
+    from harmonic.evaluation.ranking import match_true_positives, nms_ranking
     from harmonic.evaluation.regret import regret_flags
 
     gt = load_ground_truth(ground_truth, names)
@@ -125,15 +135,18 @@ def run_data(ground_truth: Any, detections: Any, candidates: Any = None, score_m
     used = iou > 0
     pair_image = np.searchsorted(gt.image_ids, scored.image_id[used]).astype(np.int64)
 
+    nms = None
     if candidates is not None:
         cands = load_detections(candidates, gt, "candidates")
         eligible, flag, obj_image = regret_flags(gt, dets, cands, score_min)
         regret_image = np.searchsorted(gt.image_ids, obj_image).astype(np.int64)
+        nms = nms_ranking(gt, cands, score_min)
     else:
         eligible = flag = np.zeros(0, bool)
         regret_image = np.zeros(0, np.int64)
     return RunData(num_images, cats, pair_image, scored.score[used].astype(np.float64), iou[used],
-                   regret_image, eligible, flag)
+                   regret_image, eligible, flag, image_ids=np.asarray(gt.image_ids, np.int64),
+                   tp=match_true_positives(gt, dets), nms=nms)
 
 
 def _weighted_ap(cat: CategoryMatches, w: np.ndarray) -> np.ndarray:
@@ -192,6 +205,30 @@ def metrics(data: RunData, w: np.ndarray | None = None) -> dict[str, float]:
     out["aic"] = float(np.abs(score - iou).mean()) if score.size else np.nan
     ow = w[data.regret_image] * data.regret_eligible
     out["regret"] = float(np.dot(ow, data.regret_flag) / ow.sum()) if ow.sum() else np.nan
+    out.update(_ranking(data, w))
+    return out
+
+
+def _ranking(data: RunData, w: np.ndarray) -> dict[str, float]:
+    """The ranking metrics of :mod:`harmonic.evaluation.ranking` on image multiplicities ``w[I]``."""
+    out = dict.fromkeys(("tp_spearman", "tp_kendall", "tp_spearman_cls", "nms_top1", "nms_rho"), np.nan)
+    tp = data.tp
+    if tp is not None and tp.score.size:
+        reps = w[tp.image]
+        score, iou, cat = np.repeat(tp.score, reps), np.repeat(tp.iou, reps), np.repeat(tp.category, reps)
+        out["tp_spearman"], out["tp_kendall"] = _spearman_kendall(score, iou)
+        per_cat = [_spearman_kendall(score[cat == k], iou[cat == k])[0] for k in np.unique(cat)]
+        per_cat = [r for r in per_cat if np.isfinite(r)]
+        out["tp_spearman_cls"] = float(np.mean(per_cat)) if per_cat else np.nan
+    nms = data.nms
+    if nms is not None:
+        ow = w[nms.image] * nms.eligible
+        if ow.sum():
+            out["nms_top1"] = float(np.dot(ow, nms.top_ok) / ow.sum())
+        finite = np.isfinite(nms.rho)
+        rw = ow * finite
+        if rw.sum():
+            out["nms_rho"] = float(np.dot(rw, np.where(finite, nms.rho, 0.0)) / rw.sum())
     return out
 
 
@@ -199,9 +236,10 @@ def paired_bootstrap(baseline: Sequence[RunData], harmonic: Sequence[RunData], r
                      seed: int = 0, level: float = 0.95) -> dict[str, dict[str, float | bool | None]]:
     """95 % confidence intervals of ``mean_seeds(harmonic) − mean_seeds(baseline)`` per metric.
 
-    ``baseline[s]``/``harmonic[s]`` are seed ``s``'s runs on the same validation images. Each
-    resample draws I images with replacement (seeded) and recomputes every run on them; the
-    delta of the seed means is taken per resample, and the interval is its percentiles.
+    ``baseline[s]``/``harmonic[s]`` are seed ``s``'s runs on the same evaluation images. Each
+    resample draws I images with replacement (seeded) and recomputes every run on them; with two
+    or more seeds it also draws, per arm, S seeds with replacement; the delta of the (drawn) seed
+    means is taken per resample, and the interval is its percentiles.
 
     Returns ``{metric: {"baseline", "harmonic", "delta", "lo", "hi", "significant", "better"}}``:
     point values on the full set (seed means), the interval, whether it excludes 0, and
@@ -215,34 +253,56 @@ def paired_bootstrap_arms(baseline: Sequence[RunData], arms: Mapping[str, Sequen
                           level: float = 0.95) -> dict[str, dict[str, dict[str, float | bool | None]]]:
     """:func:`paired_bootstrap` of every arm against the same baseline, on the same resamples.
 
+    Images are resampled jointly for all runs (paired); with two or more seeds, the baseline's seeds
+    and the arm's seeds are resampled as well, independently of each other.
+
     The baseline is evaluated once per resample, not once per arm; each arm's result equals
     ``paired_bootstrap(baseline, arms[name], resamples, seed, level)``.
     """
     arms = dict(arms)
-    if not baseline or any(len(runs) != len(baseline) for runs in arms.values()):
-        raise HarmonicError("paired bootstrap needs the same number (>= 1) of baseline and harmonic runs")
-    sizes = {d.num_images for d in baseline} | {d.num_images for runs in arms.values() for d in runs}
+    if not baseline or any(len(runs) < 1 for runs in arms.values()):
+        raise HarmonicError("paired bootstrap needs at least one baseline run and one run of each arm")
+    all_runs = [*baseline, *(d for runs in arms.values() for d in runs)]
+    sizes = {d.num_images for d in all_runs}
     if len(sizes) != 1:
         raise HarmonicError(f"paired bootstrap: runs were evaluated on different image sets ({sorted(sizes)})")
+    ids = [d.image_ids for d in all_runs if d.image_ids is not None]
+    if any(not np.array_equal(ids[0], other) for other in ids[1:]):
+        raise HarmonicError("paired bootstrap: runs were evaluated on different image ids "
+                            "(the same number of images, not the same images)")
     if resamples < 1:
         raise HarmonicError(f"paired bootstrap: resamples must be >= 1, got {resamples}")
     n = sizes.pop()
     rng = np.random.default_rng(seed)
 
-    def seed_mean(runs: Sequence[RunData], w: np.ndarray | None) -> dict[str, float]:
+    def seed_mean(runs: Sequence[RunData], w: np.ndarray | None, pick: np.ndarray | None = None) -> dict[str, float]:
         rows = [metrics(r, w) for r in runs]
+        if pick is not None:
+            rows = [rows[i] for i in pick]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             return {m: float(np.nanmean([row[m] for row in rows])) for m in METRICS}
+
+    # With 2+ seeds the seeds are resampled too, so training-to-training variation is inside the
+    # interval: the baseline's and the arm's independently (different arms' trainings are independent
+    # draws), from streams of their own so that the image resamples are the same as with one seed and
+    # each arm's result does not depend on which other arms are compared in the same call. An arm
+    # with one seed has no seed variation to resample (the baseline's is still inside the interval).
+    seed_rngs = (np.random.default_rng([seed, 1]), np.random.default_rng([seed, 2]))
+    most = max(len(baseline), *(len(runs) for runs in arms.values()))
+
+    def pick(u: np.ndarray, count: int) -> np.ndarray | None:
+        return np.minimum((u[:count] * count).astype(np.int64), count - 1) if count > 1 else None
 
     point_b = seed_mean(baseline, None)
     points = {name: seed_mean(runs, None) for name, runs in arms.items()}
     deltas = {name: {m: np.empty(resamples) for m in METRICS} for name in arms}
     for b in range(resamples):
         w = np.bincount(rng.integers(0, n, n), minlength=n)
-        mb = seed_mean(baseline, w)
+        u_base, u_arm = seed_rngs[0].random(most), seed_rngs[1].random(most)
+        mb = seed_mean(baseline, w, pick(u_base, len(baseline)))
         for name, runs in arms.items():
-            mh = seed_mean(runs, w)
+            mh = seed_mean(runs, w, pick(u_arm, len(runs)))
             for m in METRICS:
                 deltas[name][m][b] = mh[m] - mb[m]
     return {name: _intervals(point_b, points[name], deltas[name], resamples, level) for name in arms}

@@ -261,7 +261,8 @@ def score_per_iou_bin(score: Tensor, iou: Tensor) -> dict[str, Tensor]:
     ``score[P]``, ``iou[P]`` (detached) -> ``{"stat_score_sum_iou50": sum of scores over IoU in [0.5, 0.6),
     "stat_count_iou50": their count, ..., ..._iou90 over [0.9, 1.0]}`` (finite, 0 for an empty bin).
     The training log averages both over the same iterations, so their ratio is the exact mean score of
-    the positives in that bin over a window or an epoch (:func:`mean_score_per_iou_bin`). Positives with
+    the positives in that bin over a window or an epoch (``harmonic.experiments.pictures.score_per_iou_bin``).
+    Positives with
     IoU < 0.5 are not binned. This shows the score compression the paper's Fig. 4 would show: positives
     settling at an IoU-dependent score far below 1.
     """
@@ -275,13 +276,3 @@ def score_per_iou_bin(score: Tensor, iou: Tensor) -> dict[str, Tensor]:
         out[f"stat_count_iou{name}"] = mask.sum().to(score.dtype)
     return out
 
-
-def mean_score_per_iou_bin(record: dict[str, Any]) -> dict[str, float]:
-    """``{50: mean score, ..., 90: ...}`` from a log record holding :func:`score_per_iou_bin`'s keys
-    (NaN where a bin had no positive or the record predates these stats)."""
-    out = {}
-    for lo in SCORE_IOU_BINS[:-1]:
-        name = round(lo * 100)
-        total, count = record.get(f"stat_score_sum_iou{name}"), record.get(f"stat_count_iou{name}")
-        out[name] = float(total) / float(count) if total is not None and count else float("nan")
-    return out

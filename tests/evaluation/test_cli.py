@@ -71,17 +71,17 @@ def test_compare_cli_markdown_with_delta(tmp_path, capsys):
     md = md_path.read_text()
     assert md in capsys.readouterr().out
     lines = md.splitlines()
-    assert lines[0].startswith("| run | AP | AP50 | AP60 | AP70 | AP80 | AP90 | AP75 | Spearman")
+    assert lines[0].startswith("| run | ρ TP ↑ | NMS top-1 ↑ | AP | AP50 | AP60 | AP70 | AP80 | AP90 | AP75 | Spearman")
     base = next(ln for ln in lines if ln.startswith("| baseline |")).split("|")
     harm = next(ln for ln in lines if ln.startswith("| harmonic |")).split("|")
     delta = next(ln for ln in lines if ln.startswith("| Δ (harmonic − baseline) |")).split("|")
     # AP50 column: both 100.0 (IoU 0.54 and 0.90 are above 0.5), delta +0.0; AP90 0 -> 100
-    assert base[3].strip() == "100.0" and harm[3].strip() == "100.0" and delta[3].strip() == "+0.0"
-    assert base[7].strip() == "0.0" and harm[7].strip() == "100.0" and delta[7].strip() == "+100.0"
-    # AIC column (11th): |0.9 - IoU|
+    assert base[5].strip() == "100.0" and harm[5].strip() == "100.0" and delta[5].strip() == "+0.0"
+    assert base[9].strip() == "0.0" and harm[9].strip() == "100.0" and delta[9].strip() == "+100.0"
+    # AIC column (13th): |0.9 - IoU|
     aic_b, aic_h = abs(0.9 - iou_of_shift(1, 0.3)), abs(0.9 - iou_of_shift(1, 0.05))
-    assert float(base[11]) == pytest.approx(aic_b, abs=1e-3)
-    assert float(delta[11]) == pytest.approx(aic_h - aic_b, abs=2e-3)
+    assert float(base[13]) == pytest.approx(aic_b, abs=1e-3)
+    assert float(delta[13]) == pytest.approx(aic_h - aic_b, abs=2e-3)
     assert (tmp_path / "side.png").stat().st_size > 1000
 
 
@@ -91,6 +91,6 @@ def test_compare_table_and_report_table_handle_missing_metrics():
     md = compare_table([a, b], ["x", "y"])
     row = next(ln for ln in md.splitlines() if ln.startswith("| Δ"))
     cells = [c.strip() for c in row.split("|")[2:-1]]
-    assert cells[0] == "+25.0" and cells[7] == "n/a" and cells[-1] == "n/a"
+    assert cells[0] == "n/a" and cells[2] == "+25.0" and cells[9] == "n/a" and cells[-1] == "n/a"
     text = format_report_table(b)
     assert "AP=50.0" in text and "Spearman=n/a" in text

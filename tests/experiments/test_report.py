@@ -12,6 +12,8 @@ def _boot(delta: float, lo: float | None, hi: float | None, base: float = 0.4, h
 
 
 BOOT = {
+    "tp_spearman": _boot(0.05, 0.002, 0.1, base=0.7),
+    "nms_top1": _boot(-0.01, -0.04, 0.02, base=0.48),
     "AP": _boot(0.021, 0.005, 0.037),
     "AP50": _boot(0.004, -0.01, 0.02),
     "spearman": _boot(0.12, 0.08, 0.16, base=0.35),
@@ -37,27 +39,37 @@ def test_delta_table_cells():
 def test_verdict_says_what_held_and_what_did_not():
     text = report.verdict_paragraph(BOOT, seeds=1, floors_missed={"Baseline": [], "HarmonicDet": []})
     assert text.startswith("Both detectors converged")
-    assert "Δ +2.10, 95 % CI [+0.50, +3.70]), a real difference." in text
-    assert "Significantly better with HarmonicDet: AP (COCO, IoU .50:.95), Spearman ρ(score, IoU)." in text
-    assert "Significantly worse: AIC = mean abs(score − IoU)." in text
+    # the ranking metrics lead, then AP
+    assert ("Do scores rank true positives by IoU? Spearman over true positives: the baseline 0.700 → "
+            "HarmonicDet 0.750 (Δ +0.050, 95 % CI [+0.002, +0.100]), a real difference.") in text
+    assert ("candidate is within 0.05 IoU of the best: the baseline 0.480 → HarmonicDet 0.470 (Δ -0.010, "
+            "95 % CI [-0.040, +0.020]), not distinguishable from noise.") in text
+    assert text.index("Spearman over true positives") < text.index("COCO AP")
+    assert "COCO AP: the baseline 40.00 → HarmonicDet 42.10 (Δ +2.10, 95 % CI [+0.50, +3.70]), a real difference." in text
+    assert ("Significantly better with HarmonicDet: ρ TP: Spearman(score, IoU), true positives, "
+            "AP (COCO, IoU .50:.95), Spearman pooled (all kept boxes, mostly false positives).") in text
+    assert "Significantly worse: AIC = mean abs(score − IoU), pooled." in text
+    assert "bootstrap over the test images, 1 seed(s)" in text
     assert "use `--seeds 3`" in text
     missed = report.floor_failures({"Baseline": [{"AP": 0.36, "AP50": 0.579}, {"AP": 0.34, "AP50": 0.61}],
                                     "HarmonicDet": [{"AP": 0.40, "AP50": 0.65}]})
     assert missed == {"Baseline": ["AP50 57.9 (seed 0)", "AP 34.0 (seed 1)"], "HarmonicDet": []}
     weak = report.verdict_paragraph(BOOT, seeds=3, floors_missed=missed)
     assert weak.startswith("**Not converged:** below the demo's floors (AP50 ≥ 60, AP ≥ 35): Baseline: AP50 57.9")
-    assert "HarmonicDet:" not in weak.split(".")[0] and "each resample averages the seeds" in weak
+    assert "HarmonicDet:" not in weak.split(".")[0] and "seeds resampled as well" in weak
 
 
 def test_ablation_table_rows_and_intervals():
-    rows = {"Baseline": [{"AP": 0.40, "spearman": 0.30}, {"AP": 0.42, "spearman": 0.32}],
-            "+HL": [{"AP": 0.43, "spearman": 0.40}, {"AP": 0.43, "spearman": 0.42}]}
-    md = report.ablation_table(rows, {"+HL": {"AP": _boot(0.02, 0.01, 0.03), "spearman": _boot(0.1, -0.01, 0.2)}})
+    rows = {"Baseline": [{"AP": 0.40, "tp_spearman": 0.70}, {"AP": 0.42, "tp_spearman": 0.72}],
+            "+HL": [{"AP": 0.43, "tp_spearman": 0.80}, {"AP": 0.43, "tp_spearman": 0.82}]}
+    md = report.ablation_table(rows, {"+HL": {"AP": _boot(0.02, 0.01, 0.03), "tp_spearman": _boot(0.1, -0.01, 0.2)}})
     lines = md.splitlines()
+    assert lines[0].startswith("| variant | ρ TP | NMS top-1 | NMS ρ | AP (COCO, IoU .50:.95) |")
     base = next(line for line in lines if line.startswith("| Baseline |"))
-    assert base.startswith("| Baseline | 41.00 ± 1.00 |") and base.endswith("| – | – |")
+    assert base.startswith("| Baseline | 0.710 ± 0.010 | n/a | n/a | 41.00 ± 1.00 |") and base.endswith("| – | – | – |")
     hl = next(line for line in lines if line.startswith("| +HL |"))
-    assert "| +2.00 [+1.00, +3.00] * |" in hl and "| +0.100 [-0.010, +0.200] |" in hl
+    # delta columns: ρ TP, NMS top-1 (absent: –), AP
+    assert hl.endswith("| +0.100 [-0.010, +0.200] | – | +2.00 [+1.00, +3.00] * |")
     assert "n/a" in hl  # metrics missing from the rows
 
 

@@ -60,6 +60,14 @@ def test_ablate_variants():
         parse_variants("baseline,nope")
     with pytest.raises(HarmonicError, match="twice"):
         parse_variants("hl,hl")
+    from harmonic.experiments.ablate import parse_seed_counts
+
+    assert [v.name for v in parse_variants("baseline:3,full:3,hl")] == ["baseline", "full", "hl"]
+    assert parse_seed_counts("baseline:3, full:3,hl", 1) == {"baseline": 3, "full": 3, "hl": 1}
+    assert parse_seed_counts(None, 2) == dict.fromkeys(VARIANTS, 2)
+    for bad in ("full:0", "full:x", "full:-1"):
+        with pytest.raises(HarmonicError, match="seed count"):
+            parse_seed_counts(bad, 1)
     # the paper's parts, switched by loss options
     hl = dict(VARIANTS["hl"].loss_options)
     assert hl == {"harmonic_factors": True, "alpha": 0.0, "tc_weight": 0.0}

@@ -61,7 +61,14 @@ def test_point_metrics_equal_the_evaluation_report(case):
     for k in ("spearman", "kendall", "aic"):
         assert m[k] == pytest.approx(rep["consistency"][k], abs=1e-12)
     assert m["regret"] == pytest.approx(rep["regret"]["rate"], abs=1e-12)
+    rk = rep["ranking"]
+    assert m["tp_spearman"] == pytest.approx(rk["true_positives"]["spearman"], abs=1e-12)
+    assert m["tp_kendall"] == pytest.approx(rk["true_positives"]["kendall"], abs=1e-12)
+    assert m["tp_spearman_cls"] == pytest.approx(rk["true_positives"]["spearman_class_mean"], abs=1e-12)
+    assert m["nms_top1"] == pytest.approx(rk["nms"]["top1_share"], abs=1e-12)
+    assert m["nms_rho"] == pytest.approx(rk["nms"]["within_spearman"], abs=1e-12)
     assert 0.2 < m["AP"] < 0.9  # a non-trivial case
+    assert 0.1 < m["tp_spearman"] < 0.95 and 0.2 < m["nms_top1"] < 1.0
 
 
 def test_weights_equal_duplicated_images(case):
@@ -86,6 +93,11 @@ def test_weights_equal_duplicated_images(case):
     assert weighted["spearman"] == pytest.approx(rep["consistency"]["spearman"], abs=1e-12)
     assert weighted["aic"] == pytest.approx(rep["consistency"]["aic"], abs=1e-12)
     assert weighted["regret"] == pytest.approx(rep["regret"]["rate"], abs=1e-12)
+    rk = rep["ranking"]
+    assert weighted["tp_spearman"] == pytest.approx(rk["true_positives"]["spearman"], abs=1e-12)
+    assert weighted["tp_kendall"] == pytest.approx(rk["true_positives"]["kendall"], abs=1e-12)
+    assert weighted["nms_top1"] == pytest.approx(rk["nms"]["top1_share"], abs=1e-12)
+    assert weighted["nms_rho"] == pytest.approx(rk["nms"]["within_spearman"], abs=1e-12)
 
 
 def test_identical_runs_give_a_zero_interval(case):
@@ -116,8 +128,8 @@ def test_a_clearly_better_model_is_significant_and_a_noisy_copy_is_not(case):
 def test_bootstrap_rejects_mismatched_inputs(case):
     gt, dets, cands = case
     a = run_data(copy.deepcopy(gt), dets, cands)
-    with pytest.raises(HarmonicError, match="same number"):
-        paired_bootstrap([a], [a, a])
+    with pytest.raises(HarmonicError, match="at least one"):
+        paired_bootstrap([a], [])
     small = make_gt(num_images=3, per_image=2, seed=5)
     b = run_data(small, _noisy_detections(small, 1))
     with pytest.raises(HarmonicError, match="different image sets"):
@@ -134,3 +146,50 @@ def test_many_arms_share_the_baseline_and_equal_one_arm_at_a_time(case):
     both = paired_bootstrap_arms([base], {"a": [a], "b": [b]}, resamples=100, seed=3)
     assert both["a"] == paired_bootstrap([base], [a], resamples=100, seed=3)
     assert both["b"] == paired_bootstrap([base], [b], resamples=100, seed=3)
+
+
+def test_seed_resampling_puts_training_variance_inside_the_interval(case):
+    """Two arms of equal quality whose seeds differ a lot: with seeds resampled the interval widens."""
+    gt, dets, cands = case
+    runs = [run_data(copy.deepcopy(gt), _noisy_detections(gt, seed=s, quality=q), cands)
+            for s, q in ((11, 1.0), (12, 5.0), (13, 1.0), (14, 5.0))]
+    base, arm = runs[:2], runs[2:]  # each arm: one good seed and one poor seed
+    boot = paired_bootstrap(base, arm, resamples=300, seed=0)
+    image_only = [paired_bootstrap([b], [a], resamples=300, seed=0)["AP"] for b, a in zip(base, arm)]
+    width = boot["AP"]["hi"] - boot["AP"]["lo"]
+    assert boot["AP"]["lo"] < 0 < boot["AP"]["hi"]
+    assert width > 1.5 * max(r["hi"] - r["lo"] for r in image_only)
+    # the point estimate is still the difference of the seed means
+    mean = lambda rs: np.mean([metrics(r)["AP"] for r in rs])  # noqa: E731
+    assert boot["AP"]["delta"] == pytest.approx(mean(arm) - mean(base), abs=1e-12)
+
+
+def test_bootstrap_rejects_runs_on_different_image_ids(case):
+    gt, dets, cands = case
+    a = run_data(copy.deepcopy(gt), dets, cands)
+    other = copy.deepcopy(gt)
+    shift = {im["id"]: im["id"] + 100 for im in other["images"]}
+    for im in other["images"]:
+        im["id"] = shift[im["id"]]
+    for ann in other["annotations"]:
+        ann["image_id"] = shift[ann["image_id"]]
+    b = run_data(other, [{**d, "image_id": shift[d["image_id"]]} for d in dets])
+    with pytest.raises(HarmonicError, match="different image ids"):
+        paired_bootstrap([a], [b])
+
+
+def test_arms_may_have_fewer_seeds_than_the_baseline(case):
+    """ABLATION.md runs 3 seeds of a few variants and 1 of the others: the delta is of the seed means."""
+    from harmonic.experiments.stats import paired_bootstrap_arms
+
+    gt, dets, cands = case
+    base = [run_data(copy.deepcopy(gt), _noisy_detections(gt, seed=s), cands) for s in (21, 22, 23)]
+    one = run_data(copy.deepcopy(gt), _noisy_detections(gt, seed=2, quality=1.0, fp_rate=0.0), cands)
+    three = [one, run_data(copy.deepcopy(gt), _noisy_detections(gt, seed=24), cands), base[0]]
+    both = paired_bootstrap_arms(base, {"one": [one], "three": three}, resamples=100, seed=4)
+    mean = lambda rs: np.mean([metrics(r)["AP"] for r in rs])  # noqa: E731
+    assert both["one"]["AP"]["delta"] == pytest.approx(metrics(one)["AP"] - mean(base), abs=1e-12)
+    assert both["three"]["AP"]["delta"] == pytest.approx(mean(three) - mean(base), abs=1e-12)
+    # each arm's interval does not depend on the other arms in the call
+    assert both["one"] == paired_bootstrap(base, [one], resamples=100, seed=4)
+    assert both["three"] == paired_bootstrap(base, three, resamples=100, seed=4)

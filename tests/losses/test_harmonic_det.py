@@ -163,7 +163,8 @@ def test_config_accepts_cli_strings():
 
 
 def test_score_per_iou_bin_means_and_empty_bins():
-    from harmonic.losses.harmonic_det import mean_score_per_iou_bin, score_per_iou_bin
+    from harmonic.experiments.pictures import score_per_iou_bin as mean_score_per_iou_bin
+    from harmonic.losses.harmonic_det import score_per_iou_bin
 
     score = torch.tensor([0.2, 0.4, 0.9, 0.7, 0.1])
     iou = torch.tensor([0.55, 0.58, 1.0, 0.95, 0.3])  # 0.3 is not binned; IoU 1.0 falls in the last bin
