@@ -130,6 +130,10 @@ def write_report(exp: Experiment, args: argparse.Namespace, device: str, recipe:
                                         out / "harmonic_factors_per_epoch.png"),
         "ap_iou": pictures.ap_vs_iou({v.label: [r.report for r in exp.runs[v.name]] for v in exp.variants},
                                      out / "ap_vs_iou.png"),
+        "calibration": pictures.calibration({v.label: [r.report for r in exp.runs[v.name]] for v in exp.variants},
+                                            out / "calibration.png"),
+        "score_bins": pictures.score_bins_per_epoch({k: r.run_dir / "log.jsonl" for k, r in first.items()},
+                                                    out / "score_per_iou_bin_per_epoch.png"),
         "examples": pictures.examples_grid(exp.val_images, exp.val_annotations,
                                            {k: r.run_dir / "infer" / "detections.json" for k, r in first.items()},
                                            out / "examples.png"),
@@ -150,11 +154,24 @@ def write_report(exp: Experiment, args: argparse.Namespace, device: str, recipe:
         + (f"; one training {min(train_s):.0f}–{max(train_s):.0f} s" if train_s else "") + ".",
         "- Evaluated as shipped: detections of the exported ONNX model (NMS in the graph) run by the torch-free "
         "`infer/run.py`; NMS regret from the raw (pre-NMS) graph.", "",
-        "## Accuracy and score–IoU consistency", "",
-        f"Δ with a 95 % confidence interval from a paired bootstrap over validation images ({args.resamples} "
-        "resamples, seeded; the same resampled images for both models). A difference is called significant "
-        "only when its interval excludes 0.", "",
+        "## Do the scores rank boxes by quality? Ranking, accuracy and consistency", "",
+        "The ranking metrics come first: Spearman/Kendall between score and IoU over the **true positives** "
+        "(one per object, COCO matching at IoU 0.5), and inside **NMS clusters** (each object's pre-NMS "
+        "candidates with IoU ≥ 0.5, from the raw graph): the share of objects whose top-scored candidate — "
+        "the one NMS keeps — is within 0.05 IoU of the best candidate, and the mean within-object Spearman. "
+        "The pooled correlation below them is over every kept box that overlaps an object at all, "
+        + _pooled_population(first[BASELINE.label].report) + ".", "",
+        f"Δ with a 95 % confidence interval from a paired bootstrap over the evaluation images ({args.resamples} "
+        "resamples, seeded; the same resampled images for both models"
+        + ("; the seeds of each model are resampled too, so training-to-training variation is inside the "
+           "interval" if args.seeds > 1 else "") + "). A difference is called significant only when its "
+        "interval excludes 0.", "",
         table, "",
+        "### Calibration of true positives", "",
+        "Mean score of the true positives per IoU bin (mean over seeds): a score that tracks quality rises "
+        "with the IoU; scores compressed far below the IoU push good boxes down among the false positives.", "",
+        calibration_table({v.label: [r.report for r in exp.runs[v.name]] for v in exp.variants}), "",
+        f"![calibration]({pics['calibration'].name})", "",
     ]
     if args.seeds > 1:
         lines += ["### Per seed", "", report.per_seed_table(per_seed), ""]
@@ -164,6 +181,8 @@ def write_report(exp: Experiment, args: argparse.Namespace, device: str, recipe:
         "points lie along the diagonal.", "", f"![score vs IoU]({pics['scatter'].name})", "",
         "The paper's Fig. 4 per epoch: mean harmonic factors and AIC over positives (logged for the baseline "
         "too, as if its losses were weighted).", "", f"![harmonic factors]({pics['fig4'].name})", "",
+        "Mean score of the training positives per IoU bin, per epoch (seed 0): how the loss shapes the "
+        "scores while it trains.", "", f"![score per IoU bin]({pics['score_bins'].name})", "",
         "AP at IoU thresholds 0.5…0.9:", "", f"![AP vs IoU]({pics['ap_iou'].name})", "",
         "Validation images: ground truth in green, each model's top boxes (score ≥ 0.3) with their scores:", "",
         f"![examples]({pics['examples'].name})", "",
@@ -183,6 +202,36 @@ def write_report(exp: Experiment, args: argparse.Namespace, device: str, recipe:
     return path
 
 
+def _pooled_population(rep: dict) -> str:
+    """How many boxes the pooled correlation is over, and the share that overlaps no object by 0.5."""
+    c = rep.get("consistency") or {}
+    share = c.get("share_iou_below_0.5")
+    if share is None:
+        return "its population not recorded"
+    return f"{c.get('num_used', 0)} boxes for the baseline (seed 0), {100 * share:.0f} % of them with IoU < 0.5"
+
+
+def calibration_table(reports: dict[str, list[dict]]) -> str:
+    """Markdown: mean true-positive score per IoU bin, one row per model (mean over seeds), with counts."""
+    rows, bins = [], None
+    for label, runs in reports.items():
+        cals = [(r.get("ranking") or {}).get("calibration") for r in runs]
+        cals = [c for c in cals if c and c.get("bins")]
+        if not cals:
+            continue
+        bins = cals[0]["bins"]
+        cells = []
+        for k in range(len(bins)):
+            vals = [c["mean_score"][k] for c in cals if c["mean_score"][k] is not None]
+            n = sum(c["count"][k] for c in cals)
+            cells.append(f"{sum(vals) / len(vals):.3f} (n={n})" if vals else f"n/a (n={n})")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    if bins is None:
+        return "(no calibration in the reports)"
+    head = "| model | " + " | ".join(f"IoU {lo:.1f}–{hi:.1f}" for lo, hi in bins) + " |"
+    return "\n".join([head, "|---|" + "---|" * len(bins), *rows])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     t0 = time.perf_counter()
@@ -198,5 +247,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(verdict)
     print(f"\nReport: {path}")
-    print(f"Pictures: {out}/score_iou_side_by_side.png, harmonic_factors_per_epoch.png, ap_vs_iou.png, examples.png")
+    print(f"Pictures: {out}/score_iou_side_by_side.png, calibration.png, score_per_iou_bin_per_epoch.png, "
+          "harmonic_factors_per_epoch.png, ap_vs_iou.png, examples.png")
     return 0

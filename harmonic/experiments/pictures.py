@@ -6,6 +6,7 @@ numpy, OpenCV and matplotlib only; every function writes one PNG and returns its
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -116,10 +117,11 @@ def calibration(reports: Mapping[str, Sequence[dict]], out_png: Path) -> Path:
             continue
         centres = np.array([(lo + hi) / 2 for lo, hi in cals[0]["bins"]])
         vals = np.array([[np.nan if m is None else m for m in c["mean_score"]] for c in cals], np.float64)
-        with np.errstate(invalid="ignore"):
-            mean = np.nanmean(vals, 0) if np.isfinite(vals).any() else vals[0]
-        ax.errorbar(centres, mean, yerr=np.nanstd(vals, 0) if len(cals) > 1 else None, marker="o", ms=4,
-                    capsize=3, color=f"C{i}", label=label)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # empty bins: NaN, drawn as gaps
+            mean = np.nanmean(vals, 0)
+            std = np.nanstd(vals, 0) if len(cals) > 1 else None
+        ax.errorbar(centres, mean, yerr=std, marker="o", ms=4, capsize=3, color=f"C{i}", label=label)
     if centres is not None:
         ax.plot([0.5, 1.0], [0.5, 1.0], ls="--", color="grey", lw=1, label="score = IoU")
     ax.set_xlabel("IoU of the true positive with its object (bin centre)")

@@ -28,8 +28,9 @@ ROWS: list[tuple[str, str, float]] = [
 ABLATION_KEYS = ("tp_spearman", "nms_top1", "nms_rho", "AP", "AP50", "AP75", "AP90", "spearman", "regret")
 ABLATION_DELTAS = (("tp_spearman", "ρ TP", 1), ("nms_top1", "NMS top-1", 1), ("AP", "AP", 100))
 # short labels for the ablation table's columns
-SHORT = {"tp_spearman": "ρ TP", "nms_top1": "NMS top-1", "nms_rho": "NMS ρ", "spearman": "ρ pooled",
-         "regret": "regret"}
+SHORT = {"tp_spearman": "ρ TP", "tp_kendall": "τ TP", "tp_spearman_cls": "ρ TP class-mean",
+         "nms_top1": "NMS top-1", "nms_rho": "NMS ρ", "spearman": "ρ pooled", "kendall": "τ pooled",
+         "aic": "AIC pooled", "regret": "regret"}
 # the floors a converged demo detector must reach (AP50 and AP in %)
 FLOORS = {"AP50": 60.0, "AP": 35.0}
 
@@ -92,7 +93,7 @@ def delta_table(boot: Mapping[str, Mapping], labels: tuple[str, str] = ("Baselin
 
 def per_seed_table(per_seed: Mapping[str, Sequence[Mapping[str, float]]]) -> str:
     """Markdown table: one row per (variant, seed) with every metric."""
-    head = "| run | seed | " + " | ".join(label for label, *_ in ROWS) + " |"
+    head = "| run | seed | " + " | ".join(SHORT.get(key, label) for label, key, _ in ROWS) + " |"
     lines = [head, "|---|---|" + "---|" * len(ROWS)]
     for variant, rows in per_seed.items():
         for seed, row in enumerate(rows):
