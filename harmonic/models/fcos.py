@@ -137,8 +137,9 @@ class HarmonicFCOSHead(FCOSHead):
         parts["score"] = torch.sqrt(parts["p_true"] * torch.sigmoid(ctrness))  # torchvision's ranking score
         target_ltrb = self.box_coder.encode(pos_anchors, matched_boxes)
         ctr_target = None
-        if self.loss_kind == "harmonic" and self.loss_config.iou_centerness:
-            ctr_target = elementwise_box_iou(pred_boxes.detach(), matched_boxes).clamp(0.0, 1.0)
+        if self.loss_kind == "harmonic" and self.loss_config.iou_centerness:  # the detached IoU, as QFL's target
+            ctr_target = quality if quality is not None else (
+                elementwise_box_iou(pred_boxes.detach(), matched_boxes).clamp(0.0, 1.0))
         return make_terms(parts, box_loss, pred_boxes, matched_boxes), {
             "logits": ctrness, "target_ltrb": target_ltrb, "norm": norm, "target": ctr_target}
 
