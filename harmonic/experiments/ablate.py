@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     out, data_yaml, device, recipe = prepare(args)
     exp = run_experiment(out, data_yaml, variants, args.seeds, recipe, keep=args.keep, save_vis=False)
-    data = {v.name: [run_data_from_dir(r.run_dir, exp.val_annotations) for r in exp.runs[v.name]] for v in variants}
+    data = {v.name: [run_data_from_dir(r.run_dir, exp.eval_annotations) for r in exp.runs[v.name]] for v in variants}
     per_variant = {v.label: [metrics(d) for d in data[v.name]] for v in variants}
     versus = None
     if BASELINE.name in data:
