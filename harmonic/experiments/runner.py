@@ -296,6 +296,18 @@ def tree_fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
+def listed_fingerprint(images_dir: Path, image_list: Path) -> str:
+    """The listed images' names, sizes and modification times, hashed (the folder's other files don't count)."""
+    h = hashlib.sha256()
+    for name in Path(image_list).read_text(encoding="utf-8").splitlines():
+        try:
+            st = (Path(images_dir) / name).stat()
+            h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{name}\0missing\n".encode())
+    return h.hexdigest()
+
+
 def dataset_fingerprint(data_yaml: Path, splits: Sequence[str] = ("train", "val")) -> dict[str, str]:
     """The dataset file's bytes and each split's annotations and images (names, sizes, times)."""
     from harmonic.data.dataset_file import load_dataset_config
@@ -529,7 +541,7 @@ def run_variant(variant: Variant, seed: int, recipe: Recipe, data_yaml: Path, ev
         "--engine", onnx_path, "--images", eval_images, "--image-list", image_list,
         "--annotations", eval_annotations, "--out", infer_out, "--batch", 8] + (
         ["--bench"] if bench else []) + (["--save-vis"] if save_vis else [])
-    eval_fp = [file_fingerprint(eval_annotations), file_fingerprint(image_list), tree_fingerprint(eval_images)]
+    eval_fp = [file_fingerprint(eval_annotations), listed_fingerprint(eval_images, image_list)]
     stage("infer", stage_key("infer", [str(c) for c in infer_cmd[2:]], file_fingerprint(onnx_path), eval_fp),
           [infer_out / "detections.json"] + ([infer_out / "bench.json"] if bench else []),
           lambda: run_stage(infer_cmd, f"infer {tag}", logs / "infer.log", hint=hint))
