@@ -17,6 +17,7 @@ from harmonic.errors import HarmonicError
 log = logging.getLogger(__name__)
 
 _TAIL = 1 << 16
+MAX_PIXELS = 1 << 30  # OpenCV's CV_IO_MAX_IMAGE_PIXELS default: a larger header is refused by its decoder
 
 
 def jpeg_tail_truncated(tail: bytes) -> bool:
@@ -30,8 +31,8 @@ def jpeg_tail_truncated(tail: bytes) -> bool:
 
 
 def image_problem(path: Path, width: int | None = None, height: int | None = None) -> str | None:
-    """What is wrong with an image file, or ``None``: missing, empty, unreadable header, truncated
-    JPEG/PNG, or a size (as displayed) other than ``width x height``."""
+    """What is wrong with an image file, or ``None``: missing, empty, unreadable header, an absurd
+    size, truncated JPEG/PNG, or a size (as displayed) other than ``width x height``."""
     from harmonic.data.readers import image_size
 
     try:
@@ -52,6 +53,8 @@ def image_problem(path: Path, width: int | None = None, height: int | None = Non
             tail = f.read()
     except OSError as exc:
         return f"cannot read ({exc.strerror or exc})"
+    if w <= 0 or h <= 0 or w * h > MAX_PIXELS:
+        return f"absurd image size {w}x{h} (the decoder takes up to {MAX_PIXELS} pixels)"
     if head[:2] == b"\xff\xd8" and jpeg_tail_truncated(tail):
         return "truncated JPEG (no end-of-image marker)"
     if head == b"\x89PNG\r\n\x1a\n" and b"IEND" not in tail[-32:]:

@@ -4,7 +4,12 @@
 names: [circle, triangle, star]          # class id = index
 train: {images: images/train, annotations: annotations/train.json}   # COCO json
 val:   {images: images/val,   annotations: annotations/val}          # or a VOC xml dir, or a YOLO labels dir
+test:  {images: images/test,  annotations: labels/test}              # optional: what comparisons report on
 ```
+
+Training selects ``best.pt`` on ``val``; ``harmonic demo`` / ``ablate`` / ``scripts/reproduce.py``
+report on ``test`` (on ``val``, with a warning, when there is none); test images shared with train
+or val are an error there.
 
 Paths are relative to the yaml (or to an optional top-level ``path:``). The
 format of a split is detected from what ``annotations`` points at: a ``.json``

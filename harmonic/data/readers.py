@@ -112,7 +112,7 @@ def image_size(path: Path) -> tuple[int, int]:
         raise HarmonicError(f"{path}: cannot read image ({exc.strerror or exc})") from None
     from harmonic.runtime.preprocess import decode_image
 
-    img = decode_image(path)
+    img = decode_image(path)  # ImageDecodeError (a HarmonicError) names the file
     return int(img.shape[1]), int(img.shape[0])
 
 
@@ -343,11 +343,21 @@ def read_yolo(labels_dir: str | Path, images_dir: str | Path, names: Sequence[st
     stats = _BoxStats(labels_dir)
     records = []
     used: set[Path] = set()
-    for image_id, img_path in enumerate(_list_images(images_dir), start=1):
+    listed = _list_images(images_dir)
+    unreadable = 0
+    for image_id, img_path in enumerate(listed, start=1):
         rel = img_path.relative_to(images_dir)
-        width, height = image_size(img_path)
+        try:
+            width, height = image_size(img_path)
+        except HarmonicError as exc:  # the size is the image's: an unreadable one can't be a record
+            log.warning("skipped %s", exc)
+            unreadable += 1
+            continue
         txt = labels_dir / rel.with_suffix(".txt")
         boxes, labels = [], []
+        if txt.resolve() in used:  # the same photo in a second format: one label file, one record
+            log.warning("%s: skipped: its label file %s belongs to another image of the same name", img_path, txt)
+            continue
         if txt.is_file():
             used.add(txt.resolve())
             for lineno, line in enumerate(txt.read_text(encoding="utf-8").splitlines(), start=1):
@@ -375,6 +385,10 @@ def read_yolo(labels_dir: str | Path, images_dir: str | Path, names: Sequence[st
         records.append(_make_record(stats, image_id, rel.as_posix(), width, height, boxes, labels,
                                     [False] * len(labels)))
     stats.report()
+    if unreadable:
+        if unreadable == len(listed):
+            raise HarmonicError(f"{images_dir}: none of the {len(listed)} image(s) can be read")
+        log.warning("%s: %d of %d image(s) unreadable and skipped", images_dir, unreadable, len(listed))
     orphans = sum(1 for p in labels_dir.rglob("*.txt") if p.resolve() not in used and p.name != "classes.txt")
     if orphans:
         log.warning("%s: %d label file(s) have no matching image in %s and were skipped",
@@ -423,3 +437,130 @@ def _read_split_no_ids(spec: Any, names: Sequence[str]) -> list[ImageRecord]:
     if spec.format == "yolo":
         return read_yolo(spec.annotations, spec.images, names)
     raise HarmonicError(f"{spec.annotations}: unknown annotation format {spec.format!r}")
+
+
+# ---------------------------------------------------------------- any ground truth (one loader)
+
+@dataclass
+class Annotations:
+    """Ground truth as every command reads it (:func:`load_annotations`).
+
+    ``records`` index ``names``; ``category_ids[k]`` is the dataset's own id of class ``k`` (a COCO
+    file's ids matched by name; ``index + 1`` for VOC and YOLO, which have none); ``format`` is
+    coco | voc | yolo; ``source`` names what was read; ``images`` is the images folder the records'
+    ``file_name`` are relative to (``None`` when not known: a bare COCO file); ``coco`` is a COCO
+    file's own content (for evaluators that keep its areas and crowd flags exactly).
+    """
+
+    records: list[ImageRecord]
+    names: list[str]
+    category_ids: list[int]
+    format: str
+    source: str
+    images: Path | None = None
+    coco: dict | None = None
+
+
+def split_yaml_spec(spec: Any, default_split: str | None = "val") -> tuple[Path, str | None] | None:
+    """``"a.yaml:val"`` / ``("a.yaml", "val")`` -> ``(path, split)``; ``"a.yaml"`` -> ``(path, default_split)``;
+    anything that is not a dataset file -> ``None``."""
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], str):
+        return Path(spec[0]), spec[1]
+    if isinstance(spec, (str, Path)):
+        text = str(spec)
+        head, sep, tail = text.rpartition(":")
+        if sep and head.lower().endswith((".yaml", ".yml")) and tail and "/" not in tail and "\\" not in tail:
+            return Path(head), tail
+        if text.lower().endswith((".yaml", ".yml")):
+            return Path(text), default_split
+    return None
+
+
+def default_images_dir(annotations: Path) -> Path | None:
+    """Where a VOC / YOLO folder's images usually are: the same path with its last ``labels`` part as
+    ``images`` (Ultralytics' layout), or ``JPEGImages`` beside a VOC ``Annotations`` folder."""
+    parts = list(annotations.parts)
+    for i in range(len(parts) - 1, -1, -1):
+        swap = {"labels": "images", "Annotations": "JPEGImages"}.get(parts[i])
+        if swap:
+            cand = Path(*parts[:i], swap, *parts[i + 1:])
+            if cand.is_dir():
+                return cand
+    return None
+
+
+def load_annotations(annotations: Any, names: Sequence[str] | None = None, *, split: str | None = None,
+                     images: str | Path | None = None, flag: str = "--annotations") -> Annotations:
+    """Read ground truth in any form the commands accept; every problem is one :class:`HarmonicError` line.
+
+    Args:
+        annotations: a COCO ``.json`` file, a Pascal VOC folder (``.xml``), a YOLO labels folder (``.txt``),
+            or a dataset file ``DATA.yaml[:split]`` (``split`` when the text has none, default ``val``).
+        names: the class list to index by (a model's); default: the dataset file's, a COCO file's
+            categories sorted by id. VOC and YOLO folders have no class list: they need ``names``.
+        images: the images folder of a VOC / YOLO folder (a YOLO folder's records are its images);
+            default: :func:`default_images_dir`, else the annotations folder itself (VOC only).
+        flag: the option named in messages.
+    """
+    yaml_spec = split_yaml_spec(annotations, split or "val")
+    if yaml_spec is not None:
+        from harmonic.data.dataset_file import load_dataset_config
+
+        path, split_name = yaml_spec
+        split_name = split_name or "val"
+        cfg = load_dataset_config(path)
+        if split_name not in cfg.splits:
+            raise HarmonicError(f"{cfg.path}: no split {split_name!r} (has {', '.join(cfg.splits) or 'none'}); "
+                                "pass DATA.yaml:SPLIT or --split")
+        spec = cfg.splits[split_name]
+        use = list(names) if names is not None else list(cfg.names)
+        records, ids = read_split_with_ids(spec, use)
+        coco = _read_coco_json(spec.annotations) if spec.format == "coco" else None
+        return Annotations(list(records), use, ids, spec.format, f"{cfg.path}:{split_name}", spec.images, coco)
+    if not isinstance(annotations, (str, Path)):
+        raise HarmonicError(f"{flag}: unsupported ground truth {type(annotations).__name__}")
+    path = Path(annotations)
+    if not path.exists():
+        raise HarmonicError(f"{flag} {path}: not found")
+    if path.is_file():
+        if path.suffix.lower() != ".json":
+            raise HarmonicError(f"{flag} {path}: expected a COCO .json file, a VOC or YOLO folder, "
+                                "or a dataset file DATA.yaml[:split]")
+        records, ids = read_coco_with_ids(path, names)
+        coco = _read_coco_json(path)
+        if names is None:
+            cats = {int(c["id"]): str(c["name"]) for c in coco.get("categories") or []}
+            names = [cats[k] for k in sorted(cats)]
+        return Annotations(list(records), list(names), ids, "coco", str(path), None, coco)
+    from harmonic.data.dataset_file import detect_format
+
+    try:
+        fmt = detect_format(path)
+    except ValueError as exc:
+        raise HarmonicError(f"{flag} {path}: {exc}; expected a COCO .json file, a VOC or YOLO folder, "
+                            "or DATA.yaml[:split]") from None
+    if names is None:
+        raise HarmonicError(f"{flag} {path}: a {fmt.upper()} folder has no class list: give the class names "
+                            "(--names, or a model that carries them) or use a dataset file DATA.yaml:SPLIT")
+    img_dir = Path(images) if images is not None else default_images_dir(path)
+    if img_dir is not None and not img_dir.is_dir():
+        raise HarmonicError(f"{flag} {path}: images folder {img_dir} not found")
+    if fmt == "yolo":
+        if img_dir is None:
+            raise HarmonicError(f"{flag} {path}: a YOLO labels folder needs its images folder "
+                                "(--images DIR, or the layout .../labels/... beside .../images/...)")
+        records = read_yolo(path, img_dir, list(names))
+    else:
+        img_dir = img_dir if img_dir is not None else path
+        records = read_voc(path, img_dir, list(names))
+    return Annotations(records, list(names), list(range(1, len(names) + 1)), fmt, str(path), img_dir)
+
+
+def _read_coco_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HarmonicError(f"{path}: malformed json ({exc})") from None
+    if not isinstance(data, dict):
+        raise HarmonicError(f"{path}: not a COCO detection file (no 'images' list)")
+    return data

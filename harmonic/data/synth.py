@@ -11,12 +11,15 @@ is exactly the drawn pixels' extent. numpy + OpenCV only.
 
 Output (paths per ``DESIGN.md``)::
 
-    OUT/images/{train,val}/000001.jpg
-    OUT/annotations/{train,val}.json   # COCO, category_id = index + 1
+    OUT/images/{train,val,test}/000001.jpg
+    OUT/annotations/{train,val,test}.json   # COCO, category_id = index + 1
     OUT/dataset.yaml
 
 Image ``i`` of a split depends only on ``(seed, split, i)``, so the output is
-byte-identical between runs and independent of the number of worker processes.
+byte-identical between runs and independent of the number of worker processes,
+and adding a test split leaves train and val as they were. The test split
+(rendered from its own stream, after train and val) is what comparisons report
+on; val selects the checkpoint.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ log = logging.getLogger(__name__)
 Polys = tuple[list[np.ndarray], list[np.ndarray]]  # (filled polygons, holes), unit scale, centred at 0
 TAU = 2 * np.pi
 MIN_VISIBLE = 0.3  # an earlier object must keep >= 30% of its pixels visible
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")  # split_id = position: the random stream of each split
 
 
 # ---------------------------------------------------------------- shapes (unit radius ~1)
@@ -328,8 +331,10 @@ def _run_jobs(jobs: list[tuple], workers: int) -> list[ImageRecord]:
 
 def generate(out_dir: str | Path, num_train: int, num_val: int, seed: int = 0, img_size: int = 256,
              num_classes: int = 3, workers: int | None = None, scale: tuple[float, float] = DEFAULT_SCALE,
-             max_objects: int = 8) -> Path:
+             max_objects: int = 8, num_test: int = 0) -> Path:
     """Write the synthetic dataset under ``out_dir`` and return the path of its ``dataset.yaml``.
+
+    ``num_test`` > 0 adds a ``test`` split (its own random stream: train and val are unchanged).
 
     ``workers`` processes render the images (default: CPU count, one process for
     small sets); the output does not depend on it. ``scale`` and ``max_objects``: see
@@ -341,8 +346,8 @@ def generate(out_dir: str | Path, num_train: int, num_val: int, seed: int = 0, i
         raise HarmonicError(f"synth: --scale must satisfy 0 < MIN <= MAX <= 1, got {scale[0]} {scale[1]}")
     if not 1 <= max_objects <= len(OBJECT_COUNT_P):
         raise HarmonicError(f"synth: --max-objects must be 1..{len(OBJECT_COUNT_P)}, got {max_objects}")
-    if num_train < 0 or num_val < 0:
-        raise HarmonicError("synth: --num-train and --num-val must be >= 0")
+    if num_train < 0 or num_val < 0 or num_test < 0:
+        raise HarmonicError("synth: --num-train, --num-val and --num-test must be >= 0")
     if img_size < 32:
         raise HarmonicError(f"synth: --img-size must be >= 32, got {img_size}")
     out = Path(out_dir)
@@ -353,7 +358,9 @@ def generate(out_dir: str | Path, num_train: int, num_val: int, seed: int = 0, i
     # (atomically), so an interrupted run never leaves new images beside an old, complete-looking yaml
     yaml_path.unlink(missing_ok=True)
     splits = {}
-    for split_id, (split, n) in enumerate(zip(SPLITS, (num_train, num_val))):
+    for split_id, (split, n) in enumerate(zip(SPLITS, (num_train, num_val, num_test))):
+        if split == "test" and n == 0:
+            continue
         img_dir = out / "images" / split
         img_dir.mkdir(parents=True, exist_ok=True)
         for stale in img_dir.glob("[0-9][0-9][0-9][0-9][0-9][0-9].jpg"):  # an earlier, larger run
@@ -378,6 +385,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--num-train", type=int, default=1000)
     p.add_argument("--num-val", type=int, default=200)
+    p.add_argument("--num-test", type=int, default=200, help="held-out test images (0: no test split)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--img-size", type=int, default=256, help="longer image side in pixels")
     p.add_argument("--classes", type=int, default=3, help=f"number of shape classes (1..{MAX_CLASSES})")
@@ -389,7 +397,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``harmonic synth --out DIR --num-train N --num-val M --seed S [--img-size 256] [--classes 3]``."""
+    """``harmonic synth --out DIR --num-train N --num-val M --num-test T --seed S [--img-size 256] [--classes 3]``."""
     args = get_args_parser().parse_args(argv)
     from harmonic.validate import check_int, check_out_dir
 
@@ -398,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     path = generate(args.out, args.num_train, args.num_val, seed=args.seed, img_size=args.img_size,
                     num_classes=args.classes, workers=args.workers, scale=tuple(args.scale),
-                    max_objects=args.max_objects)
-    print(f"wrote {path} ({args.num_train} train + {args.num_val} val images, "
+                    max_objects=args.max_objects, num_test=args.num_test)
+    print(f"wrote {path} ({args.num_train} train + {args.num_val} val + {args.num_test} test images, "
           f"{time.perf_counter() - t0:.1f} s)")
     return 0

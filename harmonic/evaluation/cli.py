@@ -16,7 +16,11 @@ def get_eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("harmonic eval", description="COCO AP, AP50..AP90, score-IoU consistency "
                                 "and NMS regret of COCO-format detections.")
     p.add_argument("--annotations", required=True,
-                   help="ground truth: COCO json, or dataset.yaml[:split] (split defaults to val)")
+                   help="ground truth: COCO json, Pascal VOC folder, YOLO labels folder (with --names), "
+                        "or dataset.yaml[:split] (split defaults to val)")
+    p.add_argument("--images", default=None,
+                   help="images folder of a VOC / YOLO --annotations folder (default: the labels->images "
+                        "sibling)")
     p.add_argument("--split", default=None, help="split of a dataset.yaml (same as DATA.yaml:SPLIT)")
     p.add_argument("--detections", required=True, help="kept detections, COCO results json")
     p.add_argument("--candidates", default=None, help="pre-NMS candidates, COCO results json (NMS regret)")
@@ -40,6 +44,11 @@ def main_eval(argv: Sequence[str] | None = None) -> int:
     check_out_file(args.out)
     check_out_file(args.plot, "--plot")
     gt = (args.annotations, args.split) if args.split else args.annotations
+    if Path(args.annotations).is_dir():  # VOC / YOLO: the one loader, with this command's --images
+        from harmonic.data.readers import load_annotations, records_to_coco
+
+        ann = load_annotations(args.annotations, args.names, images=args.images)
+        gt = records_to_coco(ann.records, ann.names, ann.category_ids)
     report = evaluate(gt, args.detections, args.candidates, score_min=args.score_min, names=args.names,
                       return_pairs=bool(args.out or args.plot))
     print(format_report_table(report))

@@ -1,7 +1,8 @@
 """Load and validate evaluation inputs: ground truth -> one canonical COCO dict, detections -> arrays.
 
-Ground truth may be a COCO json path, a COCO dict, a dataset file plus split
-(``("data.yaml", "val")`` or ``"data.yaml:val"``), or a list of
+Ground truth may be a COCO json path, a Pascal VOC or YOLO folder (read by
+:func:`harmonic.data.readers.load_annotations`, the one loader every command uses), a COCO
+dict, a dataset file plus split (``("data.yaml", "val")`` or ``"data.yaml:val"``), or a list of
 :class:`harmonic.data.readers.ImageRecord` with ``names``. Detections (and
 pre-NMS candidates) are COCO results: a list of dicts, a json file, or a dict
 of columns ``{"image_id"[N], "category_id"[N], "bbox"[N, 4] xywh, "score"[N]}``.
@@ -72,34 +73,23 @@ class Detections:
 
 # ----------------------------------------------------------------------------- ground truth
 
-def _split_yaml_spec(gt: Any) -> tuple[Path, str] | None:
-    """``("a.yaml", "val")`` or ``"a.yaml:val"`` or ``"a.yaml"`` (split ``val``) -> (path, split)."""
-    if isinstance(gt, tuple) and len(gt) == 2 and isinstance(gt[1], str):
-        return Path(gt[0]), gt[1]
-    if isinstance(gt, (str, Path)):
-        text = str(gt)
-        head, sep, tail = text.rpartition(":")
-        if sep and head.lower().endswith((".yaml", ".yml")) and tail and "/" not in tail and "\\" not in tail:
-            return Path(head), tail
-        if text.lower().endswith((".yaml", ".yml")):
-            return Path(text), "val"
-    return None
+def _from_annotations(ground_truth: Any, names: Sequence[str] | None) -> tuple[dict, list[str] | None, str]:
+    """A path or ``DATA.yaml[:split]`` through the one ground-truth loader
+    (:func:`harmonic.data.readers.load_annotations`): ``(COCO dict, names, source)``."""
+    from harmonic.data.readers import load_annotations, records_to_coco, split_yaml_spec
 
-
-def _from_dataset_file(path: Path, split: str, names: Sequence[str] | None) -> tuple[dict, list[str], str]:
-    from harmonic.data.dataset_file import load_dataset_config
-    from harmonic.data.readers import read_split_with_ids, records_to_coco
-
+    if split_yaml_spec(ground_truth) is not None:
+        ann = load_annotations(ground_truth)
+        if names is not None and list(names) != ann.names:
+            log.warning("%s: --names %s ignored; the dataset file names %s", ann.source, list(names), ann.names)
+        return records_to_coco(ann.records, ann.names, ann.category_ids), ann.names, ann.source
+    path = Path(ground_truth)
+    if path.is_file() and path.suffix.lower() == ".json":  # a COCO file as it is: its areas, crowds and ids
+        return _read_json(path, "ground-truth"), (list(names) if names is not None else None), str(path)
     if not path.exists():
-        raise HarmonicError(f"{path}: dataset file not found")
-    cfg = load_dataset_config(path)
-    if split not in cfg.splits:
-        raise HarmonicError(f"{path}: no split {split!r} (has {', '.join(sorted(cfg.splits)) or 'none'})")
-    cfg_names = list(cfg.names)
-    if names is not None and list(names) != cfg_names:
-        log.warning("%s: --names %s ignored; the dataset file names %s", path, list(names), cfg_names)
-    records, category_ids = read_split_with_ids(cfg.splits[split], cfg_names)
-    return records_to_coco(records, cfg_names, category_ids), cfg_names, f"{path}:{split}"
+        raise HarmonicError(f"{path}: ground-truth file not found")
+    ann = load_annotations(path, names)
+    return records_to_coco(ann.records, ann.names, ann.category_ids), ann.names, ann.source
 
 
 def _from_records(records: Sequence[Any], names: Sequence[str] | None) -> tuple[dict, list[str], str]:
@@ -183,13 +173,9 @@ def _canonical_coco(data: Any, names: Sequence[str] | None, source: str) -> tupl
 
 def load_ground_truth(ground_truth: Any, names: Sequence[str] | None = None) -> GroundTruth:
     """Load any supported ground truth into a :class:`GroundTruth` (see the module docstring)."""
-    yaml_spec = _split_yaml_spec(ground_truth)
-    if yaml_spec is not None:
-        raw, names_, source = _from_dataset_file(*yaml_spec, names)
-        names = names_
-    elif isinstance(ground_truth, (str, Path)):
-        source = str(ground_truth)
-        raw = _read_json(Path(ground_truth), "ground-truth")
+    if isinstance(ground_truth, (str, Path)) or (isinstance(ground_truth, tuple) and len(ground_truth) == 2
+                                                 and isinstance(ground_truth[1], str)):
+        raw, names, source = _from_annotations(ground_truth, names)
     elif isinstance(ground_truth, dict):
         source, raw = "ground truth", ground_truth
     elif isinstance(ground_truth, (list, tuple)) and all(hasattr(r, "boxes") and hasattr(r, "labels")

@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = [for_family(v, model_info(recipe.model).family) for v in variants]
     exp = run_experiment(out, data_yaml, variants, max(seed_counts.values()), recipe, keep=args.keep,
                          save_vis=False, seeds_per_variant=seed_counts)
-    data = {v.name: [run_data_from_dir(r.run_dir, exp.val_annotations) for r in exp.runs[v.name]] for v in variants}
+    data = {v.name: [run_data_from_dir(r.run_dir, exp.eval_annotations) for r in exp.runs[v.name]] for v in variants}
     per_variant = {v.label: [metrics(d) for d in data[v.name]] for v in variants}
     versus = None
     if BASELINE.name in data:

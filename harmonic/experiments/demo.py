@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from harmonic.errors import HarmonicError
 from harmonic.experiments import pictures, report
 from harmonic.experiments.runner import (
     BASELINE,
@@ -22,10 +23,10 @@ from harmonic.experiments.runner import (
     Recipe,
     check_counts,
     check_output_dir,
+    evaluation_split,
     prepare_synthetic,
     resolve_device,
     run_experiment,
-    validation_split,
 )
 from harmonic.experiments.stats import metrics, paired_bootstrap, run_data_from_dir
 
@@ -60,9 +61,13 @@ def add_recipe_args(p: argparse.ArgumentParser, *, epochs: int, synthetic_help: 
     p.add_argument("--workers", type=int, default=1, help="data-loader workers for training")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda")
     p.add_argument("--num-train", type=int, default=2000, help="synthetic training images")
-    p.add_argument("--num-val", type=int, default=150, help="synthetic validation images")
+    p.add_argument("--num-val", type=int, default=150, help="synthetic validation images (select best.pt)")
+    p.add_argument("--num-test", type=int, default=300,
+                   help="synthetic held-out test images (what the comparison reports on)")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (>= 1000 for the report)")
-    p.add_argument("--keep", action="store_true", help="reuse finished trainings found in --out")
+    p.add_argument("--keep", action="store_true",
+                   help="also reuse finished trainings of older runs in --out that have no stage record "
+                        "(finished stages whose inputs are unchanged are always reused)")
     p.add_argument("--max-iters-per-epoch", type=int, default=None, help=argparse.SUPPRESS)  # smoke tests
 
 
@@ -85,32 +90,85 @@ def recipe_from_args(args: argparse.Namespace, device: str) -> Recipe:
 
 
 def prepare(args: argparse.Namespace) -> tuple[Path, Path, str, Recipe]:
-    """Validate everything that can fail before any training: counts, --out, --data, the model."""
+    """Check everything that can fail before any training, in seconds, each problem one line (exit 2):
+    counts, --out writable, the dataset file and every split the experiment uses (train, val, and the
+    test split it reports on, which the evaluator must load), the model and its options, and the
+    disk space for the checkpoints. Generates (or reuses) the synthetic set when there is no --data."""
     check_counts(args.seeds, args.epochs)
     if args.resamples < 1:
-        from harmonic.errors import HarmonicError
-
         raise HarmonicError(f"--resamples must be >= 1, got {args.resamples}")
+    for flag in ("num_train", "num_val", "num_test"):
+        if getattr(args, flag) < 0 or (flag != "num_test" and getattr(args, flag) < 1):
+            raise HarmonicError(f"--{flag.replace('_', '-')}: must be >= {0 if flag == 'num_test' else 1}, "
+                                f"got {getattr(args, flag)}")
     out = check_output_dir(Path(args.out))
+    if args.backbone_weights not in (None, "DEFAULT") and not Path(args.backbone_weights).is_file():
+        raise HarmonicError(f"--backbone-weights {args.backbone_weights}: not found (DEFAULT or a local state dict)")
+    eval_data = None
     if args.data:
         data_yaml = Path(args.data).resolve()
-        validation_split(data_yaml)
+        eval_data = evaluation_split(data_yaml)
+        num_classes = len(eval_data.names)
     else:
         data_yaml = None
-    from harmonic.models import model_info
-
-    model_info(args.model)
+        num_classes = SYNTH["classes"]
     device = resolve_device(args.device)
     recipe = recipe_from_args(args, device)
+    params = check_model(recipe, num_classes)
+    check_disk_space(out, params, args.seeds * _num_variants(args), recipe)
     if data_yaml is None:
         data_yaml = prepare_synthetic(out, args.num_train, args.num_val, args.img_size, classes=SYNTH["classes"],
-                                      scale=SYNTH["scale"], max_objects=SYNTH["max_objects"], keep=args.keep)
+                                      scale=SYNTH["scale"], max_objects=SYNTH["max_objects"], keep=args.keep,
+                                      num_test=args.num_test)
+        evaluation_split(data_yaml)
     return out, data_yaml, device, recipe
+
+
+def _num_variants(args: argparse.Namespace) -> int:
+    if not hasattr(args, "variants"):
+        return 2  # the demo: baseline and HarmonicDet
+    from harmonic.experiments.ablate import parse_variants
+
+    return len(parse_variants(args.variants))
+
+
+def check_model(recipe: Recipe, num_classes: int) -> int:
+    """Build the recipe's detector once (unknown model, option or size: one line); returns its parameter count."""
+    from harmonic.models import build_detector, model_info
+    from harmonic.training.cli import parse_key_values
+
+    model_info(recipe.model)
+    options = parse_key_values(recipe.model_options, "--model-option")
+    if recipe.fpn_channels is not None:
+        options["fpn_channels"] = recipe.fpn_channels
+    weights = recipe.backbone_weights if recipe.backbone_weights not in (None, "DEFAULT") else None
+    try:
+        model = build_detector(recipe.model, num_classes, loss="baseline", img_size=recipe.img_size,
+                               backbone_weights=weights, **options)
+    except HarmonicError:
+        raise
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HarmonicError(f"--model {recipe.model} with options {options}: {first[:200]}") from None
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_disk_space(out: Path, params: int, runs: int, recipe: Recipe) -> None:
+    """Free space under ``out`` for ``runs`` runs: best.pt and last.pt (weights + optimizer state) and two
+    ONNX graphs each, float32, with a 20 % margin."""
+    import shutil
+
+    states = 2 if (recipe.optimizer or "sgd") == "adamw" else 1
+    need = int(1.2 * runs * 4 * params * (2 * (1 + states) + 2)) + (64 << 20)
+    free = shutil.disk_usage(out).free
+    if free < need:
+        raise HarmonicError(f"--out {out}: {free / 2**30:.2f} GiB free, the {runs} run(s) need about "
+                            f"{need / 2**30:.2f} GiB (checkpoints and ONNX graphs)")
 
 
 def evaluate_experiment(exp: Experiment, resamples: int) -> tuple[dict, dict[str, list[dict[str, float]]]]:
     """Paired bootstrap of HarmonicDet vs baseline, and every run's metrics (per variant label, per seed)."""
-    data = {v.name: [run_data_from_dir(r.run_dir, exp.val_annotations) for r in exp.runs[v.name]]
+    data = {v.name: [run_data_from_dir(r.run_dir, exp.eval_annotations) for r in exp.runs[v.name]]
             for v in exp.variants}
     per_seed = {v.label: [metrics(d) for d in data[v.name]] for v in exp.variants}
     boot = paired_bootstrap(data[BASELINE.name], data[HARMONIC.name], resamples=resamples)
@@ -134,7 +192,7 @@ def write_report(exp: Experiment, args: argparse.Namespace, device: str, recipe:
                                             out / "calibration.png"),
         "score_bins": pictures.score_bins_per_epoch({k: r.run_dir / "log.jsonl" for k, r in first.items()},
                                                     out / "score_per_iou_bin_per_epoch.png"),
-        "examples": pictures.examples_grid(exp.val_images, exp.val_annotations,
+        "examples": pictures.examples_grid(exp.eval_images, exp.eval_annotations,
                                            {k: r.run_dir / "infer" / "detections.json" for k, r in first.items()},
                                            out / "examples.png"),
     }
@@ -149,7 +207,8 @@ def write_report(exp: Experiment, args: argparse.Namespace, device: str, recipe:
         f"for {recipe.epochs} epochs at {recipe.img_size} px, batch {recipe.batch_size}, {recipe.optimizer} "
         f"lr {recipe.lr}, augmentation `{recipe.augment}`; both losses use the same recipe and seeds.",
         f"- Data: {'`' + str(args.data) + '`' if args.data else f'`harmonic synth` ({args.num_train} train / {args.num_val} val images, 3 shape classes, objects 20–60 % of the image side, up to 5 per image, occluding each other)'}; "
-        f"validation on {first[BASELINE.label].report.get('counts', {}).get('images', '?')} images.",
+        f"scored on the `{exp.eval_split}` split, {first[BASELINE.label].report.get('counts', {}).get('images', '?')} "
+        f"images{'' if exp.eval_split == 'test' else ' (no test split: the split that also selected best.pt)'}.",
         f"- Machine: {report.machine_line(device)}. {args.seeds} seed(s). Whole run {exp.seconds / 60:.1f} min"
         + (f"; one training {min(train_s):.0f}–{max(train_s):.0f} s" if train_s else "") + ".",
         "- Evaluated as shipped: detections of the exported ONNX model (NMS in the graph) run by the torch-free "
@@ -161,7 +220,7 @@ def write_report(exp: Experiment, args: argparse.Namespace, device: str, recipe:
         "the one NMS keeps — is within 0.05 IoU of the best candidate, and the mean within-object Spearman. "
         "The pooled correlation below them is over every kept box that overlaps an object at all, "
         + _pooled_population(first[BASELINE.label].report) + ".", "",
-        f"Δ with a 95 % confidence interval from a paired bootstrap over the evaluation images ({args.resamples} "
+        f"Δ with a 95 % confidence interval from a paired bootstrap over the {exp.eval_split} images ({args.resamples} "
         "resamples, seeded; the same resampled images for both models"
         + ("; the seeds of each model are resampled too, so training-to-training variation is inside the "
            "interval" if args.seeds > 1 else "") + "). A difference is called significant only when its "
@@ -184,7 +243,7 @@ def write_report(exp: Experiment, args: argparse.Namespace, device: str, recipe:
         "Mean score of the training positives per IoU bin, per epoch (seed 0): how the loss shapes the "
         "scores while it trains.", "", f"![score per IoU bin]({pics['score_bins'].name})", "",
         "AP at IoU thresholds 0.5…0.9:", "", f"![AP vs IoU]({pics['ap_iou'].name})", "",
-        "Validation images: ground truth in green, each model's top boxes (score ≥ 0.3) with their scores:", "",
+        f"{exp.eval_split.capitalize()} images: ground truth in green, each model's top boxes (score ≥ 0.3) with their scores:", "",
         f"![examples]({pics['examples'].name})", "",
     ]
     if benches:
@@ -240,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     boot, per_seed = evaluate_experiment(exp, args.resamples)
     exp.seconds = time.perf_counter() - t0
     table = report.delta_table(boot, (BASELINE.label, HARMONIC.label), per_seed)
-    verdict = report.verdict_paragraph(boot, args.seeds, report.floor_failures(per_seed))
+    verdict = report.verdict_paragraph(boot, args.seeds, report.floor_failures(per_seed), split=exp.eval_split)
     path = write_report(exp, args, device, recipe, table, verdict, per_seed)
     print()
     print(table)

@@ -5,11 +5,21 @@ Every stage runs as the user would run it, through the real commands in subproce
 proves the command-line interface as well as the library. A stage's output goes to a log file
 in its run folder; the terminal shows one progress bar per stage (training: iterations with an
 ETA, read from the run's ``log.jsonl``) and a line when it ends. A failed stage stops the
-experiment with one line naming its log, after printing the log's tail.
+experiment with one line naming its log (after printing the log's tail) and saying how to go on.
+
+Training selects ``best.pt`` on ``val``; the comparison reports on ``test`` (``val``, with a
+warning, when the dataset file has no usable test split). The runner infers and evaluates exactly
+the reported split's annotated images: it writes their list and a COCO file of their ground truth
+(the dataset's own category ids) under ``OUT/eval/``, whatever the split's format (COCO, VOC, YOLO).
+
+Each run folder keeps ``stages.json``: per stage, a hash of its command and of its input files.
+Rerunning with the same ``--out`` reuses every stage whose record matches and whose outputs exist,
+and redoes only what is missing or stale (a changed recipe, dataset or upstream output).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -102,16 +112,38 @@ class RunResult:
 
 @dataclass
 class Experiment:
-    """All runs of an experiment, per variant name, in seed order, and the validation split used."""
+    """All runs of an experiment, per variant name, in seed order, and the split they are scored on.
+
+    ``eval_split`` is ``"test"`` (or ``"val"`` when the dataset has no usable test split);
+    ``eval_images`` is that split's images folder and ``eval_annotations`` a COCO json of exactly its
+    annotated (readable) images, with the dataset's own category ids, written by the runner.
+    """
 
     out: Path
     data_yaml: Path
-    val_images: Path
-    val_annotations: Path
+    eval_split: str
+    eval_images: Path
+    eval_annotations: Path
     names: list[str]
     variants: list[Variant]
     runs: dict[str, list[RunResult]]
     seconds: float
+
+
+@dataclass
+class EvalData:
+    """What :func:`evaluation_split` found: the split to report on, its readable annotated images
+    (``records``, ``category_ids`` as in :func:`harmonic.data.readers.read_split_with_ids`), the
+    folder's other image files (``others``), the images skipped as unreadable, and warnings."""
+
+    names: list[str]
+    split: str
+    images: Path
+    records: list[Any]
+    category_ids: list[int]
+    others: int = 0
+    skipped: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
 def resolve_device(arg: str) -> str:
@@ -147,17 +179,174 @@ def check_counts(seeds: int, epochs: int) -> None:
         raise HarmonicError(f"--epochs must be >= 1, got {epochs}")
 
 
-def validation_split(data_yaml: Path) -> tuple[list[str], Path, Path]:
-    """``(names, val images dir, val annotations)`` of a dataset file; no val split is an error."""
+def _image_files(records: Sequence[Any], images_dir: Path) -> set[Path]:
+    return {(images_dir / r.file_name).resolve() for r in records}
+
+
+def _split_records(cfg: Any, split: str) -> tuple[list[Any], list[int]]:
+    from harmonic.data.readers import read_split_with_ids
+
+    return read_split_with_ids(cfg.splits[split], list(cfg.names))
+
+
+def evaluation_split(data_yaml: Path, prefer: str = "test") -> EvalData:
+    """Check a dataset file for an experiment and choose the split its comparison reports on.
+
+    ``train`` and ``val`` must exist and be readable (training selects ``best.pt`` on val).
+    ``prefer`` (``test``) is reported on when present with annotated images; else ``val``, with a
+    warning. Test images that are also train or val images (the same resolved file) are an error.
+    The chosen split's images get the cheap header check (:func:`harmonic.data.checks.image_problem`):
+    unreadable ones are skipped, counted and named in a warning; none readable is an error; the
+    evaluator must be able to load what remains. Every problem is one :class:`HarmonicError` line.
+    """
+    from harmonic.data.checks import image_problem
     from harmonic.data.dataset_file import load_dataset_config
+    from harmonic.data.readers import IMAGE_SUFFIXES, records_to_coco
+    from harmonic.evaluation.inputs import load_ground_truth
 
     cfg = load_dataset_config(data_yaml)
     for split in ("train", "val"):
         if split not in cfg.splits:
-            raise HarmonicError(f"{data_yaml}: no '{split}' split (an experiment trains on train and "
-                                f"evaluates on val)")
-    val = cfg.splits["val"]
-    return list(cfg.names), Path(val.images), Path(val.annotations)
+            raise HarmonicError(f"{data_yaml}: no '{split}' split (an experiment trains on train, selects "
+                                f"best.pt on val and reports on test)")
+    read = {split: _split_records(cfg, split) for split in ("train", "val")}
+    for split, (records, _) in read.items():
+        if not records:
+            raise HarmonicError(f"{cfg.splits[split].annotations}: the {split} split has no images")
+    warnings: list[str] = []
+    chosen = "val"
+    if prefer in cfg.splits and prefer != "val":
+        records, ids = _split_records(cfg, prefer)
+        if not records or not any((~r.ignore).any() for r in records):
+            warnings.append(f"{data_yaml}: the '{prefer}' split has no annotated objects; reporting on val, "
+                            "the split that also selected best.pt (optimistic)")
+        else:
+            mine = _image_files(records, cfg.splits[prefer].images)
+            for other in ("train", "val"):
+                shared = mine & _image_files(read[other][0], cfg.splits[other].images)
+                if shared:
+                    raise HarmonicError(f"{data_yaml}: the '{prefer}' split shares {len(shared)} image file(s) with "
+                                        f"'{other}' (e.g. {sorted(shared)[0]}); a test split must be held out")
+            read[prefer] = (records, ids)
+            chosen = prefer
+    else:
+        warnings.append(f"{data_yaml}: no '{prefer}' split; reporting on val, the split that also selected "
+                        f"best.pt (optimistic: add a held-out '{prefer}' split to the dataset file)")
+    spec = cfg.splits[chosen]
+    records, ids = read[chosen]
+    kept, skipped = [], 0
+    for r in records:
+        problem = image_problem(spec.images / r.file_name, r.width, r.height)
+        if problem is None:
+            kept.append(r)
+        else:
+            skipped += 1
+            warnings.append(f"{spec.images / r.file_name}: {problem}; left out of the {chosen} evaluation")
+    if not kept:
+        raise HarmonicError(f"{spec.images}: none of the {len(records)} image(s) of the {chosen} split can be read")
+    load_ground_truth(records_to_coco(kept, list(cfg.names), ids))  # the evaluator takes it, or one line why
+    listed = {r.file_name for r in records}
+    others = sum(1 for f in spec.images.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                 and f.relative_to(spec.images).as_posix() not in listed)
+    return EvalData(list(cfg.names), chosen, spec.images, kept, ids, others, skipped, warnings)
+
+
+def write_eval_files(out: Path, data: EvalData) -> tuple[Path, Path]:
+    """``OUT/eval/<split>.json`` (COCO, the dataset's own category ids) and ``OUT/eval/<split>.images.txt``
+    (their file names, relative to the split's images folder): exactly the images every stage uses."""
+    from harmonic.data.readers import records_to_coco
+
+    folder = Path(out) / "eval"
+    gt = atomic.write_text(folder / f"{data.split}.json",
+                           json.dumps(records_to_coco(data.records, data.names, data.category_ids)))
+    listing = atomic.write_text(folder / f"{data.split}.images.txt",
+                                "".join(f"{r.file_name}\n" for r in data.records))
+    return gt, listing
+
+
+# ---------------------------------------------------------------- stage records (reuse what is done)
+
+def file_fingerprint(path: Path) -> str:
+    """sha256 of a file's bytes (``"missing"`` when absent)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return "missing"
+    return h.hexdigest()
+
+
+def tree_fingerprint(path: Path) -> str:
+    """A folder's (or file's) names, sizes and modification times, hashed: cheap for 100k images."""
+    path = Path(path)
+    if path.is_file():
+        st = path.stat()
+        return f"{st.st_size}:{st.st_mtime_ns}"
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            try:
+                st = os.stat(os.path.join(root, name))
+            except OSError:
+                continue
+            h.update(f"{os.path.relpath(os.path.join(root, name), path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def listed_fingerprint(images_dir: Path, image_list: Path) -> str:
+    """The listed images' names, sizes and modification times, hashed (the folder's other files don't count)."""
+    h = hashlib.sha256()
+    for name in Path(image_list).read_text(encoding="utf-8").splitlines():
+        try:
+            st = (Path(images_dir) / name).stat()
+            h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{name}\0missing\n".encode())
+    return h.hexdigest()
+
+
+def dataset_fingerprint(data_yaml: Path, splits: Sequence[str] = ("train", "val")) -> dict[str, str]:
+    """The dataset file's bytes and each split's annotations and images (names, sizes, times)."""
+    from harmonic.data.dataset_file import load_dataset_config
+
+    cfg = load_dataset_config(data_yaml)
+    out = {"dataset_file": file_fingerprint(cfg.path)}
+    for split in splits:
+        if split in cfg.splits:
+            spec = cfg.splits[split]
+            out[f"{split}.annotations"] = tree_fingerprint(spec.annotations)
+            out[f"{split}.images"] = tree_fingerprint(spec.images)
+    return out
+
+
+def stage_key(*parts: Any) -> str:
+    """sha256 of a stage's command and input fingerprints (JSON, keys sorted)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class StageRecord:
+    """``RUN/stages.json``: per stage, the key of the inputs it last finished with."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / "stages.json"
+        try:
+            self.stages: dict[str, Any] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.stages = {}
+        if not isinstance(self.stages, dict):
+            self.stages = {}
+
+    def done(self, stage: str, key: str, outputs: Sequence[Path]) -> bool:
+        """The stage finished with these inputs and its outputs are still there."""
+        rec = self.stages.get(stage)
+        return isinstance(rec, dict) and rec.get("key") == key and all(Path(o).exists() for o in outputs)
+
+    def mark(self, stage: str, key: str, seconds: float) -> None:
+        self.stages[stage] = {"key": key, "seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        atomic.write_text(self.path, json.dumps(self.stages, indent=1))
 
 
 def _py(script: str) -> list[str]:
@@ -190,8 +379,15 @@ def _train_progress(log_path: Path) -> tuple[int | None, int | None]:
     return done, total
 
 
-def run_stage(cmd: Sequence[Any], name: str, log_file: Path, train_log: Path | None = None) -> float:
-    """Run one stage, its output into ``log_file``; a tqdm bar shows progress. Returns seconds."""
+RESUME_HINT = "rerun the same command to go on: finished stages are reused"
+
+
+def run_stage(cmd: Sequence[Any], name: str, log_file: Path, train_log: Path | None = None,
+              hint: str | None = None) -> float:
+    """Run one stage, its output into ``log_file``; a tqdm bar shows progress. Returns seconds.
+
+    A failure is one :class:`HarmonicError` line naming the log, plus ``hint`` (how to go on).
+    """
     log_file.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     t0 = time.perf_counter()
@@ -222,7 +418,8 @@ def run_stage(cmd: Sequence[Any], name: str, log_file: Path, train_log: Path | N
         tail = _tail(log_file)
         if tail:
             print(tail, file=sys.stderr)
-        raise HarmonicError(f"{log_file}: stage '{name}' failed with exit code {proc.returncode}")
+        raise HarmonicError(f"{log_file}: stage '{name}' failed with exit code {proc.returncode}"
+                            + (f"; {hint}" if hint else ""))
     tqdm.write(f"  {name}: {seconds:.0f} s")
     return seconds
 
@@ -239,7 +436,7 @@ def write_candidates(raw_onnx: Path, images_dir: Path, annotations: Path, out_js
 
     from harmonic.boxes import xyxy_to_xywh
     from harmonic.data.letterbox import letterbox, unletterbox_boxes
-    from harmonic.runtime.preprocess import decode_image
+    from harmonic.runtime.preprocess import ImageDecodeError, decode_image
 
     gt = json.loads(Path(annotations).read_text())
     sess = ort.InferenceSession(str(raw_onnx), providers=["CPUExecutionProvider"])
@@ -251,13 +448,21 @@ def write_candidates(raw_onnx: Path, images_dir: Path, annotations: Path, out_js
     out_names = [o.name for o in sess.get_outputs()]
     results: list[dict] = []
     images = gt["images"]
+    skipped = 0
     for start in range(0, len(images), batch):
-        chunk = images[start:start + batch]
-        arrays, infos = [], []
-        for im in chunk:
-            lb, info = letterbox(decode_image(images_dir / im["file_name"]), size)
+        chunk, arrays, infos = [], [], []
+        for im in images[start:start + batch]:
+            try:
+                lb, info = letterbox(decode_image(images_dir / im["file_name"]), size)
+            except ImageDecodeError as exc:  # named, counted, and the run goes on
+                log.warning("candidates: skipped %s", exc)
+                skipped += 1
+                continue
+            chunk.append(im)
             arrays.append(lb.transpose(2, 0, 1).astype(np.float32) / 255.0)
             infos.append(info)
+        if not chunk:
+            continue
         outs = dict(zip(out_names, sess.run(None, {inp.name: np.stack(arrays)})))
         for im, info, boxes, scores in zip(chunk, infos, outs["boxes"], outs["scores"]):  # [A,4], [A,C]
             a_idx, c_idx = np.nonzero(scores >= score_min)
@@ -269,38 +474,96 @@ def write_candidates(raw_onnx: Path, images_dir: Path, annotations: Path, out_js
                                 "bbox": [round(float(x), 2), round(float(y), 2), round(float(w), 2),
                                          round(float(h), 2)],
                                 "score": round(float(s), 5)})
+    if images and skipped == len(images):
+        raise HarmonicError(f"{images_dir}: none of the {len(images)} image(s) could be read for the candidates")
+    if skipped:
+        log.warning("candidates: %d of %d image(s) unreadable and skipped", skipped, len(images))
     atomic.write_text(out_json, json.dumps(results))
     return len(results)
 
 
-def run_variant(variant: Variant, seed: int, recipe: Recipe, data_yaml: Path, val_images: Path,
-                val_annotations: Path, run_dir: Path, *, bench: bool, save_vis: bool, keep: bool,
-                tag: str) -> RunResult:
-    """Train, export (NMS graph + raw graph, verified against PyTorch), infer torch-free, evaluate."""
+def run_variant(variant: Variant, seed: int, recipe: Recipe, data_yaml: Path, eval_images: Path,
+                eval_annotations: Path, image_list: Path, run_dir: Path, *, bench: bool, save_vis: bool,
+                keep: bool = False, fresh: bool = False, tag: str, data_fp: dict[str, str] | None = None,
+                reused: list[str] | None = None) -> RunResult:
+    """Train, export (NMS graph + raw graph, verified against PyTorch), infer torch-free, evaluate.
+
+    A stage whose :class:`StageRecord` matches its inputs is reused (listed in ``reused``) unless
+    ``fresh``; ``keep`` also reuses a finished training of an older run without a record.
+    Infer and evaluation see exactly the images of ``image_list`` (relative to ``eval_images``).
+    """
     seconds: dict[str, float] = {}
     logs = run_dir / "logs"
-    if not (keep and (run_dir / "best.pt").exists()):
+    reused = reused if reused is not None else []
+    record = StageRecord(run_dir) if not fresh else None
+    data_fp = data_fp if data_fp is not None else dataset_fingerprint(data_yaml)
+    hint = f"the finished stages are kept in {run_dir}: {RESUME_HINT}"
+
+    def stage(name: str, key: str, outputs: Sequence[Path], fn: Any) -> None:
+        nonlocal record
+        if record is not None and record.done(name, key, outputs):
+            reused.append(f"{name} {tag}")
+            tqdm.write(f"  {name} {tag}: reused (inputs and recipe unchanged)")
+            return
+        t0 = time.perf_counter()
+        fn()
+        seconds[name] = time.perf_counter() - t0
+        if record is None:
+            record = StageRecord(run_dir)
+        record.mark(name, key, seconds[name])
+
+    # train: the recipe, the variant, the seed and the training data
+    train_cmd = _py("train/run.py") + ["--data", data_yaml, "--loss", variant.loss, "--out", run_dir,
+                                       "--seed", seed, "--skip-bad-images"] + recipe.train_args() + variant.option_args()
+    train_key = stage_key("train", [str(c) for c in train_cmd[2:]], data_fp)
+    best = run_dir / "best.pt"
+    if keep and record is not None and "train" not in record.stages and best.exists():
+        record.mark("train", train_key, 0.0)  # an older run's finished training, adopted as asked (--keep)
+
+    def train() -> None:
         if run_dir.exists():
-            shutil.rmtree(run_dir)
-        cmd = _py("train/run.py") + ["--data", data_yaml, "--loss", variant.loss, "--out", run_dir,
-                                     "--seed", seed] + recipe.train_args() + variant.option_args()
-        seconds["train"] = run_stage(cmd, f"train {tag}", logs / "train.log", run_dir / "log.jsonl")
+            shutil.rmtree(run_dir)  # a stale or unfinished training: start clean
+        if record is not None:
+            record.stages.clear()
+        seconds["train"] = run_stage(train_cmd, f"train {tag}", logs / "train.log", run_dir / "log.jsonl",
+                                     hint=f"{RESUME_HINT} (training restarts)")
+    stage("train", train_key, [best, run_dir / "log.jsonl"], train)
+
     onnx_path = run_dir / "model.onnx"
-    seconds["export"] = run_stage(_py("export/run.py") + [
-        "--checkpoint", run_dir / "best.pt", "--out", onnx_path, "--raw", "--overwrite"],
-        f"export {tag}", logs / "export.log")
+    raw_path = onnx_path.with_suffix(".raw.onnx")
+    export_cmd = _py("export/run.py") + ["--checkpoint", best, "--out", onnx_path, "--raw", "--overwrite"]
+    stage("export", stage_key("export", [str(c) for c in export_cmd[2:]], file_fingerprint(best)),
+          [onnx_path, raw_path],
+          lambda: run_stage(export_cmd, f"export {tag}", logs / "export.log", hint=hint))
+
     infer_out = run_dir / "infer"
-    seconds["infer"] = run_stage(_py("infer/run.py") + [
-        "--engine", onnx_path, "--images", val_images, "--annotations", val_annotations, "--out", infer_out,
-        "--batch", 8] + (["--bench"] if bench else []) + (["--save-vis"] if save_vis else []),
-        f"infer {tag}", logs / "infer.log")
-    t0 = time.perf_counter()
+    infer_cmd = _py("infer/run.py") + [
+        "--engine", onnx_path, "--images", eval_images, "--image-list", image_list,
+        "--annotations", eval_annotations, "--out", infer_out, "--batch", 8] + (
+        ["--bench"] if bench else []) + (["--save-vis"] if save_vis else [])
+    eval_fp = [file_fingerprint(eval_annotations), listed_fingerprint(eval_images, image_list)]
+    stage("infer", stage_key("infer", [str(c) for c in infer_cmd[2:]], file_fingerprint(onnx_path), eval_fp),
+          [infer_out / "detections.json"] + ([infer_out / "bench.json"] if bench else []),
+          lambda: run_stage(infer_cmd, f"infer {tag}", logs / "infer.log", hint=hint))
+
     cand = run_dir / "candidates.json"
-    write_candidates(onnx_path.with_suffix(".raw.onnx"), val_images, val_annotations, cand)
-    seconds["eval"] = run_stage([sys.executable, "-m", "harmonic", "eval", "--annotations", val_annotations,
-                                 "--detections", infer_out / "detections.json", "--candidates", cand,
-                                 "--out", run_dir / "report.json", "--plot", run_dir / "score_iou.png"],
-                                f"evaluate {tag}", logs / "eval.log") + time.perf_counter() - t0
+
+    def candidates() -> None:
+        try:
+            write_candidates(raw_path, eval_images, eval_annotations, cand)
+        except HarmonicError as exc:
+            raise HarmonicError(f"{exc}; {hint}") from None
+    stage("candidates", stage_key("candidates", file_fingerprint(raw_path), eval_fp), [cand], candidates)
+
+    eval_cmd = [sys.executable, "-m", "harmonic", "eval", "--annotations", eval_annotations,
+                "--detections", infer_out / "detections.json", "--candidates", cand,
+                "--out", run_dir / "report.json", "--plot", run_dir / "score_iou.png"]
+    stage("eval", stage_key("eval", [str(c) for c in eval_cmd[3:]], file_fingerprint(infer_out / "detections.json"),
+                            file_fingerprint(cand), file_fingerprint(eval_annotations)),
+          [run_dir / "report.json"],
+          lambda: run_stage(eval_cmd, f"evaluate {tag}", logs / "eval.log", hint=hint))
+    if "candidates" in seconds:  # the table's eval column: candidates + harmonic eval
+        seconds["eval"] = seconds.pop("candidates") + seconds.get("eval", 0.0)
     report = json.loads((run_dir / "report.json").read_text())
     bench_json = infer_out / "bench.json"
     return RunResult(variant, seed, run_dir, report,
@@ -308,35 +571,51 @@ def run_variant(variant: Variant, seed: int, recipe: Recipe, data_yaml: Path, va
 
 
 def prepare_synthetic(out: Path, num_train: int, num_val: int, img_size: int, classes: int,
-                      scale: tuple[float, float], max_objects: int, keep: bool) -> Path:
-    """Generate (or, with ``keep``, reuse) the synthetic dataset under ``out/data``."""
-    data_yaml = out / "data" / "dataset.yaml"
-    if keep and data_yaml.exists():
+                      scale: tuple[float, float], max_objects: int, keep: bool = False, num_test: int = 0,
+                      fresh: bool = False) -> Path:
+    """Generate the synthetic dataset under ``out/data``, or reuse the one there when it was made with the
+    same settings (its ``stages.json``; ``keep``: whatever complete set is there)."""
+    data_dir = out / "data"
+    data_yaml = data_dir / "dataset.yaml"
+    settings = {"num_train": num_train, "num_val": num_val, "num_test": num_test, "img_size": img_size,
+                "classes": classes, "scale": list(scale), "max_objects": max_objects, "seed": 0}
+    key = stage_key("synth", settings)
+    record = StageRecord(data_dir)
+    if data_yaml.exists() and not fresh and (keep or record.done("synth", key, [data_yaml])):
+        tqdm.write(f"  synthetic data: reused {data_yaml}")
         return data_yaml
     from harmonic.data.synth import generate
 
     t0 = time.perf_counter()
-    path = generate(out / "data", num_train, num_val, seed=0, img_size=img_size, num_classes=classes,
-                    scale=scale, max_objects=max_objects)
-    tqdm.write(f"  synthetic data ({num_train} train, {num_val} val): {time.perf_counter() - t0:.0f} s")
+    path = generate(data_dir, num_train, num_val, seed=0, img_size=img_size, num_classes=classes,
+                    scale=scale, max_objects=max_objects, num_test=num_test)
+    StageRecord(data_dir).mark("synth", key, time.perf_counter() - t0)
+    tqdm.write(f"  synthetic data ({num_train} train, {num_val} val, {num_test} test): "
+               f"{time.perf_counter() - t0:.0f} s")
     return path
 
 
 def run_experiment(out: Path, data_yaml: Path, variants: Sequence[Variant], seeds: int, recipe: Recipe,
-                   *, keep: bool = False, bench: bool = True, save_vis: bool = True,
-                   seeds_per_variant: dict[str, int] | None = None) -> Experiment:
+                   *, keep: bool = False, fresh: bool = False, bench: bool = True, save_vis: bool = True,
+                   eval_data: EvalData | None = None, seeds_per_variant: dict[str, int] | None = None) -> Experiment:
     """Run every variant for seeds ``0..seeds-1``; runs go to ``out/<variant>_s<seed>``.
 
     ``seeds_per_variant[name]`` (at most ``seeds``) runs fewer seeds of that variant. Seed 0 of each
-    variant is benchmarked (``bench``) and drawn (``save_vis``).
+    variant is benchmarked (``bench``) and drawn (``save_vis``). The comparison is
+    scored on ``eval_data`` (default: :func:`evaluation_split` of ``data_yaml``). Finished stages
+    are reused (see :func:`run_variant`); ``fresh`` redoes everything.
     """
     counts = {v.name: min(seeds, (seeds_per_variant or {}).get(v.name, seeds)) for v in variants}
     check_counts(seeds, recipe.epochs)
     if len({v.name for v in variants}) != len(variants) or not variants:
         raise HarmonicError("an experiment needs one or more variants with distinct names")
-    names, val_images, val_annotations = validation_split(data_yaml)
+    data = eval_data if eval_data is not None else evaluation_split(data_yaml)
+    report_warnings(data)
+    eval_annotations, image_list = write_eval_files(out, data)
+    data_fp = dataset_fingerprint(data_yaml)
     t0 = time.perf_counter()
     runs: dict[str, list[RunResult]] = {v.name: [] for v in variants}
+    reused: list[str] = []
     total = sum(counts.values())
     k = 0
     for seed in range(seeds):
@@ -345,13 +624,26 @@ def run_experiment(out: Path, data_yaml: Path, variants: Sequence[Variant], seed
                 continue
             k += 1
             tag = f"{variant.label}, seed {seed} [{k}/{total}]"
-            run = run_variant(variant, seed, recipe, data_yaml, val_images, val_annotations,
+            run = run_variant(variant, seed, recipe, data_yaml, data.images, eval_annotations, image_list,
                               out / f"{variant.name}_s{seed}", bench=bench and seed == 0,
-                              save_vis=save_vis and seed == 0, keep=keep, tag=tag)
+                              save_vis=save_vis and seed == 0, keep=keep, fresh=fresh, tag=tag,
+                              data_fp=data_fp, reused=reused)
             runs[variant.name].append(run)
             elapsed = time.perf_counter() - t0
-            tqdm.write(f"{variant.label}, seed {seed}: AP {100 * (run.report['coco']['AP'] or 0):.1f}; "
-                       f"{k}/{total} runs in {elapsed / 60:.1f} min, about {elapsed / k * (total - k) / 60:.1f} "
-                       f"min to go")
-    return Experiment(out, data_yaml, val_images, val_annotations, names, list(variants), runs,
-                      time.perf_counter() - t0)
+            tqdm.write(f"{variant.label}, seed {seed}: AP {100 * (run.report['coco']['AP'] or 0):.1f} on "
+                       f"{data.split}; {k}/{total} runs in {elapsed / 60:.1f} min, about "
+                       f"{elapsed / k * (total - k) / 60:.1f} min to go")
+    if reused:
+        tqdm.write(f"reused {len(reused)} finished stage(s) from {out} (inputs and recipe unchanged; "
+                   "a new --out redoes everything)")
+    return Experiment(out, data_yaml, data.split, data.images, eval_annotations, data.names, list(variants),
+                      runs, time.perf_counter() - t0)
+
+
+def report_warnings(data: EvalData) -> None:
+    """Print what :func:`evaluation_split` found worth knowing (fallback to val, skipped or extra files)."""
+    for w in data.warnings:
+        tqdm.write(f"warning: {w}", file=sys.stderr)
+    if data.others:
+        tqdm.write(f"  {data.split}: {len(data.records)} annotated image(s) evaluated; {data.others} other image "
+                   f"file(s) in {data.images} are not in its annotations and are left out")

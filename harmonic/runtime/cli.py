@@ -20,7 +20,7 @@ from harmonic.runtime.backends import open_backend
 from harmonic.runtime.pipeline import RunStats, infer_images, run_engine
 from harmonic.runtime.postprocess import coco_results, draw_detections, save_image
 from harmonic.runtime.preprocess import decode_image
-from harmonic.runtime.sources import ImageList, expand_sources
+from harmonic.runtime.sources import ImageList, expand_sources, read_image_list
 
 log = logging.getLogger("harmonic.infer")
 FAIR_SCORE_THRESHOLD = 0.05
@@ -33,8 +33,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/infer", help="output folder (default runs/infer)")
     p.add_argument("--batch", type=int, default=None,
                    help="batch size (default: the engine's fixed batch, else min(8, its max))")
-    p.add_argument("--annotations", default=None, help="ground truth: COCO json or dataset.yaml (+ --split)")
+    p.add_argument("--annotations", default=None,
+                   help="ground truth: COCO json, Pascal VOC folder, YOLO labels folder (class names from the "
+                        "model or --names; images from --images) or DATA.yaml[:split] (+ --split)")
     p.add_argument("--split", default="val", help="split of a dataset.yaml for --annotations (default val)")
+    p.add_argument("--names", nargs="+", default=None,
+                   help="class names of a VOC / YOLO --annotations folder when the model has none")
+    p.add_argument("--image-list", default=None,
+                   help="infer only these images: a text file, one path per line relative to the one "
+                        "--images folder (the other files there are counted and left out)")
     p.add_argument("--bench", action="store_true", help="benchmark: per-stage latency, throughput")
     p.add_argument("--warmup", type=int, default=5, help="untimed warm-up runs with --bench (default 5)")
     p.add_argument("--iters", type=int, default=30, help="timed engine-only runs with --bench (default 30)")
@@ -58,32 +65,18 @@ def default_batch(backend: Any) -> int:
     return min(8, backend.max_batch) if backend.max_batch else 8
 
 
-def load_ground_truth(path: Path, names: list[str] | None, split: str) -> tuple[list[Any], list[str], list[int]]:
-    """GT records (``harmonic.data.readers.ImageRecord``) from a COCO json or a dataset.yaml split,
-    the class names they are indexed by (the engine's, else the file's) and the dataset's own
-    category id of each class (a COCO file's ids, else index + 1)."""
-    if not path.exists():
-        raise HarmonicError(f"{path}: annotations not found")
+def load_ground_truth(annotations: str | Path, names: list[str] | None, split: str,
+                      images: Path | None = None) -> tuple[list[Any], list[str], list[int]]:
+    """GT records (``harmonic.data.readers.ImageRecord``), the class names they are indexed by (the
+    engine's, else the file's) and the dataset's own category id of each class, through the one
+    ground-truth loader :func:`harmonic.data.readers.load_annotations` (COCO json, VOC or YOLO
+    folder, DATA.yaml[:split]); ``images`` is the images folder of a VOC / YOLO folder."""
     try:
-        from harmonic.data import readers
+        from harmonic.data.readers import load_annotations
     except ImportError as exc:
         raise HarmonicError(f"--annotations needs harmonic.data.readers, which is not available ({exc})") from exc
-    if path.suffix.lower() in {".yaml", ".yml"}:
-        from harmonic.data.dataset_file import load_dataset_config
-
-        cfg = load_dataset_config(path)
-        if split not in cfg.splits:
-            raise HarmonicError(f"{path}: no split {split!r} (has {', '.join(cfg.splits)}); pass --split")
-        names = names or list(cfg.names)
-        records, ids = readers.read_split_with_ids(cfg.splits[split], names)
-        return list(records), names, ids
-    if names is None:
-        records, ids = readers.read_coco_with_ids(path, None)
-        data = json.loads(path.read_text(encoding="utf-8"))
-        names = [str(c["name"]) for c in sorted(data.get("categories") or [], key=lambda c: int(c["id"]))]
-        return list(records), names, ids
-    records, ids = readers.read_coco_with_ids(path, names)
-    return list(records), names, ids
+    ann = load_annotations(annotations, names, split=split, images=images)
+    return ann.records, ann.names, ann.category_ids
 
 
 def match_image_ids(images: ImageList, records: Sequence[Any]) -> tuple[list[int | None], int]:
@@ -196,7 +189,15 @@ def check_args(args: argparse.Namespace) -> None:
     check_float(args.conf, "--conf", 0, 1)
     check_out_dir(args.out)
     if args.annotations is not None:
-        check_in_file(args.annotations, "--annotations")
+        from harmonic.data.readers import split_yaml_spec
+
+        spec = split_yaml_spec(args.annotations)
+        path = spec[0] if spec is not None else Path(args.annotations)
+        if not path.exists():
+            raise HarmonicError(f"--annotations {path}: not found")
+    check_in_file(args.image_list, "--image-list")
+    if args.image_list is not None and (len(args.images) != 1 or not Path(args.images[0]).is_dir()):
+        raise HarmonicError("--image-list: needs exactly one --images folder (the list's paths are relative to it)")
 
 
 def check_model(backend: Any) -> None:
@@ -234,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     check_args(args)
-    images = expand_sources(args.images)
+    images = expand_sources(args.images, listed=read_image_list(args.image_list) if args.image_list else None)
     import cv2
 
     cv2.setNumThreads(1)  # parallelism is across images (decode threads); nested OpenCV pools oversubscribe
@@ -272,7 +273,9 @@ def _run(args: argparse.Namespace, backend: Any, images: ImageList) -> int:
         if thr is not None and thr > FAIR_SCORE_THRESHOLD:
             log.warning("%s: the engine drops detections below score %.3g; AP is only fair with <= %.2g "
                         "(re-export with: python export/run.py ... --conf 0.001)", args.engine, thr, FAIR_SCORE_THRESHOLD)
-        records, gt_names, category_ids = load_ground_truth(Path(args.annotations), names, args.split)
+        one_dir = Path(args.images[0]) if len(args.images) == 1 and Path(args.images[0]).is_dir() else None
+        records, gt_names, category_ids = load_ground_truth(args.annotations, names or args.names, args.split,
+                                                            one_dir)
         ids, unmatched = match_image_ids(images, records)
         if unmatched == len(images.paths):
             raise HarmonicError(f"--annotations {args.annotations}: none of the {len(images.paths)} image(s) is in it "

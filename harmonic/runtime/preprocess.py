@@ -109,7 +109,7 @@ def decode_image_for(path: str | Path, target: int | None) -> tuple[np.ndarray, 
         size = jpeg_size(data)
         k = reduce_factor(*size, target) if size else 1
         if k > 1 and not _looks_truncated(data):
-            img = cv2.imdecode(data, _REDUCED[k] | cv2.IMREAD_IGNORE_ORIENTATION)
+            img = _imdecode(path, data, _REDUCED[k] | cv2.IMREAD_IGNORE_ORIENTATION)
             if img is not None and img.ndim == 3:
                 orientation = jpeg_orientation(data)
                 img = apply_orientation(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), orientation)
@@ -131,8 +131,22 @@ def decode_image(path: str | Path) -> np.ndarray:
     return _decode(path, _read(path))
 
 
+def _imdecode(path: Path, data: np.ndarray, flags: int) -> np.ndarray | None:
+    """``cv2.imdecode`` whose own exceptions (an absurd size, a codec assertion, no memory) become an
+    :class:`ImageDecodeError` naming the file."""
+    try:
+        return cv2.imdecode(data, flags)
+    except (cv2.error, MemoryError, ValueError, OverflowError) as exc:
+        text = " ".join(str(exc).split())
+        if "CV_IO_MAX_IMAGE_PIXELS" in text:
+            reason = "image too large for the decoder (more pixels than OpenCV's CV_IO_MAX_IMAGE_PIXELS)"
+        else:
+            reason = f"the decoder failed ({(text.split('error: ', 1)[-1] or type(exc).__name__)[:160]})"
+        raise ImageDecodeError(f"{path}: {reason}") from None
+
+
 def _decode(path: Path, data: np.ndarray) -> np.ndarray:
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    img = _imdecode(path, data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None or img.size == 0:
         raise ImageDecodeError(f"{path}: not an image OpenCV can decode (or truncated)")
     if _looks_truncated(data):

@@ -36,14 +36,59 @@ def _is_image_name(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_SUFFIXES
 
 
-def expand_sources(specs: Sequence[str | Path]) -> ImageList:
+def read_image_list(path: str | Path) -> list[str]:
+    """The lines of an image-list file (``--image-list``): one relative path per line; blank lines and
+    ``#`` comments are skipped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HarmonicError(f"--image-list {path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    names = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not names:
+        raise HarmonicError(f"--image-list {path}: lists no images")
+    return names
+
+
+def _listed_in(folder: Path, listed: Sequence[str]) -> ImageList:
+    """Exactly the ``listed`` files under ``folder`` (in list order); the folder's other image files
+    are counted in one log line, listed files that are not there are warnings and ``missing``."""
+    out = ImageList()
+    seen: set[str] = set()
+    for name in listed:
+        rel = name.replace("\\", "/")
+        if rel in seen:
+            continue
+        seen.add(rel)
+        p = folder / rel
+        if p.is_file():
+            out.paths.append(p)
+            out.roots.append(folder)
+        else:
+            log.warning("%s: listed in --image-list but not found (skipped)", p)
+            out.missing.append(str(p))
+    others = sum(1 for f in folder.rglob("*") if f.is_file() and _is_image_name(f)
+                 and f.relative_to(folder).as_posix() not in seen)
+    if others:
+        log.info("%s: %d other image file(s) in the folder are not in --image-list and are left out",
+                 folder, others)
+    if not out.paths:
+        raise HarmonicError(f"--image-list: none of its {len(seen)} image(s) is in {folder}")
+    return out
+
+
+def expand_sources(specs: Sequence[str | Path], listed: Sequence[str] | None = None) -> ImageList:
     """Expand directories (recursive, image suffixes only), globs and files, in the given order.
 
     Within a directory or glob the files are sorted by relative path; duplicates are
     dropped. An explicitly named file is kept whatever its suffix (the decoder decides).
     A path that doesn't exist is a warning and counted in ``missing``; an empty
-    directory, or nothing at all found, is a :class:`HarmonicError`.
+    directory, or nothing at all found, is a :class:`HarmonicError`. With ``listed`` (relative
+    paths, ``--image-list``) ``specs`` must be one folder and exactly the listed files are used.
     """
+    if listed is not None:
+        if len(specs) != 1 or not Path(specs[0]).is_dir():
+            raise HarmonicError("--image-list: needs exactly one --images folder")
+        return _listed_in(Path(specs[0]), listed)
     out = ImageList()
     seen: set[Path] = set()
 

@@ -76,10 +76,11 @@ def test_object_pixels_stand_out():
 
 
 def test_cli(tmp_path, capsys):
-    assert synth.main(["--out", str(tmp_path / "d"), "--num-train", "2", "--num-val", "1", "--img-size", "64",
-                       "--classes", "2", "--workers", "1"]) == 0
-    assert "wrote" in capsys.readouterr().out
-    assert load_dataset_config(tmp_path / "d/dataset.yaml").names == ["circle", "triangle"]
+    assert synth.main(["--out", str(tmp_path / "d"), "--num-train", "2", "--num-val", "1", "--num-test", "1",
+                       "--img-size", "64", "--classes", "2", "--workers", "1"]) == 0
+    assert "2 train + 1 val + 1 test images" in capsys.readouterr().out
+    cfg = load_dataset_config(tmp_path / "d/dataset.yaml")
+    assert cfg.names == ["circle", "triangle"] and sorted(cfg.splits) == ["test", "train", "val"]
     with pytest.raises(HarmonicError, match="--classes must be 1..8"):
         synth.main(["--out", str(tmp_path / "e"), "--classes", "9"])
 
@@ -112,3 +113,21 @@ def test_interrupted_regeneration_leaves_no_dataset_yaml(tmp_path, monkeypatch):
     monkeypatch.setattr(synth, "_run_jobs", real)
     assert synth.generate(out, 4, 2, seed=1, img_size=48, workers=1) == yaml_path
     assert len(read_split(load_dataset_config(yaml_path).splits["train"], synth.class_names(3))) == 4
+
+
+def test_test_split_is_held_out_and_leaves_train_and_val_unchanged(tmp_path):
+    """Issue 16 item 2: train / val / test; the test images come from their own stream, after train and val."""
+    plain = synth.generate(tmp_path / "plain", 5, 3, seed=1, img_size=64, workers=1)
+    full = synth.generate(tmp_path / "full", 5, 3, seed=1, img_size=64, workers=1, num_test=4)
+    cfg = load_dataset_config(full)
+    assert sorted(cfg.splits) == ["test", "train", "val"] and "test" not in load_dataset_config(plain).splits
+    for split in ("train", "val"):
+        assert ((tmp_path / "plain" / "annotations" / f"{split}.json").read_bytes()
+                == (tmp_path / "full" / "annotations" / f"{split}.json").read_bytes())
+        for f in (tmp_path / "plain" / "images" / split).iterdir():
+            assert f.read_bytes() == (tmp_path / "full" / "images" / split / f.name).read_bytes()
+    test = json.loads((tmp_path / "full" / "annotations" / "test.json").read_text())
+    assert len(test["images"]) == 4 and test["annotations"]
+    test_bytes = {f.read_bytes() for f in (tmp_path / "full" / "images" / "test").iterdir()}
+    other = {f.read_bytes() for s in ("train", "val") for f in (tmp_path / "full" / "images" / s).iterdir()}
+    assert len(test_bytes) == 4 and not test_bytes & other
