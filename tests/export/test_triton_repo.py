@@ -230,19 +230,33 @@ def test_checkpoint_export_prechecks_triton_flags_before_any_work(tmp_path, caps
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("family", ["retinanet", "fcos", "ssd", "fasterrcnn"])
-def test_every_family_exports_a_repository(tmp_path, capsys, family):
-    from tests.export.test_cli import _checkpoint
+def _family_checkpoint(path: Path, name: str, img_size: int = 64):
+    """A random-init checkpoint of model ``name`` (as tests/export/test_cli.py writes them)."""
+    import torch
 
-    ckpt, spec = _checkpoint(tmp_path / "best.pt", family=family)
+    from harmonic import models
+    from harmonic.training.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    opts = {"fpn_channels": 64} if "fpn" in name else {}
+    model = models.build_detector(name, 3, loss="harmonic", img_size=img_size, **opts)
+    spec = models.model_spec(name, 3, ["a", "b", "c"], img_size=img_size, options=opts)
+    save_checkpoint(path, {"spec": spec.to_dict(), "model": model.state_dict(), "epoch": 0})
+    return path, spec
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["retinanet_resnet10s_fpn", "fcos_resnet10s_fpn", "ssdlite320_mobilenet_v3_large",
+                                  "fasterrcnn_resnet18_fpn"])
+def test_every_family_exports_a_repository(tmp_path, capsys, name):
+    ckpt, spec = _family_checkpoint(tmp_path / "best.pt", name)
     repo = tmp_path / "repo"
     rc = _export("--checkpoint", ckpt, "--out", tmp_path / "m.onnx", "--no-verify", "--max-det", "10",
                  "--triton-repo", repo)
     assert rc == 0, capsys.readouterr().err
     cfg = _config(repo, "harmonicdet")
     s = str(spec.img_size)
-    if family == "fasterrcnn":  # batch-1 graph
+    if name.startswith("fasterrcnn"):  # batch-1 graph
         assert cfg.get("max_batch_size", 0) == 0 and "dynamic_batching" not in cfg
         assert cfg["input"][0]["dims"] == ["1", "3", s, s]
     else:
@@ -250,3 +264,4 @@ def test_every_family_exports_a_repository(tmp_path, capsys, family):
     assert {o["name"]: o["dims"][-1] for o in cfg["output"]}["det_scores"] == "10"
     assert _params(cfg)["model"] == spec.name
     assert _config(repo, "harmonicdet_e2e")["max_batch_size"] == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "m.onnx", "repo"]
