@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,7 +210,7 @@ def _dims(d: list[int]) -> str:
 
 def model_config(name: str, *, platform: str | None = None, backend: str | None = None, max_batch: int,
                  inputs: list[tuple[str, str, list[int]]], k: int, fixed_batch: int | None, opts: RepoOptions,
-                 parameters: dict[str, str], comments: list[str] = ()) -> str:  # type: ignore[assignment]
+                 parameters: dict[str, str], comments: Sequence[str] = ()) -> str:
     """``config.pbtxt`` text. ``inputs`` = (name, TYPE_*, dims without batch); outputs are the four
     detection outputs with fixed ``k``; ``fixed_batch`` (max_batch 0) prepends that batch to every dims."""
     lead = [fixed_batch] if max_batch == 0 else []
@@ -232,7 +233,7 @@ def model_config(name: str, *, platform: str | None = None, backend: str | None 
         lines.append(f"dynamic_batching {{\n  max_queue_delay_microseconds: {int(opts.queue_delay_us)}\n}}")
     kind = "KIND_GPU" if opts.kind == "gpu" else "KIND_CPU"
     lines.append(f"instance_group [\n  {{\n    count: {int(opts.instances)}\n    kind: {kind}\n  }}\n]")
-    for key, value in parameters.items():
+    for key, value in sorted(parameters.items()):
         lines.append(f"parameters {{\n  key: {_q(key)}\n  value: {{ string_value: {_q(value)} }}\n}}")
     return "\n".join(lines) + "\n"
 

@@ -128,6 +128,16 @@ def test_copied_runtime_is_self_contained(tmp_path, graph):
     assert second == f"64 {K}"
 
 
+def test_repository_from_an_onnx_file_needs_neither_torch_nor_onnx(tmp_path, graph):
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['onnx'] = None; sys.modules['torchvision'] = None\n"
+            "from harmonic.cli import main\n"
+            f"sys.exit(main(['export', '--onnx', {str(graph)!r}, '--triton-repo', {str(tmp_path / 'repo')!r}]))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "repo" / "harmonicdet_e2e" / "config.pbtxt").is_file()
+
+
 def _one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
