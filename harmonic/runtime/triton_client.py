@@ -265,6 +265,8 @@ def infer_paths(session: TritonSession, paths: Sequence[Path], batch: int, concu
         try:
             outs = session.infer(arr)
         except Exception as exc:  # the server's error for this request (e.g. an undecodable image)
+            if _server_gone(exc):
+                raise RunFailure(f"--triton {session.url}: lost the server ({_first_line(exc)})") from None
             if len(idx) == 1:
                 return [(idx[0], f"{sel[0]}: the server refused it ({_first_line(exc)})")]
             return [r for i in idx for r in one([i])]
@@ -287,6 +289,13 @@ def infer_paths(session: TritonSession, paths: Sequence[Path], batch: int, concu
             if nxt is not None:
                 pending.append(pool.submit(one, nxt))
             yield from fut.result()
+
+
+def _server_gone(exc: BaseException) -> bool:
+    """A connection failure (refused, reset, gRPC UNAVAILABLE), not the server's answer to this request."""
+    st = getattr(exc, "status", None)
+    status = str(st() if callable(st) else st or "")
+    return isinstance(exc, OSError) or "UNAVAILABLE" in status or "UNAVAILABLE" in str(exc)[:200]
 
 
 def _server_batches(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

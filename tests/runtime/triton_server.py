@@ -117,16 +117,19 @@ def _kill(proc: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def start_server(env: ServerEnv, repo: Path, models: list[str], work: Path,
-                 timeout_s: float = 120.0) -> Iterator[Server]:
+                 timeout_s: float = 300.0) -> Iterator[Server]:
     """``tritonserver --model-repository repo`` on 127.0.0.1 (free ports) with only ``models`` loaded."""
     backends = work / "backends"
     shutil.copytree(env.backend_src, backends / "python", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(env.stub, backends / "python" / "triton_python_backend_stub")
     http, grpc = free_port(), free_port()
+    prefix = f"harmonic_test_{os.getpid()}_{http}_"
     cmd = [str(env.tritonserver), "--model-repository", str(repo), "--backend-directory", str(backends),
            "--http-address", "127.0.0.1", "--http-port", str(http),
            "--grpc-address", "127.0.0.1", "--grpc-port", str(grpc),
-           "--allow-metrics", "false", "--model-control-mode", "explicit", "--log-verbose", "0"]
+           "--allow-metrics", "false", "--model-control-mode", "explicit", "--log-verbose", "0",
+           # its own shared-memory names, so a killed server's leftovers in /dev/shm can be removed
+           "--backend-config", f"python,shm-region-prefix-name={prefix}"]
     for m in models:
         cmd += ["--load-model", m]
     run_env = dict(os.environ)
@@ -154,3 +157,6 @@ def start_server(env: ServerEnv, repo: Path, models: list[str], work: Path,
         yield server
     finally:
         _kill(proc)
+        for leftover in Path("/dev/shm").glob(f"{prefix}*"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
