@@ -126,3 +126,58 @@ def test_graph_model_runs_fixed_batch_graphs_in_chunks(tmp_path):
     paths = write_images(tmp_path / "im", 3)
     e = end_to_end(_runner(g1), [[p.read_bytes() for p in paths]])
     assert e[0].outputs["num_dets"].shape == (3, 1)
+
+
+class _FakeSession:
+    """Stands in for TritonSession: an end-to-end model answered by the in-process serving model."""
+
+    def __init__(self, graph: Path, fail: BaseException | None = None) -> None:
+        from harmonic.runtime.triton_client import ServedModel
+
+        self.url = "fake:1"
+        self.model = ServedModel("m", True, "image", 8, None, None, {})
+        self.runner = _runner(graph)
+        self.fail = fail
+        self.requests: list[int] = []
+
+    def infer(self, array: np.ndarray) -> dict[str, np.ndarray]:
+        from harmonic.export.triton_model import end_to_end
+
+        self.requests.append(array.shape[0])
+        if self.fail is not None:
+            raise self.fail
+        res = end_to_end(self.runner, [list(array.reshape(-1))])[0]
+        if res.outputs is None:
+            raise RuntimeError(f"[500] {res.error}")
+        return res.outputs
+
+
+def test_infer_paths_retries_a_failed_batch_image_by_image(tmp_path):
+    from harmonic.runtime.triton_client import RequestTiming, infer_paths
+
+    graph = make_graph(tmp_path / "m.onnx", max_det=6)
+    paths = write_images(tmp_path / "im", 5)
+    (tmp_path / "im" / "img_001.jpg").write_bytes(b"broken")
+    with open_backend(graph, provider="cpu") as b:
+        local = dict(infer_sequential(b, paths, 1))
+    s = _FakeSession(graph)
+    timings: list[RequestTiming] = []
+    got = list(infer_paths(s, paths, batch=2, concurrency=2, timings=timings))
+    assert [i for i, _ in got] == [0, 1, 2, 3, 4]  # input order
+    assert isinstance(got[1][1], str) and "the server refused it" in got[1][1]
+    for i, d in got:
+        if i != 1:
+            assert np.array_equal(d.boxes, local[i].boxes) and np.array_equal(d.scores, local[i].scores)
+    # [0,1] failed and was retried as [0] and [1]; [2,3] and [4] went through
+    assert sorted(s.requests) == [1, 1, 1, 2, 2] and sorted(t.n for t in timings) == [1, 1, 2]
+
+
+def test_infer_paths_stops_at_a_lost_server(tmp_path):
+    from harmonic.errors import RunFailure
+    from harmonic.runtime.triton_client import infer_paths
+
+    graph = make_graph(tmp_path / "m.onnx", max_det=6)
+    paths = write_images(tmp_path / "im", 6)
+    s = _FakeSession(graph, fail=ConnectionRefusedError(111, "Connection refused"))
+    with pytest.raises(RunFailure, match="--triton fake:1: lost the server"):
+        list(infer_paths(s, paths, batch=2, concurrency=1))
