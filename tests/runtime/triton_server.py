@@ -77,7 +77,7 @@ def server_env() -> ServerEnv:
     if env is None:
         pytest.skip("no Triton server environment: `make triton-env` builds .venv-triton (or set HARMONIC_TRITON_ENV)")
     py = env / "bin" / "python"
-    res = subprocess.run([str(py), "-c", _PROBE], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([str(py), "-c", _PROBE], capture_output=True, text=True, timeout=600)
     if res.returncode != 0:
         last = (res.stderr.strip().splitlines() or ["?"])[-1]
         pytest.skip(f"{env}: incomplete Triton environment ({last}); rebuild it with `make triton-env`")
@@ -129,7 +129,10 @@ def start_server(env: ServerEnv, repo: Path, models: list[str], work: Path,
            "--grpc-address", "127.0.0.1", "--grpc-port", str(grpc),
            "--allow-metrics", "false", "--model-control-mode", "explicit", "--log-verbose", "0",
            # its own shared-memory names, so a killed server's leftovers in /dev/shm can be removed
-           "--backend-config", f"python,shm-region-prefix-name={prefix}"]
+           "--backend-config", f"python,shm-region-prefix-name={prefix}",
+           # a starved shared machine: the stub's health check waits longer; one 64 MB region, no growth
+           "--backend-config", "python,stub-timeout-seconds=300",
+           "--backend-config", "python,shm-default-byte-size=67108864"]
     for m in models:
         cmd += ["--load-model", m]
     run_env = dict(os.environ)
