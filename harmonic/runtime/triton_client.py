@@ -322,6 +322,10 @@ def check_args(args: Any) -> None:
         raise HarmonicError("--triton with --engine: pass one (a served model or a local file)")
     if not args.model:
         raise HarmonicError("--triton: needs --model NAME (the model in the server's repository)")
+    for flag, value in (("--save-vis", args.save_vis), ("--fast-decode", args.fast_decode),
+                        ("--provider", args.provider), ("--device", args.device), ("--img-size", args.img_size)):
+        if value:
+            raise HarmonicError(f"{flag}: not used with --triton (the server runs the model)")
     if args.concurrency is not None and args.concurrency < 1:
         raise HarmonicError(f"--concurrency must be >= 1, got {args.concurrency}")
     parse_url(args.triton)
@@ -368,7 +372,7 @@ def main_triton(args: Any) -> int:
         if args.bench and args.warmup and images.paths:  # untimed: the first image, one request at a time
             for _ in range(args.warmup):
                 list(infer_paths(session, images.paths[:1] * batch, batch, 1))
-        before = session.statistics() if args.bench else {}
+        before = _statistics_or_empty(session) if args.bench else {}
         out.mkdir(parents=True, exist_ok=True)
         writer = _JsonListWriter(out / "detections.json")
         timings: list[RequestTiming] = []
@@ -415,7 +419,7 @@ def main_triton(args: Any) -> int:
                                "latency_ms_per_request": bench_mod.summarize(lat),
                                "latency_ms_per_image": bench_mod.summarize(
                                    [t.latency / t.n for t in timings])},
-                "server": _server_batches(before, session.statistics()),
+                "server": _server_batches(before, _statistics_or_empty(session)),
             }
             write_json(out / "bench.json", report, indent=2)
             lr, sv = report["end_to_end"]["latency_ms_per_request"], report["server"]
@@ -435,6 +439,14 @@ def main_triton(args: Any) -> int:
     finally:
         session.close()
     return 0
+
+
+def _statistics_or_empty(session: TritonSession) -> dict[str, Any]:
+    try:
+        return session.statistics()
+    except Exception as exc:  # noqa: BLE001 - the figures of the run are still worth writing
+        log.warning("server statistics not read: %s", _first_line(exc))
+        return {}
 
 
 def _versions() -> dict[str, str]:

@@ -58,6 +58,7 @@ def test_served_model_from_config():
     (["--triton", "h:1", "--model", "m", "--engine", "x.onnx"], "--triton with --engine: pass one"),
     (["--triton", "h:1", "--model", "m", "--concurrency", "0"], "--concurrency must be >= 1"),
     (["--triton", "ftp://h:1", "--model", "m"], "--triton ftp://h:1: expected host:port"),
+    (["--triton", "h:1", "--model", "m", "--save-vis"], "--save-vis: not used with --triton"),
     ([], "--engine is required (a model file), or --triton URL --model NAME"),
 ])
 def test_bad_triton_flags(tmp_path, capsys, args, message):
