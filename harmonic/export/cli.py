@@ -14,8 +14,8 @@ log = logging.getLogger(__name__)
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harmonic export", description=__doc__)
-    p.add_argument("--checkpoint", required=True, help="HarmonicDet checkpoint (.pt)")
-    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--checkpoint", default=None, help="HarmonicDet checkpoint (.pt); required unless --onnx")
+    p.add_argument("--out", default=None, help="ONNX file to write; required unless --onnx")
     p.add_argument("--img-size", type=int, default=None, help="square input size (default: the checkpoint's)")
     p.add_argument("--max-det", type=int, default=None, help="K, detections per image (default: the checkpoint's)")
     p.add_argument("--conf", type=float, default=None, help="score threshold (default: the checkpoint's)")
@@ -40,6 +40,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--opt-batch", type=int, default=1)
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--timing-cache", default=None, help="TensorRT timing cache file (read and updated)")
+    t = p.add_argument_group("Triton model repository (harmonic.export.triton_repo)")
+    t.add_argument("--triton-repo", default=None, metavar="DIR",
+                   help="also write a Triton Inference Server model repository for the exported graph")
+    t.add_argument("--onnx", default=None, help="with --triton-repo: an already exported graph (no checkpoint, "
+                   "no export; --engine then names an existing engine + its .json sidecar)")
+    t.add_argument("--triton-name", default="harmonicdet", help="model name in the repository (default harmonicdet)")
+    t.add_argument("--triton-max-batch", type=int, default=None,
+                   help="max_batch_size (default: the engine profile's max, else 8; 0 only for a fixed-batch graph)")
+    t.add_argument("--triton-instances", type=int, default=1, help="instance_group count (default 1)")
+    t.add_argument("--triton-kind", default="cpu", choices=["cpu", "gpu"], help="instance_group kind (default cpu)")
+    t.add_argument("--triton-queue-delay-us", type=int, default=100,
+                   help="dynamic_batching max_queue_delay_microseconds (default 100)")
+    t.add_argument("--triton-python-twin", action="store_true",
+                   help="also serve the graph through the Python backend (NAME_py) for servers without onnxruntime")
     return p
 
 
@@ -93,8 +107,18 @@ def check_int8_args(args: argparse.Namespace, out: Path) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    if args.onnx is not None:  # a repository from files exported before: no checkpoint, no torch
+        from harmonic.export.triton_repo import main_export
+
+        return main_export(args)
+    if args.checkpoint is None or args.out is None:
+        raise HarmonicError("--checkpoint and --out are required (or --onnx model.onnx --triton-repo DIR)")
     check_args(args)
     batch = parse_batch(args.batch)
+    if args.triton_repo:  # fail before any export work
+        from harmonic.export.triton_repo import precheck
+
+        precheck(args, batch)
     out = Path(args.out)
     raw = None if args.raw is None else Path(args.raw or out.with_suffix(".raw.onnx"))
     engine = Path(args.engine) if args.engine else None
@@ -148,11 +172,17 @@ def main(argv: list[str] | None = None) -> int:
             build_engine(int8_out or out, engine, fp16=args.fp16, profile=(args.min_batch, args.opt_batch, args.max_batch),
                          workspace_gb=args.workspace, timing_cache=args.timing_cache, overwrite=args.overwrite,
                          int8=int8_out is not None)
+        if args.triton_repo:
+            from harmonic.export.triton_repo import options_from_args, write_repository
+
+            written_repo = write_repository(args.triton_repo, out, engine, options_from_args(args),
+                                            overwrite=args.overwrite)
     except BaseException:
         for p in written:  # no half-done export: a failed verification or build removes the ONNX too
             p.unlink(missing_ok=True)
         raise
-    print(f"wrote {', '.join(str(p) for p in written)}{f', {engine}' if engine else ''}")
+    print(f"wrote {', '.join(str(p) for p in written)}{f', {engine}' if engine else ''}"
+          f"{f', {written_repo}/' if args.triton_repo else ''}")
     return 0
 
 

@@ -28,7 +28,7 @@ FAIR_SCORE_THRESHOLD = 0.05
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harmonic infer", description=__doc__)
-    p.add_argument("--engine", required=True, help="model.onnx | model.engine (.plan/.trt)")
+    p.add_argument("--engine", default=None, help="model.onnx | model.engine (.plan/.trt); or --triton")
     p.add_argument("--images", required=True, nargs="+", help="image directories, globs or files")
     p.add_argument("--out", default="runs/infer", help="output folder (default runs/infer)")
     p.add_argument("--batch", type=int, default=None,
@@ -56,6 +56,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast-decode", action="store_true",
                    help="decode large JPEGs scaled down by 2/4/8 in libjpeg (much cheaper; same geometry, "
                         "slightly different resampling than training)")
+    t = p.add_argument_group("Triton Inference Server client (harmonic.runtime.triton_client)")
+    t.add_argument("--triton", default=None, metavar="URL",
+                   help="query a served model instead of --engine: host:port / http://host:port / grpc://host:port")
+    t.add_argument("--model", default=None, help="with --triton: the model name in the server's repository")
+    t.add_argument("--concurrency", type=int, default=None,
+                   help="with --triton: requests in flight at once (default 1; --batch = images per request)")
     return p
 
 
@@ -235,6 +241,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     check_args(args)
+    from harmonic.runtime import triton_client
+
+    triton_client.check_args(args)
+    if args.triton:  # a served model: same reports, tritonclient instead of a local backend
+        return triton_client.main_triton(args)
+    if args.engine is None:
+        raise HarmonicError("--engine is required (a model file), or --triton URL --model NAME")
     images = expand_sources(args.images, listed=read_image_list(args.image_list) if args.image_list else None)
     import cv2
 
