@@ -183,6 +183,42 @@ def built_precision(mode: str) -> str:
     return {"fp32": "fp32", "builder_flag": "fp16", "strongly_typed": "fp16", "int8": "int8"}[mode]
 
 
+_DTYPE_WORDS = (("Int8", "int8"), ("FP16", "fp16"), ("Half", "fp16"), ("BF16", "bf16"), ("FP32", "fp32"),
+                ("Float", "fp32"), ("Int32", "int32"), ("Int64", "int64"), ("Bool", "bool"))
+
+
+def _tensor_dtype(desc: Any) -> str | None:
+    """The data type named in an engine-inspector tensor entry (``"Format/Datatype"``), else None."""
+    text = desc.get("Format/Datatype", "") if isinstance(desc, dict) else str(desc)
+    for word, name in _DTYPE_WORDS:
+        if word.lower() in str(text).lower():
+            return name
+    return None
+
+
+def summarize_engine_layers(info: str | dict[str, Any]) -> dict[str, Any]:
+    """What the engine inspector says about precisions: INT8 convolutions and the NMS layers' input types.
+
+    ``info`` is ``EngineInspector.get_engine_information(LayerInformationFormat.JSON)`` of an engine
+    built with ``ProfilingVerbosity.DETAILED`` (what :func:`build_engine` sets) and inspected with an
+    execution context whose input shape is set (otherwise TensorRT leaves the formats out). Returns
+    ``{"layers", "convolutions", "int8_convolutions", "nms": [{"name", "inputs": [dtype, ...]}],
+    "nms_fp32"}``; ``HarmonicError`` when the engine carries no per-layer detail.
+    """
+    data = json.loads(info) if isinstance(info, str) else info
+    layers = data.get("Layers", []) if isinstance(data, dict) else []
+    if not layers or not all(isinstance(x, dict) for x in layers):
+        raise HarmonicError("the engine has no per-layer detail (build it with ProfilingVerbosity.DETAILED)")
+    convs = [x for x in layers if "convolution" in str(x.get("LayerType", "")).lower()
+             or str(x.get("ParameterType", "")).lower() == "convolution"]
+    int8 = [x for x in convs if x.get("Inputs") and _tensor_dtype(x["Inputs"][0]) == "int8"]
+    nms = [{"name": x.get("Name", ""), "inputs": [_tensor_dtype(t) for t in x.get("Inputs", [])[:2]]}
+           for x in layers if "nms" in str(x.get("LayerType", "")).lower()
+           or "nonmaxsuppression" in str(x.get("Name", "")).lower()]
+    return {"layers": len(layers), "convolutions": len(convs), "int8_convolutions": len(int8), "nms": nms,
+            "nms_fp32": bool(nms) and all(d == ["fp32", "fp32"] for d in (n["inputs"] for n in nms))}
+
+
 def gpu_info() -> tuple[str, str]:
     """``(name, "major.minor")`` of CUDA device 0 via torch, else ``("unknown", "unknown")``."""
     try:
@@ -435,6 +471,8 @@ def build_engine(
             raise HarmonicError(f"{onnx_path}: TensorRT cannot parse the ONNX graph ({len(errors)} errors): {first}")
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+        if hasattr(trt, "ProfilingVerbosity"):  # per-layer precisions for the engine inspector (gpu_check)
+            config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
         if mode == "builder_flag":
             config.set_flag(trt.BuilderFlag.FP16)
             pin_fp32_layers(trt, network, config)

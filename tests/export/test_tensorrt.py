@@ -143,7 +143,7 @@ def fake_tensorrt(version: str = "10.13.0.35", plan: bytes | None = b"PLAN-BYTES
             return Profile()
 
         def build_serialized_network(self, network, config):
-            calls.append(("build_serialized_network",))
+            calls.append(("build_serialized_network", getattr(config, "profiling_verbosity", None)))
             return plan
 
     class OnnxParser:
@@ -170,6 +170,7 @@ def fake_tensorrt(version: str = "10.13.0.35", plan: bytes | None = b"PLAN-BYTES
     mod.LayerType = types.SimpleNamespace(**{k: k for k in ("CONVOLUTION", "UNARY", "CAST", "TOPK", "GATHER", "SHAPE",
                                                             "ELEMENTWISE", "NMS")})
     mod.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+    mod.ProfilingVerbosity = types.SimpleNamespace(DETAILED="DETAILED")
     mod.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=3)
     if major == 10:
         mod.BuilderFlag = types.SimpleNamespace(FP16="FP16", INT8="INT8", OBEY_PRECISION_CONSTRAINTS="OBEY")
@@ -292,6 +293,7 @@ def test_build_engine_trt10_fp16(tiny_onnx, tmp_path, monkeypatch):
     assert ("set_memory_pool_limit", "WORKSPACE", 2 << 30) in c
     assert ("add_optimization_profile", ("images", (1, 3, 64, 64), (2, 3, 64, 64), (8, 3, 64, 64))) in c
     assert ("create_timing_cache", b"old") in c and ("set_timing_cache", False) in c
+    assert ("build_serialized_network", "DETAILED") in c  # per-layer detail for the engine inspector
     parse = [x for x in c if x[0] == "parse_from_file"][0]
     assert parse[1] == str(tiny_onnx) and parse[2] == TensorProto.FLOAT
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.engine.json", "m.onnx", "timing.cache"]
@@ -515,3 +517,26 @@ def test_fp16_conversion_of_a_real_graph(tmp_path, make_detector):
     assert a["num_dets"][0, 0] > 0 and b["num_dets"][0, 0] > 0
     np.testing.assert_allclose(b["det_scores"][:, 0], a["det_scores"][:, 0], rtol=2e-2)
     np.testing.assert_allclose(b["det_boxes"][:, 0], a["det_boxes"][:, 0], atol=0.5)
+
+
+def test_summarize_engine_layers():
+    """The engine inspector's JSON (DETAILED) -> INT8 convolutions counted, NMS input types read."""
+    def t(fmt):
+        return {"Name": "x", "Format/Datatype": fmt}
+
+    info = {"Layers": [
+        {"Name": "/backbone/conv1/Conv + Relu", "LayerType": "CaskConvolution",
+         "Inputs": [t("Thirty-two wide channel vectorized row major Int8 format")], "Outputs": [t("Int8")]},
+        {"Name": "/head/cls/Conv", "LayerType": "CaskConvolution",
+         "Inputs": [t("Channel major FP16 format where channel % 8 == 0")], "Outputs": [t("FP16")]},
+        {"Name": "/decode/Exp", "LayerType": "PointWiseV2", "Inputs": [t("Row major linear FP32")]},
+        {"Name": "/nms_tail/NonMaxSuppression", "LayerType": "NMS",
+         "Inputs": [t("Row major linear FP32"), t("Row major linear FP32"), t("Row major linear Int32")]},
+    ], "Bindings": ["images"]}
+    s = trtmod.summarize_engine_layers(json.dumps(info))
+    assert (s["layers"], s["convolutions"], s["int8_convolutions"]) == (4, 2, 1)
+    assert s["nms"] == [{"name": "/nms_tail/NonMaxSuppression", "inputs": ["fp32", "fp32"]}] and s["nms_fp32"] is True
+    info["Layers"][3]["Inputs"][0] = t("Row major linear FP16 format")
+    assert trtmod.summarize_engine_layers(info)["nms_fp32"] is False
+    with pytest.raises(HarmonicError, match="ProfilingVerbosity.DETAILED"):
+        trtmod.summarize_engine_layers({"Layers": ["conv1", "nms"]})  # LAYER_NAMES_ONLY
