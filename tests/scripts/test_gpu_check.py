@@ -23,22 +23,35 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _load(name: str):
     sys.path.insert(0, str(ROOT / "scripts"))
+    if name in sys.modules:
+        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up
     spec.loader.exec_module(mod)
     return mod
 
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory):
-    """A bundle with a demo-recipe checkpoint trained for 2 iterations on 8 images (no wheels)."""
+    """A bundle (no wheels) whose checkpoint is the demo recipe's model, randomly initialised."""
+    import torch
+
     gb = _load("gpu_bundle")
-    from harmonic.training.cli import get_args_parser, train
+    from harmonic.models import build_detector, model_spec
+    from harmonic.training.checkpoint import save_checkpoint
 
     tmp = tmp_path_factory.mktemp("bundle")
-    data = gb.generate_data(tmp / "data", num_train=8, num_val=4)
-    recipe = {**gb.RECIPE, "epochs": 1, "max_iters_per_epoch": 2, "workers": 0}
-    train(get_args_parser().parse_args([*gb.train_args(data, tmp / "run", recipe=recipe), "--val-every", "0"]))
+    r = gb.RECIPE
+    options = {"fpn_channels": r["fpn_channels"], "num_convs": 2}
+    torch.manual_seed(0)
+    model = build_detector(r["model"], 3, loss=r["loss"], img_size=r["img_size"], **options)
+    from harmonic.data.synth import class_names
+
+    spec = model_spec(r["model"], 3, class_names(3), img_size=r["img_size"], loss=r["loss"],
+                      options=options)
+    (tmp / "run").mkdir()
+    save_checkpoint(tmp / "run" / "last.pt", {"spec": spec.to_dict(), "model": model.state_dict(), "epoch": 0})
     manifest = gb.make_bundle(tmp / "bundle", tmp / "run" / "last.pt", tmp / "work", wheels=False)
     return tmp / "bundle", manifest, tmp
 
