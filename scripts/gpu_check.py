@@ -106,6 +106,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", default=None, help="comma-separated subset to run (the others are skipped)")
     p.add_argument("--iters", type=int, default=None, help="AMP training iterations per family and loss (30)")
     p.add_argument("--budget-s", type=float, default=480.0, help="skip the remaining steps past this many seconds")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch and the commands it runs (default: torch's; --quick: 1, which a "
+                        "shared, oversubscribed CPU needs: two threads waiting on each other there make a "
+                        "forward 100x slower)")
     return p
 
 
@@ -115,7 +119,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 def subprocess_env(ctx: Ctx) -> dict[str, str]:
     """The environment of the commands the check runs: the bundle's unpacked wheels and the repo importable."""
     paths = [str(ctx.out / "site"), str(ROOT), os.environ.get("PYTHONPATH", "")]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "PYTHONUNBUFFERED": "1"}
+    if ctx.args.threads:
+        env["OMP_NUM_THREADS"] = str(ctx.args.threads)
+    return env
 
 
 def run_cli(ctx: Ctx, args: list[Any], timeout: float | None = None, module: bool = False) -> str:
@@ -283,7 +290,15 @@ def amp_run(ctx: Ctx, family: str, name: str, loss: str, iters: int, img_size: i
     amp_dtype = torch.float16 if ctx.cuda else torch.bfloat16
     rec_loss, rec_all = LowPrecisionRecorder(), LowPrecisionRecorder()
     holder, meth = loss_region(model)
-    setattr(holder, meth, rec_loss.wrap(getattr(holder, meth)))
+    loss_fn = getattr(holder, meth)
+    if not ctx.cuda:
+        # CPU: the forward runs in fp32 (bf16 convolutions are slow on most CPUs) and only the loss region
+        # under bf16 autocast, so any autocast-eligible op (matmul, conv, ...) in the loss maths shows up
+        def loss_fn(*a: Any, _fn: Callable = loss_fn, **k: Any) -> Any:
+            with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+                rec_loss.autocast = torch.is_autocast_enabled("cpu")
+                return _fn(*a, **k)
+    setattr(holder, meth, rec_loss.wrap(loss_fn))
     first = next(p for p in model.parameters() if p.requires_grad).detach().clone()
     loader = train_loader(small_data(ctx), img_size, batch, 0 if ctx.args.quick else 4)
     losses, times, skipped, loss_dtypes = [], [], 0, set()
@@ -297,8 +312,8 @@ def amp_run(ctx: Ctx, family: str, name: str, loss: str, iters: int, img_size: i
             if ctx.cuda:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            with torch.autocast(device_type=dev.type, dtype=amp_dtype):
-                fwd = (rec_all.wrap(model) if it == 0 else model)(list(images), targets)
+            with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=ctx.cuda):
+                fwd = (rec_all.wrap(model) if it == 0 and ctx.cuda else model)(list(images), targets)
             terms = {k: v for k, v in fwd.items() if k.startswith("loss_")}
             loss_dtypes |= {str(v.dtype) for v in terms.values()}
             total = sum(v.float() for v in terms.values())
@@ -318,7 +333,10 @@ def amp_run(ctx: Ctx, family: str, name: str, loss: str, iters: int, img_size: i
     ctx.check(f"{tag}: finite losses", finite, "==", iters)
     ctx.check(f"{tag}: loss_* dtypes", sorted(loss_dtypes), "==", ["torch.float32"])
     ctx.check(f"{tag}: low-precision ops in the loss maths", sorted(rec_loss.low), "==", [])
-    ctx.check(f"{tag}: autocast active (low-precision ops in the forward)", len(rec_all.low) > 0, "==", True)
+    if ctx.cuda:
+        ctx.check(f"{tag}: autocast active (fp16 ops in the forward)", len(rec_all.low) > 0, "==", True)
+    else:
+        ctx.check(f"{tag}: bf16 autocast active in the loss region", getattr(rec_loss, "autocast", False), "==", True)
     changed = not torch.equal(first, next(p for p in model.parameters() if p.requires_grad).detach())
     ctx.check(f"{tag}: parameters updated", changed, "==", True)
     if ctx.cuda:
@@ -333,7 +351,7 @@ def amp_run(ctx: Ctx, family: str, name: str, loss: str, iters: int, img_size: i
 def step_amp_train(ctx: Ctx) -> dict[str, Any]:
     quick = ctx.args.quick
     iters = ctx.args.iters or (2 if quick else 30)
-    res: dict[str, Any] = {"amp_dtype": "float16" if ctx.cuda else "bfloat16 (CPU autocast)", "runs": {}}
+    res: dict[str, Any] = {"amp_dtype": "float16" if ctx.cuda else "bfloat16 (CPU: loss region only)", "runs": {}}
     for family, name in FAMILIES.items():
         size = 128 if quick else None
         from harmonic.models import MODELS
@@ -851,6 +869,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("harmonic").setLevel(logging.ERROR)  # short-schedule warnings of the in-process trainings
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    if args.threads is None and args.quick:
+        args.threads = 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     ctx = Ctx(args, out, cuda, manifest, out / "gpu_check.log", state={"checkpoint": ckpt.resolve()})
