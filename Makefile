@@ -12,7 +12,7 @@ SEEDS ?= 1
 TRITON_VENV ?= .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
 
-.PHONY: demo test test-fast lint venv clean triton-env triton-env-optional
+.PHONY: demo test test-fast lint venv clean triton-env triton-env-optional gpu-bundle
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -51,3 +51,9 @@ triton-env-optional:
 
 clean:
 	rm -rf runs/demo .pytest_cache
+
+# What scripts/gpu_check.py needs on a bare GPU box (<= 64 MiB): onnxslim + pycocotools wheels for its
+# Python 3.12 and a demo-recipe checkpoint trained here. CKPT=path reuses a demo-recipe checkpoint;
+# GPU_BUNDLE_ARGS e.g. "--max-iters-per-epoch 60" shortens the training on a busy machine.
+gpu-bundle: $(STAMP)
+	$(BIN)/python scripts/gpu_bundle.py --out dist/gpu-bundle $(if $(CKPT),--checkpoint $(CKPT)) $(GPU_BUNDLE_ARGS)

@@ -2,7 +2,9 @@
 
 The quantiser is ONNX Runtime's (``onnxruntime.quantization.quantize_static``, QDQ format),
 set up the way TensorRT's explicit quantisation wants it: symmetric INT8 activations and
-weights, per-channel weight scales, float biases (TensorRT fuses them itself). Only the
+weights, per-channel weight scales, float biases (TensorRT fuses them itself), and Q/DQ on the
+*inputs* of convolutions, GEMMs and residual adds but not on the Conv/Gemm/MatMul outputs (no
+Conv -> Q -> DQ -> ReLU requantisation). Only the
 network body (backbone, FPN, heads: ``BODY_SCOPES``) is quantised; box decoding, candidate
 selection, the NMS tail and everything else after the head stay float. Activations are
 calibrated on images letterboxed exactly as inference does (:mod:`harmonic.runtime.preprocess`).
@@ -30,6 +32,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 BODY_SCOPES = ("/backbone/", "/head/", "/rpn/head/", "/roi_heads/box_head/", "/roi_heads/box_predictor/")
 #: op types that get Q/DQ on their inputs: the weighted ops and the residual adds (TensorRT's fusion points)
 QUANT_OPS = ("Conv", "Gemm", "MatMul", "Add")
+#: op types whose outputs get no Q/DQ of their own (only their inputs are quantised)
+NO_OUTPUT_QUANT_OPS = ("Conv", "Gemm", "MatMul")
 
 
 def calibration_files(directory: str | Path, count: int) -> list[Path]:
@@ -132,7 +136,10 @@ def quantize_int8(
             weight_type=QuantType.QInt8,
             nodes_to_exclude=rest,
             calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                           # Q/DQ on the inputs of Conv/Gemm only (TensorRT's placement guidance): a quantised
+                           # output would add a Conv -> Q -> DQ -> ReLU requantisation TensorRT can't fuse away
+                           "OpTypesToExcludeOutputQuantization": list(NO_OUTPUT_QUANT_OPS)},
         )
         q = onnx.load(str(tmp))
         n_q = sum(n.op_type == "QuantizeLinear" for n in q.graph.node)

@@ -21,8 +21,9 @@ and builds it strongly typed on every version (TensorRT's advice for Q/DQ networ
 implicit-INT8 calibrator is deprecated since 10.1 and gone in 11).
 
 The plugin registry is initialised before parsing (``init_libnvinfer_plugins``): the
-Faster R-CNN graph's ``RoiAlign`` can map to a plugin. TensorRT 10.0-10.6 has a known
-INMSLayer slowdown (TensorRT#4248): the build warns, and ``--raw`` + host NMS is the fallback.
+Faster R-CNN graph's ``RoiAlign`` can map to a plugin. The INMSLayer is reported slow on TensorRT
+10.0-10.6 (NVIDIA/TensorRT#4248, still open; nothing is known about later versions): the build
+warns there, and ``--raw`` + host NMS is the fallback.
 
 Everything but :func:`build_engine` is pure and testable without TensorRT.
 """
@@ -62,15 +63,17 @@ def trt_major(version: str) -> int:
 
 
 def nms_slowdown_warning(version: str) -> str | None:
-    """A warning for TensorRT 10.0-10.6, whose INMSLayer is known to be slow (TensorRT#4248), else None."""
+    """A warning for TensorRT 10.0-10.6, whose INMSLayer is reported slow (TensorRT#4248, open), else None."""
     parts = str(version).split(".")
     try:
         major, minor = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
     except ValueError:
         return None
     if major == 10 and minor <= 6:
-        return (f"TensorRT {version} has a known NonMaxSuppression slowdown (NVIDIA/TensorRT#4248, fixed in 10.7); "
-                "upgrade TensorRT, or export with --raw and run NMS on the host (infer/run.py --engine MODEL.raw.onnx)")
+        return (f"TensorRT {version}: the NonMaxSuppression layer (INMSLayer) is reported slow on TensorRT 10.0-10.6 "
+                "(NVIDIA/TensorRT#4248, still open; the 10.6 release notes list a regression for data-dependent-shape "
+                "ops such as NMS); measure it with infer/run.py --bench, or export with --raw and run NMS on the "
+                "host (infer/run.py --engine MODEL.raw.onnx)")
     return None
 
 
@@ -144,12 +147,18 @@ def sidecar_dict(
     tensorrt_version: str,
     gpu: str,
     compute_capability: str,
-    fp16: bool,
+    precision: str,
     shapes: dict[str, tuple[int, ...]],
 ) -> dict[str, Any]:
-    """The ``<engine>.json`` sidecar: the ONNX metadata (decoded) plus the engine's build facts."""
+    """The ``<engine>.json`` sidecar: the ONNX metadata (decoded) plus the engine's build facts.
+
+    ``precision`` is what was built (``"fp32"``, ``"fp16"`` or ``"int8"``, see :func:`built_precision`),
+    recorded as ``precision`` and as the booleans ``fp16`` / ``int8``.
+    """
     from harmonic.export.metadata import decode_metadata
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     side = decode_metadata(onnx_meta)
     versions = dict(side.get("versions", {}))
     versions["tensorrt"] = tensorrt_version
@@ -158,10 +167,56 @@ def sidecar_dict(
         tensorrt=tensorrt_version,
         gpu=gpu,
         compute_capability=compute_capability,
-        fp16=bool(fp16),
+        precision=precision,
+        fp16=precision == "fp16",
+        int8=precision == "int8",
         profile={k: int(v[0]) for k, v in shapes.items()},
     )
     return side
+
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def built_precision(mode: str) -> str:
+    """The precision an engine of build ``mode`` (:func:`fp16_mode`, or ``"int8"``) is built in."""
+    return {"fp32": "fp32", "builder_flag": "fp16", "strongly_typed": "fp16", "int8": "int8"}[mode]
+
+
+_DTYPE_WORDS = (("Int8", "int8"), ("FP16", "fp16"), ("Half", "fp16"), ("BF16", "bf16"), ("FP32", "fp32"),
+                ("Float", "fp32"), ("Int32", "int32"), ("Int64", "int64"), ("Bool", "bool"))
+
+
+def _tensor_dtype(desc: Any) -> str | None:
+    """The data type named in an engine-inspector tensor entry (``"Format/Datatype"``), else None."""
+    text = desc.get("Format/Datatype", "") if isinstance(desc, dict) else str(desc)
+    for word, name in _DTYPE_WORDS:
+        if word.lower() in str(text).lower():
+            return name
+    return None
+
+
+def summarize_engine_layers(info: str | dict[str, Any]) -> dict[str, Any]:
+    """What the engine inspector says about precisions: INT8 convolutions and the NMS layers' input types.
+
+    ``info`` is ``EngineInspector.get_engine_information(LayerInformationFormat.JSON)`` of an engine
+    built with ``ProfilingVerbosity.DETAILED`` (what :func:`build_engine` sets) and inspected with an
+    execution context whose input shape is set (otherwise TensorRT leaves the formats out). Returns
+    ``{"layers", "convolutions", "int8_convolutions", "nms": [{"name", "inputs": [dtype, ...]}],
+    "nms_fp32"}``; ``HarmonicError`` when the engine carries no per-layer detail.
+    """
+    data = json.loads(info) if isinstance(info, str) else info
+    layers = data.get("Layers", []) if isinstance(data, dict) else []
+    if not layers or not all(isinstance(x, dict) for x in layers):
+        raise HarmonicError("the engine has no per-layer detail (build it with ProfilingVerbosity.DETAILED)")
+    convs = [x for x in layers if "convolution" in str(x.get("LayerType", "")).lower()
+             or str(x.get("ParameterType", "")).lower() == "convolution"]
+    int8 = [x for x in convs if x.get("Inputs") and _tensor_dtype(x["Inputs"][0]) == "int8"]
+    nms = [{"name": x.get("Name", ""), "inputs": [_tensor_dtype(t) for t in x.get("Inputs", [])[:2]]}
+           for x in layers if "nms" in str(x.get("LayerType", "")).lower()
+           or "nonmaxsuppression" in str(x.get("Name", "")).lower()]
+    return {"layers": len(layers), "convolutions": len(convs), "int8_convolutions": len(int8), "nms": nms,
+            "nms_fp32": bool(nms) and all(d == ["fp32", "fp32"] for d in (n["inputs"] for n in nms))}
 
 
 def gpu_info() -> tuple[str, str]:
@@ -303,27 +358,42 @@ def _atomic_write(path: Path, data: bytes) -> Path:
     return Path(tmp)
 
 
+def _float_types(trt) -> tuple:  # noqa: ANN001
+    return tuple(getattr(trt, n) for n in ("float32", "float16", "bfloat16") if hasattr(trt, n))
+
+
 def pin_fp32_layers(trt, network, config) -> int:  # noqa: ANN001
     """TensorRT 10.x FP16 build: FP32 precision for the FP32-scope layers, obeyed by the builder.
 
-    Only layers whose outputs are all float get a precision (int/bool layers have none to set).
+    Every layer of the FP32 scopes that computes on floats gets ``precision = float32``: any layer
+    with a float input or a float output, whatever its other tensors are, so ``ITopKLayer``
+    (float values + int32 indices), ``INMSLayer`` (float boxes/scores in, int32 out), float->int
+    casts and comparisons are pinned too. The output type is set only on float outputs (TopK's
+    indices and the NMS outputs keep their integer type). Not pinned: layers with no float tensor
+    (integer shape arithmetic) and ``IShapeLayer`` (it reads dimensions, not values); TensorRT
+    rejects an FP32 precision on those ("A shape layer can only run in INT32 precision").
     Returns the number of layers pinned.
     """
+    floats = _float_types(trt)
+    shape_type = getattr(getattr(trt, "LayerType", None), "SHAPE", object())
     layers = [network.get_layer(i) for i in range(network.num_layers)]
     pinned = set(fp32_layer_names([layer.name for layer in layers]))
     count = 0
     for layer in layers:
-        if layer.name not in pinned:
+        if layer.name not in pinned or getattr(layer, "type", None) == shape_type:
             continue
         outs = [layer.get_output(i) for i in range(layer.num_outputs)]
-        if not outs or any(o.dtype not in (trt.float32, trt.float16) for o in outs):
+        ins = [layer.get_input(i) for i in range(layer.num_inputs)]
+        if not any(t is not None and t.dtype in floats for t in (*ins, *outs)):
             continue
         layer.precision = trt.float32
-        for i in range(layer.num_outputs):
-            layer.set_output_type(i, trt.float32)
+        for i, o in enumerate(outs):
+            if o.dtype in floats:
+                layer.set_output_type(i, trt.float32)
         count += 1
     config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-    log.info("FP16 build: %d layers (box decoding, NMS tail, level mapper) pinned to FP32", count)
+    log.info("FP16 build: %d layers (box decoding, candidate selection, NMS tail, level mapper) pinned to FP32",
+             count)
     return count
 
 
@@ -368,6 +438,9 @@ def build_engine(
             raise HarmonicError(f"{onnx_path}: --int8 needs a Q/DQ graph (export with --int8 --calib DIR)")
         mode = "int8"
     elif has_qdq:
+        if fp16:
+            log.warning("%s is a Q/DQ graph: built as INT8 (strongly typed, its float layers in FP32), not FP16",
+                        onnx_path)
         mode = "int8"  # a Q/DQ graph is explicitly quantised whatever was asked
     warning = nms_slowdown_warning(trt.__version__)
     if warning and any(n.op_type == "NonMaxSuppression" for n in proto.graph.node):
@@ -398,6 +471,8 @@ def build_engine(
             raise HarmonicError(f"{onnx_path}: TensorRT cannot parse the ONNX graph ({len(errors)} errors): {first}")
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+        if hasattr(trt, "ProfilingVerbosity"):  # per-layer precisions for the engine inspector (gpu_check)
+            config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
         if mode == "builder_flag":
             config.set_flag(trt.BuilderFlag.FP16)
             pin_fp32_layers(trt, network, config)
@@ -414,8 +489,7 @@ def build_engine(
         tmp_files.append(tmp_engine)
         gpu, cc = gpu_info()
         side = sidecar_dict(meta, tensorrt_version=trt.__version__, gpu=gpu, compute_capability=cc,
-                            fp16=fp16, shapes=shapes)
-        side["int8"] = mode == "int8"
+                            precision=built_precision(mode), shapes=shapes)
         tmp_side = _atomic_write(sidecar_path, (json.dumps(side, indent=2) + "\n").encode())
         tmp_files.append(tmp_side)
         if timing_cache:

@@ -25,13 +25,14 @@ class DistInfo:
 
 
 def init_distributed(device: str) -> tuple[DistInfo, torch.device]:
-    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1), else single process.
+    """Join the process group when launched by ``torchrun`` (``RANK`` and ``MASTER_ADDR`` set; with
+    ``--nproc_per_node 1`` too, so one GPU exercises DDP and NCCL), else single process.
 
     ``device`` is ``"cpu"`` or ``"cuda"`` (or ``"cuda:N"``); under DDP each process takes
     ``cuda:LOCAL_RANK``. Backend: NCCL on CUDA, gloo on CPU. Returns ``(info, torch.device)``.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1 or "RANK" not in os.environ:
+    if "RANK" not in os.environ or (world_size <= 1 and "MASTER_ADDR" not in os.environ):
         return DistInfo(False, 0, 1, 0), torch.device(device)
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

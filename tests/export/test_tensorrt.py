@@ -26,9 +26,21 @@ META = build_metadata(names=["a", "b"], img_size=64, mean=(0.5, 0.5, 0.5), std=(
                       checkpoint_sha256="ab" * 32, graph="nms", versions={"torch": "x"})
 
 
-DEFAULT_LAYERS = (("/backbone/body/conv1/Conv", "float32"), ("/decode/Exp", "float32"),
-                  ("/level_mapper/Sqrt", "float32"), ("/nms_tail/NonMaxSuppression", "int64"),
-                  ("/nms_tail/TopK", "float32"), ("/head/cls_logits/Conv", "float32"))
+# (name, layer type, input dtypes, output dtypes) as real TensorRT 10.x parses them: ITopKLayer returns
+# float values and int32 indices, INMSLayer reads float boxes/scores and returns int32 tensors only.
+DEFAULT_LAYERS = (
+    ("/backbone/body/conv1/Conv", "CONVOLUTION", ("float32",), ("float32",)),
+    ("/decode/Exp", "UNARY", ("float32",), ("float32",)),
+    ("/level_mapper/Sqrt", "UNARY", ("float32",), ("float32",)),
+    ("/level_mapper/Floor_to_int", "CAST", ("float32",), ("int32",)),
+    ("/select/TopK", "TOPK", ("float32",), ("float32", "int32")),
+    ("/select/Gather", "GATHER", ("float32", "int32"), ("float32",)),
+    ("/select/Shape", "SHAPE", ("float32",), ("int64",)),
+    ("/select/Add_int", "ELEMENTWISE", ("int64", "int64"), ("int64",)),
+    ("/nms_tail/NonMaxSuppression", "NMS", ("float32", "float32", "int32"), ("int32", "int32")),
+    ("/nms_tail/TopK", "TOPK", ("float32",), ("float32", "int32")),
+    ("/head/cls_logits/Conv", "CONVOLUTION", ("float32",), ("float32",)),
+)
 
 
 def fake_tensorrt(version: str = "10.13.0.35", plan: bytes | None = b"PLAN-BYTES", parse_ok: bool = True,
@@ -88,20 +100,25 @@ def fake_tensorrt(version: str = "10.13.0.35", plan: bytes | None = b"PLAN-BYTES
             self.dtype = dtype
 
     class Layer:
-        def __init__(self, name, dtype="float32"):
-            self.name, self.num_outputs, self.out = name, 1, Tensor(dtype)
+        def __init__(self, name, kind, ins, outs):
+            self.name, self.type = name, kind
+            self.inputs, self.outputs = [Tensor(d) for d in ins], [Tensor(d) for d in outs]
+            self.num_inputs, self.num_outputs = len(ins), len(outs)
             self.precision = None
             self.out_types = {}
 
+        def get_input(self, i):
+            return self.inputs[i]
+
         def get_output(self, i):
-            return self.out
+            return self.outputs[i]
 
         def set_output_type(self, i, dtype):
             self.out_types[i] = dtype
 
     class Network:
         def __init__(self):
-            self.layers = [Layer(n, dt) for n, dt in layers]
+            self.layers = [Layer(*spec) for spec in layers]
             mod.network = self
 
         @property
@@ -126,7 +143,7 @@ def fake_tensorrt(version: str = "10.13.0.35", plan: bytes | None = b"PLAN-BYTES
             return Profile()
 
         def build_serialized_network(self, network, config):
-            calls.append(("build_serialized_network",))
+            calls.append(("build_serialized_network", getattr(config, "profiling_verbosity", None)))
             return plan
 
     class OnnxParser:
@@ -149,8 +166,11 @@ def fake_tensorrt(version: str = "10.13.0.35", plan: bytes | None = b"PLAN-BYTES
 
     mod.Logger, mod.Builder, mod.OnnxParser = Logger, Builder, OnnxParser
     mod.init_libnvinfer_plugins = init_libnvinfer_plugins
-    mod.float32, mod.float16 = "float32", "float16"
+    mod.float32, mod.float16, mod.bfloat16, mod.int32, mod.int64 = "float32", "float16", "bfloat16", "int32", "int64"
+    mod.LayerType = types.SimpleNamespace(**{k: k for k in ("CONVOLUTION", "UNARY", "CAST", "TOPK", "GATHER", "SHAPE",
+                                                            "ELEMENTWISE", "NMS")})
     mod.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+    mod.ProfilingVerbosity = types.SimpleNamespace(DETAILED="DETAILED")
     mod.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=3)
     if major == 10:
         mod.BuilderFlag = types.SimpleNamespace(FP16="FP16", INT8="INT8", OBEY_PRECISION_CONSTRAINTS="OBEY")
@@ -210,12 +230,16 @@ def test_trtexec_command():
 
 
 def test_sidecar_dict():
-    side = trtmod.sidecar_dict(META, tensorrt_version="10.13.0", gpu="Orin", compute_capability="8.7", fp16=True,
-                               shapes=trtmod.profile_shapes(64, 1, 2, 4))
+    side = trtmod.sidecar_dict(META, tensorrt_version="10.13.0", gpu="Orin", compute_capability="8.7",
+                               precision="fp16", shapes=trtmod.profile_shapes(64, 1, 2, 4))
     assert side["names"] == ["a", "b"] and side["img_size"] == 64 and side["max_det"] == 10
     assert side["score_threshold"] == 0.01 and side["mean"] == [0.5, 0.5, 0.5]
     assert side["tensorrt"] == "10.13.0" and side["versions"] == {"torch": "x", "tensorrt": "10.13.0"}
     assert side["gpu"] == "Orin" and side["compute_capability"] == "8.7" and side["fp16"] is True
+    assert side["precision"] == "fp16" and side["int8"] is False
+    with pytest.raises(ValueError, match="precision"):
+        trtmod.sidecar_dict(META, tensorrt_version="10", gpu="g", compute_capability="1", precision="int4",
+                            shapes=trtmod.profile_shapes(64, 1, 2, 4))
     assert side["profile"] == {"min": 1, "opt": 2, "max": 4}
     assert side["checkpoint_sha256"] == "ab" * 32 and side["harmonic.format"] == "harmonicdet-onnx"
 
@@ -269,14 +293,27 @@ def test_build_engine_trt10_fp16(tiny_onnx, tmp_path, monkeypatch):
     assert ("set_memory_pool_limit", "WORKSPACE", 2 << 30) in c
     assert ("add_optimization_profile", ("images", (1, 3, 64, 64), (2, 3, 64, 64), (8, 3, 64, 64))) in c
     assert ("create_timing_cache", b"old") in c and ("set_timing_cache", False) in c
+    assert ("build_serialized_network", "DETAILED") in c  # per-layer detail for the engine inspector
     parse = [x for x in c if x[0] == "parse_from_file"][0]
     assert parse[1] == str(tiny_onnx) and parse[2] == TensorProto.FLOAT
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.engine.json", "m.onnx", "timing.cache"]
     # the plugin registry is initialised before the parser runs (RoiAlign may map to a plugin)
     assert c.index(("init_libnvinfer_plugins", "")) < c.index(parse)
-    # FP16 on 10.x: decoding, level mapper and the NMS tail's float layers pinned to FP32, and obeyed
+    # FP16 on 10.x: every layer of the FP32 scopes that computes on floats is pinned to FP32, and obeyed;
+    # the output type is set only on float outputs (TopK's int32 indices and the NMS outputs keep theirs)
     pinned = {layer.name: (layer.precision, layer.out_types) for layer in fake.network.layers if layer.precision}
-    assert pinned == {n: ("float32", {0: "float32"}) for n in ("/decode/Exp", "/level_mapper/Sqrt", "/nms_tail/TopK")}
+    assert pinned == {
+        "/decode/Exp": ("float32", {0: "float32"}),
+        "/level_mapper/Sqrt": ("float32", {0: "float32"}),
+        "/level_mapper/Floor_to_int": ("float32", {}),
+        "/select/TopK": ("float32", {0: "float32"}),
+        "/select/Gather": ("float32", {0: "float32"}),
+        "/nms_tail/NonMaxSuppression": ("float32", {}),
+        "/nms_tail/TopK": ("float32", {0: "float32"}),
+    }
+    # integer-only layers (shape arithmetic) and the Shape layer have no float computation to pin: TensorRT
+    # rejects an FP32 precision on them ("A shape layer can only run in INT32 precision")
+    assert fake.network.layers[6].name == "/select/Shape" and fake.network.layers[6].precision is None
     assert ("set_flag", "OBEY") in c
 
 
@@ -297,7 +334,10 @@ def test_outputs_get_the_usual_file_mode(tiny_onnx, tmp_path, monkeypatch):
 
 def test_nms_slowdown_warning_on_trt_10_0_to_10_6(tmp_path, monkeypatch, caplog):
     for v in ("10.0.1.6", "10.3.0", "10.6.0.26"):
-        assert "TensorRT#4248" in trtmod.nms_slowdown_warning(v) and "--raw" in trtmod.nms_slowdown_warning(v)
+        text = trtmod.nms_slowdown_warning(v)
+        assert "TensorRT#4248" in text and "--raw" in text and "still open" in text
+        # only what is known: no claim that a later release fixed it, no advice to upgrade
+        assert "fixed" not in text and "10.7" not in text and "upgrade" not in text.lower()
     for v in ("10.7.0.23", "10.13.0.35", "11.4.1", "9.3.0", "dev"):
         assert trtmod.nms_slowdown_warning(v) is None
     path = tmp_path / "nms.onnx"
@@ -341,7 +381,8 @@ def test_int8_qdq_graph_builds_strongly_typed_without_precision_flags(tmp_path, 
     trtmod.build_engine(path, tmp_path / "m.engine", int8=True)
     assert ("create_network", 1 << 3) in fake.calls  # STRONGLY_TYPED
     assert not [x for x in fake.calls if x[0] == "set_flag"]  # no INT8/FP16 flags: the Q/DQ pairs decide
-    assert json.loads((tmp_path / "m.engine.json").read_text())["int8"] is True
+    side = json.loads((tmp_path / "m.engine.json").read_text())
+    assert side["int8"] is True and side["precision"] == "int8" and side["fp16"] is False
     plain = tmp_path / "plain.onnx"
     onnx.save(_nms_graph(qdq=False), str(plain))
     with pytest.raises(HarmonicError, match="needs a Q/DQ graph"):
@@ -349,6 +390,27 @@ def test_int8_qdq_graph_builds_strongly_typed_without_precision_flags(tmp_path, 
     with pytest.raises(HarmonicError, match="--int8 and --fp16"):
         trtmod.build_engine(path, tmp_path / "q.engine", int8=True, fp16=True)
     assert not (tmp_path / "p.engine").exists() and not (tmp_path / "q.engine").exists()
+
+
+@pytest.mark.parametrize("version", ["10.13.0.35", "11.4.1"])
+def test_sidecar_records_the_precision_built_not_the_one_asked(tmp_path, monkeypatch, caplog, version):
+    """A Q/DQ graph built with --fp16 is built as INT8 (strongly typed, no FP16 flag): the sidecar says so."""
+    fake = fake_tensorrt(version)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    path = tmp_path / "m.int8.onnx"
+    onnx.save(_nms_graph(qdq=True), str(path))
+    trtmod.build_engine(path, tmp_path / "m.engine", fp16=True)
+    side = json.loads((tmp_path / "m.engine.json").read_text())
+    assert (side["precision"], side["fp16"], side["int8"]) == ("int8", False, True)
+    assert ("create_network", 1 << 3) in fake.calls and not [x for x in fake.calls if x[0] == "set_flag"]
+    assert any("built as INT8" in r.getMessage() for r in caplog.records)
+    # a plain graph: what was asked is what was built
+    plain = tmp_path / "plain.onnx"
+    onnx.save(_nms_graph(qdq=False), str(plain))
+    for fp16, want in ((True, "fp16"), (False, "fp32")):
+        trtmod.build_engine(plain, tmp_path / "p.engine", fp16=fp16, overwrite=True)
+        side = json.loads((tmp_path / "p.engine.json").read_text())
+        assert (side["precision"], side["fp16"], side["int8"]) == (want, fp16, False)
 
 
 def test_fp16_copy_keeps_fp32_scopes_with_casts_at_the_edges():
@@ -455,3 +517,26 @@ def test_fp16_conversion_of_a_real_graph(tmp_path, make_detector):
     assert a["num_dets"][0, 0] > 0 and b["num_dets"][0, 0] > 0
     np.testing.assert_allclose(b["det_scores"][:, 0], a["det_scores"][:, 0], rtol=2e-2)
     np.testing.assert_allclose(b["det_boxes"][:, 0], a["det_boxes"][:, 0], atol=0.5)
+
+
+def test_summarize_engine_layers():
+    """The engine inspector's JSON (DETAILED) -> INT8 convolutions counted, NMS input types read."""
+    def t(fmt):
+        return {"Name": "x", "Format/Datatype": fmt}
+
+    info = {"Layers": [
+        {"Name": "/backbone/conv1/Conv + Relu", "LayerType": "CaskConvolution",
+         "Inputs": [t("Thirty-two wide channel vectorized row major Int8 format")], "Outputs": [t("Int8")]},
+        {"Name": "/head/cls/Conv", "LayerType": "CaskConvolution",
+         "Inputs": [t("Channel major FP16 format where channel % 8 == 0")], "Outputs": [t("FP16")]},
+        {"Name": "/decode/Exp", "LayerType": "PointWiseV2", "Inputs": [t("Row major linear FP32")]},
+        {"Name": "/nms_tail/NonMaxSuppression", "LayerType": "NMS",
+         "Inputs": [t("Row major linear FP32"), t("Row major linear FP32"), t("Row major linear Int32")]},
+    ], "Bindings": ["images"]}
+    s = trtmod.summarize_engine_layers(json.dumps(info))
+    assert (s["layers"], s["convolutions"], s["int8_convolutions"]) == (4, 2, 1)
+    assert s["nms"] == [{"name": "/nms_tail/NonMaxSuppression", "inputs": ["fp32", "fp32"]}] and s["nms_fp32"] is True
+    info["Layers"][3]["Inputs"][0] = t("Row major linear FP16 format")
+    assert trtmod.summarize_engine_layers(info)["nms_fp32"] is False
+    with pytest.raises(HarmonicError, match="ProfilingVerbosity.DETAILED"):
+        trtmod.summarize_engine_layers({"Layers": ["conv1", "nms"]})  # LAYER_NAMES_ONLY
