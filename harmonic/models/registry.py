@@ -78,6 +78,8 @@ MODELS: dict[str, ModelInfo] = {
         _ssd, "ssd", 320, 1, "SSDlite, MobileNetV3-Large, softmax CE + hard-negative mining; edge"),
     "ssd300_vgg16": ModelInfo(
         _ssd, "ssd", 300, 1, "SSD300, VGG-16, softmax CE + hard-negative mining (input >= 268)"),
+    "ssd_resnet10s_fpn": ModelInfo(
+        _ssd, "ssd", 128, 32, "SSD, ResNet-10-slim-FPN (P3-P7), softmax CE + hard-negative mining; CPU-sized"),
     "fasterrcnn_resnet18_fpn": ModelInfo(
         _faster_rcnn, "faster_rcnn", 320, 32, "Faster R-CNN, ResNet-18-FPN, two-stage; small/CPU"),
     "fasterrcnn_resnet50_fpn": ModelInfo(

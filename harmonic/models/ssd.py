@@ -1,4 +1,4 @@
-"""SSD300-VGG16 and SSDlite320-MobileNetV3 with the HarmonicDet loss adapter.
+"""SSD300-VGG16, SSDlite320-MobileNetV3 and SSD-ResNet-10-slim-FPN with the HarmonicDet loss adapter.
 
 torchvision keeps the SSD loss in ``SSD.compute_loss``; :class:`HarmonicSSD` overrides only that
 hook. Matching (``SSDMatcher``), hard-negative mining (3:1) and everything outside training are
@@ -19,20 +19,23 @@ from torch import Tensor, nn
 from torchvision.models import MobileNet_V3_Large_Weights, VGG16_Weights, mobilenet_v3_large
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
-from torchvision.models.detection.ssd import SSD, _vgg_extractor
+from torchvision.models.detection.ssd import SSD, SSDHead, _vgg_extractor
 from torchvision.models.detection.ssdlite import SSDLiteHead, _mobilenet_extractor, _normal_init
 from torchvision.models.vgg import cfgs as vgg_cfgs
 from torchvision.models.vgg import make_layers as vgg_make_layers
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from harmonic.errors import HarmonicError
 from harmonic.losses import PositiveTerms, positive_stats
 from harmonic.models.common import (
     box_loss_per_positive,
+    check_img_size,
     check_loss,
     load_state_dict_file,
     make_loss_module,
     make_terms,
     pop_options,
+    resnet_fpn_backbone,
     resolve_backbone_weights,
     softmax_positive_terms,
 )
@@ -40,7 +43,7 @@ from harmonic.models.spec import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
-SSD_NAMES = ("ssdlite320_mobilenet_v3_large", "ssd300_vgg16")
+SSD_NAMES = ("ssdlite320_mobilenet_v3_large", "ssd300_vgg16", "ssd_resnet10s_fpn")
 # Smallest square input for which every VGG extra block still has a 3x3 map (probed: 268 -> 1x1).
 SSD300_MIN_SIZE = 268
 # Keyword arguments of torchvision's SSD that a user may set through builder options.
@@ -230,6 +233,42 @@ def _ssd300_vgg16(
     )
 
 
+# ssd_resnet10s_fpn: default-box sizes (fraction of the image side) of P3..P7, linear as in the SSD
+# paper (min 0.12, max 0.8, then 1.0 for the last level's extra box). At 128 px the levels are
+# 16x16 .. 1x1 and each cell holds 2 squares (s_k, sqrt(s_k * s_k+1)) and 1:2, 2:1, 1:3, 3:1 boxes
+# of side s_k: squares from 0.12 to 0.89 of the side, for objects 15-60 % of it (the demo's shapes).
+RESNET10S_FPN_SCALES = (0.12, 0.29, 0.46, 0.63, 0.8, 1.0)
+RESNET10S_FPN_STRIDE = 32
+
+
+def _ssd_resnet10s_fpn(
+    num_classes: int, loss: str, img_size: int, backbone_weights: str | None, loss_options: dict, options: dict
+) -> HarmonicSSD:
+    """SSD on ResNet-10-slim + FPN (P3-P7, ``fpn_channels`` wide, P6/P7 by stride-2 convs from P5).
+
+    torchvision's ``SSDHead`` (one 3x3 conv per level for classes, one for boxes), ``DefaultBoxGenerator``
+    (6 boxes per cell), ``SSDMatcher`` (IoU 0.5 + each object's best box) and 3:1 hard-negative mining.
+    """
+    name = "ssd_resnet10s_fpn"
+    check_img_size(name, img_size, RESNET10S_FPN_STRIDE)
+    defaults = {"score_thresh": 0.001, "nms_thresh": 0.5, "detections_per_img": 100, "topk_candidates": 400}
+    kwargs, opts = _ssd_kwargs(name, options, defaults, frozenset({"fpn_channels"}))
+    fpn_channels = int(opts.get("fpn_channels", 64))
+    if fpn_channels < 1:
+        raise HarmonicError(f"model {name}: fpn_channels must be >= 1 (got {fpn_channels})")
+    trainable = opts.get("trainable_backbone_layers")
+    backbone = resnet_fpn_backbone("resnet10s", backbone_weights, fpn_channels, returned_layers=(2, 3, 4),
+                                   extra_blocks=LastLevelP6P7(fpn_channels, fpn_channels),
+                                   trainable_layers=None if trainable is None else int(trainable))
+    levels = len(RESNET10S_FPN_SCALES) - 1
+    anchor_generator = DefaultBoxGenerator([[2, 3]] * levels, scales=list(RESNET10S_FPN_SCALES))
+    head = SSDHead([fpn_channels] * levels, anchor_generator.num_anchors_per_location(), num_classes + 1)
+    return HarmonicSSD(
+        backbone, anchor_generator, (img_size, img_size), num_classes + 1, head=head, loss=loss,
+        loss_options=loss_options, **kwargs
+    )
+
+
 def build_ssd(
     name: str,
     num_classes: int,
@@ -240,7 +279,7 @@ def build_ssd(
     loss_options: dict[str, Any] | None,
     **options: Any,
 ) -> HarmonicSSD:
-    """Build ``ssdlite320_mobilenet_v3_large`` or ``ssd300_vgg16`` for square ``img_size`` inputs.
+    """Build ``ssdlite320_mobilenet_v3_large``, ``ssd300_vgg16`` or ``ssd_resnet10s_fpn`` for square inputs.
 
     The harmonic loss is built on torchvision's SSD terms (see :class:`HarmonicSSD`): softmax CE
     with 3:1 hard-negative mining, SmoothL1 (beta 1) on the encoded deltas (weights 10, 10, 5, 5),
@@ -251,23 +290,27 @@ def build_ssd(
         num_classes: C object classes; the model has C + 1 outputs (0 = background), labels 1..C.
         loss: ``"harmonic"`` or ``"baseline"`` (torchvision's loss, unchanged).
         img_size: square input side S; the transform resizes to (S, S), so letterboxed S x S inputs
-            pass unchanged. ssd300_vgg16 needs S >= 268.
+            pass unchanged. ssd300_vgg16 needs S >= 268; ssd_resnet10s_fpn a multiple of 32.
         backbone_weights: ``None`` (random init, nothing downloaded), a torchvision weights name
             (``"DEFAULT"`` = ImageNet classification weights, used with ImageNet mean/std), or a
             path to a local torchvision classification state dict (``vgg16`` /
-            ``mobilenet_v3_large``, full model; VGG's classifier keys are ignored).
+            ``mobilenet_v3_large``, full model; VGG's classifier keys are ignored). resnet10s has no
+            torchvision weights: ``None`` or a local state dict of its layout.
         loss_options: keyword arguments of :class:`harmonic.losses.HarmonicConfig`.
         **options: ``trainable_backbone_layers``; ``reduced_tail`` (ssdlite only, default False:
             torchvision's from-scratch MobileNetV3 tail, fewer channels; not with pretrained
-            weights); SSD keywords (``score_thresh``, ``nms_thresh``, ``detections_per_img``,
+            weights); ``fpn_channels`` (ssd_resnet10s_fpn only, default 64: FPN and head width);
+            SSD keywords (``score_thresh``, ``nms_thresh``, ``detections_per_img``,
             ``topk_candidates``, ``iou_thresh``, ``positive_fraction``).
 
-    Normalisation is ImageNet mean/std inside the model (``model.transform``) for both names.
+    Normalisation is ImageNet mean/std inside the model (``model.transform``) for every name.
     """
     if name == "ssdlite320_mobilenet_v3_large":
         builder = _ssdlite_mobilenet
     elif name == "ssd300_vgg16":
         builder = _ssd300_vgg16
+    elif name == "ssd_resnet10s_fpn":
+        builder = _ssd_resnet10s_fpn
     else:
         raise HarmonicError(f"unknown SSD model {name!r}; expected one of {list(SSD_NAMES)}")
     if num_classes < 1:

@@ -25,6 +25,7 @@ CASES = {
     "fcos_resnet50_fpn": (64, {}),
     "ssdlite320_mobilenet_v3_large": (64, {}),
     "ssd300_vgg16": (268, {"trainable_backbone_layers": 1}),
+    "ssd_resnet10s_fpn": (64, {"fpn_channels": 32}),
     "fasterrcnn_resnet18_fpn": (64, _FRCNN),
     "fasterrcnn_resnet50_fpn": (64, _FRCNN),
 }

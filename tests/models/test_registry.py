@@ -9,7 +9,8 @@ from harmonic.models import MODELS, ModelInfo, ModelSpec, build_detector, build_
 
 REQUIRED = [
     "fcos_resnet10s_fpn", "retinanet_resnet10s_fpn", "retinanet_resnet18_fpn", "retinanet_resnet50_fpn", "fcos_resnet18_fpn", "fcos_resnet50_fpn",
-    "ssdlite320_mobilenet_v3_large", "ssd300_vgg16", "fasterrcnn_resnet18_fpn", "fasterrcnn_resnet50_fpn",
+    "ssdlite320_mobilenet_v3_large", "ssd300_vgg16", "ssd_resnet10s_fpn", "fasterrcnn_resnet18_fpn",
+    "fasterrcnn_resnet50_fpn",
 ]
 
 

@@ -21,6 +21,7 @@ NUM_CLASSES = 3
 # (name, builder, smallest test size); ssd300_vgg16's extra blocks need >= 268 px.
 CASES = [
     ("ssdlite320_mobilenet_v3_large", build_ssd, 128),
+    ("ssd_resnet10s_fpn", build_ssd, 128),
     pytest.param("ssd300_vgg16", build_ssd, 268, marks=pytest.mark.slow),
     ("fasterrcnn_resnet18_fpn", build_faster_rcnn, 128),
     pytest.param("fasterrcnn_resnet50_fpn", build_faster_rcnn, 128, marks=pytest.mark.slow),  # = resnet18's code
