@@ -549,10 +549,12 @@ def run_variant(variant: Variant, seed: int, recipe: Recipe, data_yaml: Path, ev
     cand = run_dir / "candidates.json"
 
     def candidates() -> None:
+        t0 = time.perf_counter()
         try:
-            write_candidates(raw_path, eval_images, eval_annotations, cand)
+            n = write_candidates(raw_path, eval_images, eval_annotations, cand)
         except HarmonicError as exc:
             raise HarmonicError(f"{exc}; {hint}") from None
+        tqdm.write(f"  candidates {tag}: {n} pre-NMS boxes, {time.perf_counter() - t0:.0f} s")
     stage("candidates", stage_key("candidates", file_fingerprint(raw_path), eval_fp), [cand], candidates)
 
     eval_cmd = [sys.executable, "-m", "harmonic", "eval", "--annotations", eval_annotations,

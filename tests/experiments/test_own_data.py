@@ -264,11 +264,15 @@ def test_demo_on_a_users_dataset_with_a_voc_or_yolo_val_split(tmp_path, capsys, 
     assert "no 'test' split; reporting on val" in captured.err
     text = (out / "REPORT.md").read_text()
     assert "scored on the `val` split, 6 images" in text
+    gt = json.loads((out / "eval" / "val.json").read_text())
+    assert len(gt["images"]) == 6 and "000001.png" not in {im["file_name"] for im in gt["images"]}
+    assert "000001.png" not in (out / "eval" / "val.images.txt").read_text()
     for run in ("baseline_s0", "harmonic_s0"):
         rep = json.loads((out / run / "report.json").read_text())
         assert rep["counts"]["images"] == 6 and np.isfinite(rep["coco"]["AP"])
         dets = json.loads((out / run / "infer" / "detections.json").read_text())
-        assert {d["image_id"] for d in dets} <= set(range(1, 7))  # the stray file was not inferred
+        # the stray file was not inferred: every detection is on an annotated image
+        assert {d["image_id"] for d in dets} <= {im["id"] for im in gt["images"]}
     mtime = (out / "baseline_s0" / "best.pt").stat().st_mtime_ns
     assert main(["demo", "--data", str(path), "--out", str(out), *TINY]) == 0  # rerun: everything reused
     assert "reused 10 finished stage(s)" in capsys.readouterr().out

@@ -108,3 +108,38 @@ def test_bad_ground_truth_is_one_line(tmp_path, capsys, case):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expect in err[0], err
+
+
+def _absurd_png(path: Path, w: int = 100000, h: int = 100000) -> Path:
+    """A PNG whose header claims ``w x h`` pixels: OpenCV's decoder raises its own exception on it."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_file_the_decoder_refuses_is_named_skipped_and_counted(tmp_path, caplog, capsys):
+    from harmonic.data.checks import image_problem
+    from harmonic.runtime.preprocess import ImageDecodeError, decode_image
+
+    write_images(tmp_path / "images", 3)
+    bad = _absurd_png(tmp_path / "images" / "huge.png")
+    with pytest.raises(ImageDecodeError, match="huge.png: image too large for the decoder"):
+        decode_image(bad)
+    assert "absurd image size 100000x100000" in image_problem(bad)
+    model = make_graph(tmp_path / "model.onnx", score_threshold=0.01)
+    assert main(["infer", "--engine", str(model), "--images", str(tmp_path / "images"),
+                 "--out", str(tmp_path / "out")]) == 0
+    assert "3 processed, 1 skipped (1 unreadable" in capsys.readouterr().out
+    assert "huge.png" in caplog.text
+    for f in (tmp_path / "images").glob("*.jpg"):
+        _absurd_png(f)  # nothing readable: one error
+    assert main(["infer", "--engine", str(model), "--images", str(tmp_path / "images"),
+                 "--out", str(tmp_path / "out2")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none of the 4 image(s) could be read" in err[0]
