@@ -394,7 +394,9 @@ def _infer_and_report(args: argparse.Namespace, backend: Any, images: ImageList,
                                  f"{Path(args.engine).name} on {args.annotations}", category_ids, subset)
         coco, cons = report.get("coco") or {}, report.get("consistency") or {}
         parts = [f"{k} {coco[k]:.4f}" for k in ("AP", "AP50", "AP75") if isinstance(coco.get(k), float)]
-        parts += [f"{k} {cons[k]:.3f}" for k in ("spearman", "kendall", "aic") if isinstance(cons.get(k), float)]
+        tp = (report.get("ranking") or {}).get("true_positives") or {}
+        parts += [f"TP {k} {tp[k]:.3f}" for k in ("spearman", "kendall") if isinstance(tp.get(k), float)]
+        parts += [f"pooled {k} {cons[k]:.3f}" for k in ("spearman", "aic") if isinstance(cons.get(k), float)]
         print(f"wrote {out / 'report.json'}" + (f": {', '.join(parts)}" if parts else ""))
     return 0
 
