@@ -121,13 +121,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = [
         "# HarmonicDet ablation", "",
         f"Model `{recipe.model}`, {recipe.epochs} epochs at {recipe.img_size} px, batch {recipe.batch_size}, "
-        f"{recipe.optimizer} lr {recipe.lr}, {args.seeds} seed(s), data "
+        f"{recipe.optimizer} lr {recipe.lr}, seeds per variant: "
+        + ", ".join(f"{v.label} {seed_counts.get(v.name, args.seeds)}" for v in variants) + "; data "
         f"{'`' + str(args.data) + '`' if args.data else '`harmonic synth` (the demo set)'}; "
         f"{report.machine_line(device)}; {(time.perf_counter() - t0) / 60:.1f} min.", "",
         "Every variant uses the same recipe and seeds and is evaluated as shipped (exported ONNX graph, "
         "torch-free inference). Loss options per variant (the rest at their defaults):", "",
         *[f"- {label}: `{opts}`" for label, opts in options.items()], "",
         table, "",
+        "Intervals: paired bootstrap over the evaluation images; a variant's seeds and the baseline's seeds are "
+        "resampled too where there are two or more (a one-seed variant's interval holds the baseline's seed "
+        "variation, not its own).", "",
         "Mean score of the true positives per IoU bin (the evaluation split; mean over seeds):", "",
         calibration_table(reports), "", f"![calibration]({cal.name})", "",
         "Mean score of the training positives per IoU bin, per epoch (seed 0 of each variant): compressed "
