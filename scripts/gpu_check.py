@@ -851,6 +851,19 @@ def summary_line(steps: list[dict[str, Any]], seconds: float, cuda: bool) -> str
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the check; the ``harmonic`` logger's level is restored afterwards (the check quiets it while it
+    trains in-process, which must not leak into a caller such as the test suite)."""
+    import logging
+
+    harmonic_log = logging.getLogger("harmonic")
+    level = harmonic_log.level
+    try:
+        return _main(argv)
+    finally:
+        harmonic_log.setLevel(level)
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         manifest, ckpt, required, wanted = preflight(args)

@@ -30,7 +30,7 @@ def test_list_models(capsys):
 
     assert main(["--list-models"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == len(MODELS) == 10
+    assert len(lines) == len(MODELS) == 11
     assert [ln.split()[0] for ln in lines] == list(MODELS)
 
 
