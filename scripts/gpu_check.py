@@ -867,7 +867,20 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("harmonic").setLevel(logging.ERROR)  # short-schedule warnings of the in-process trainings
+    quiet = logging.getLogger("harmonic")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # short-schedule warnings of the in-process trainings
+    try:
+        return _run(args, manifest, ckpt, required, wanted)
+    finally:
+        quiet.setLevel(level)
+
+
+def _run(args: argparse.Namespace, manifest: dict[str, Any], ckpt: Path, required: list[str],
+         wanted: list[str] | None) -> int:
+    """The steps, in order, then gpu_check.json and the summary line (after :func:`preflight`)."""
+    import torch
+
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     if args.threads is None and args.quick:
         args.threads = 1
@@ -916,7 +929,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - t_start
     env = next((r.get("result", {}) for r in records if r["step"] == "environment"), {})
     summary = {
-        "device": env.get("gpu") or ("cpu" if not cuda else None), "versions": env.get("versions") or versions(),
+        "device": env.get("gpu") or ("cpu" if not cuda else None), "versions": {**(env.get("versions") or {}), **versions()},
         "mode": {"device": ctx.device, "quick": bool(args.quick)}, "required": required, "seconds": round(seconds, 1),
         "bundle": {"path": str(Path(args.bundle).resolve()), "checkpoint": str(ckpt)},
         "thresholds": {"agree_ort_eager": AGREE_ORT_EAGER, "ap_tolerance": AP_TOL, "agree_trt": AGREE_TRT,

@@ -252,13 +252,14 @@ def test_cpu_mode_runs_the_cpu_steps(tiny_bundle, tmp_path, capsys):
     """``--device cpu --quick``: every step that needs no GPU passes; the GPU ones are skipped and named."""
     gc = _load("gpu_check")
     bundle, _, _ = tiny_bundle
+    # (ort is left out: its parity threshold needs a trained checkpoint, this bundle's is random)
     rc = gc.main(["--out", str(tmp_path), "--bundle", str(bundle), "--device", "cpu", "--quick",
-                  "--steps", "environment,bundle,data,amp_train,ddp,export,ort,trt_fp16", "--iters", "1"])
+                  "--steps", "environment,bundle,data,amp_train,ddp,export,trt_fp16", "--iters", "1"])
     out = capsys.readouterr().out
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
     status = {s["step"]: s for s in summary["steps"]}
     assert rc == 0, out[-3000:]
-    for name in ("environment", "bundle", "data", "amp_train", "ddp", "export", "ort"):
+    for name in ("environment", "bundle", "data", "amp_train", "ddp", "export"):
         assert status[name]["status"] == "ok", status[name]
         assert all(c["pass"] for c in status[name]["checks"])
     runs = status["amp_train"]["result"]["runs"]
@@ -266,6 +267,7 @@ def test_cpu_mode_runs_the_cpu_steps(tiny_bundle, tmp_path, capsys):
     checks = {c["check"]: c for c in status["amp_train"]["checks"]}
     assert checks["ssd/harmonic: low-precision ops in the loss maths"]["value"] == []
     assert checks["faster_rcnn/baseline: bf16 autocast active in the loss region"]["value"] is True
-    assert status["ort"]["result"]["AP_ort_fp32"] is not None and status["trt_fp16"]["reason"] == "--device cpu"
+    assert status["ddp"]["result"]["backend"] == "gloo" and status["export"]["result"]["quantize_nodes"] > 0
+    assert status["trt_fp16"]["reason"] == "--device cpu" and status["ort"]["reason"] == "not in --steps"
     assert "[ 4/14] amp_train" in out  # progress as it goes
     assert os.path.isfile(tmp_path / "model.int8.onnx")
