@@ -431,7 +431,8 @@ def step_demo_train(ctx: Ctx) -> dict[str, Any]:
     if ctx.cuda:
         cmd.append("--amp")
     t0 = time.perf_counter()
-    run_cli(ctx, cmd, timeout=300)
+    left = ctx.args.budget_s - (t0 - ctx.state["t_start"])
+    run_cli(ctx, cmd, timeout=max(60.0, min(300.0, left)))  # the whole check stays inside --budget-s
     seconds = time.perf_counter() - t0
     from harmonic.training.checkpoint import load_checkpoint
 
@@ -792,6 +793,7 @@ def step_trt(ctx: Ctx, kind: str) -> dict[str, Any]:
             "engine_ms_b8_last": engine_ms}
 
 
+#: cheap and deploy-path steps first, the demo training (the longest) last: a run cut by --budget-s loses least
 STEPS = [
     Step("environment", step_environment, "device, versions, ONNX Runtime providers"),
     Step("bundle", step_bundle, "the bundle's wheels unpacked (onnxslim, pycocotools import)"),
@@ -799,8 +801,6 @@ STEPS = [
     Step("amp_train", step_amp_train, "AMP training per family and loss: finite, fp32 loss maths, GradScaler"),
     Step("resume", step_resume, "train() with AMP stopped after epoch 0 and resumed from last.pt, per family"),
     Step("ddp", step_ddp, "torchrun --nproc_per_node 1: DDP on NCCL (gloo on CPU)"),
-    Step("demo_train", step_demo_train, "the demo recipe trained here: time and AP", needs_cuda=True),
-    Step("latency", step_latency, "eager latency per family: GPU fp32/AMP vs CPU"),
     Step("trt_backend_cuda", step_trt_backend_cuda, "TensorRT backend's CUDA side (real cuda-bindings, fake TensorRT)",
          needs_cuda=True),
     Step("export", step_export, "carried checkpoint -> FP32 NMS graph (verified) + INT8 Q/DQ graph"),
@@ -809,6 +809,8 @@ STEPS = [
     Step("trt_fp16", lambda c: step_trt(c, "fp16"), "TensorRT FP16 engine: inspector, parity, AP", needs_cuda=True),
     Step("trt_int8", lambda c: step_trt(c, "int8"), "TensorRT INT8 engine: INT8 convs, FP32 NMS, parity, AP",
          needs_cuda=True),
+    Step("latency", step_latency, "eager latency per family: GPU fp32/AMP vs CPU"),
+    Step("demo_train", step_demo_train, "the demo recipe trained here: time and AP", needs_cuda=True),
 ]
 STEP_NAMES = [s.name for s in STEPS]
 #: what a later step needs from an earlier one
@@ -891,6 +893,7 @@ def _run(args: argparse.Namespace, manifest: dict[str, Any], ckpt: Path, require
     ctx = Ctx(args, out, cuda, manifest, out / "gpu_check.log", state={"checkpoint": ckpt.resolve()})
     ctx.log.write_text("")
     t_start = time.perf_counter()
+    ctx.state["t_start"] = t_start
     records: list[dict[str, Any]] = []
     for k, st in enumerate(STEPS, 1):
         rec: dict[str, Any] = {"step": st.name, "what": st.what}
