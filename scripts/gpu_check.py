@@ -431,7 +431,8 @@ def step_demo_train(ctx: Ctx) -> dict[str, Any]:
     if ctx.cuda:
         cmd.append("--amp")
     t0 = time.perf_counter()
-    run_cli(ctx, cmd, timeout=300)
+    left = ctx.args.budget_s - (t0 - ctx.state["t_start"])
+    run_cli(ctx, cmd, timeout=max(60.0, min(300.0, left)))  # the whole check stays inside --budget-s
     seconds = time.perf_counter() - t0
     from harmonic.training.checkpoint import load_checkpoint
 
@@ -792,6 +793,7 @@ def step_trt(ctx: Ctx, kind: str) -> dict[str, Any]:
             "engine_ms_b8_last": engine_ms}
 
 
+#: cheap and deploy-path steps first, the demo training (the longest) last: a run cut by --budget-s loses least
 STEPS = [
     Step("environment", step_environment, "device, versions, ONNX Runtime providers"),
     Step("bundle", step_bundle, "the bundle's wheels unpacked (onnxslim, pycocotools import)"),
@@ -799,8 +801,6 @@ STEPS = [
     Step("amp_train", step_amp_train, "AMP training per family and loss: finite, fp32 loss maths, GradScaler"),
     Step("resume", step_resume, "train() with AMP stopped after epoch 0 and resumed from last.pt, per family"),
     Step("ddp", step_ddp, "torchrun --nproc_per_node 1: DDP on NCCL (gloo on CPU)"),
-    Step("demo_train", step_demo_train, "the demo recipe trained here: time and AP", needs_cuda=True),
-    Step("latency", step_latency, "eager latency per family: GPU fp32/AMP vs CPU"),
     Step("trt_backend_cuda", step_trt_backend_cuda, "TensorRT backend's CUDA side (real cuda-bindings, fake TensorRT)",
          needs_cuda=True),
     Step("export", step_export, "carried checkpoint -> FP32 NMS graph (verified) + INT8 Q/DQ graph"),
@@ -809,6 +809,8 @@ STEPS = [
     Step("trt_fp16", lambda c: step_trt(c, "fp16"), "TensorRT FP16 engine: inspector, parity, AP", needs_cuda=True),
     Step("trt_int8", lambda c: step_trt(c, "int8"), "TensorRT INT8 engine: INT8 convs, FP32 NMS, parity, AP",
          needs_cuda=True),
+    Step("latency", step_latency, "eager latency per family: GPU fp32/AMP vs CPU"),
+    Step("demo_train", step_demo_train, "the demo recipe trained here: time and AP", needs_cuda=True),
 ]
 STEP_NAMES = [s.name for s in STEPS]
 #: what a later step needs from an earlier one
@@ -851,19 +853,6 @@ def summary_line(steps: list[dict[str, Any]], seconds: float, cuda: bool) -> str
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the check; the ``harmonic`` logger's level is restored afterwards (the check quiets it while it
-    trains in-process, which must not leak into a caller such as the test suite)."""
-    import logging
-
-    harmonic_log = logging.getLogger("harmonic")
-    level = harmonic_log.level
-    try:
-        return _main(argv)
-    finally:
-        harmonic_log.setLevel(level)
-
-
-def _main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         manifest, ckpt, required, wanted = preflight(args)
@@ -880,7 +869,20 @@ def _main(argv: list[str] | None = None) -> int:
     import torch
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("harmonic").setLevel(logging.ERROR)  # short-schedule warnings of the in-process trainings
+    quiet = logging.getLogger("harmonic")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # short-schedule warnings of the in-process trainings
+    try:
+        return _run(args, manifest, ckpt, required, wanted)
+    finally:
+        quiet.setLevel(level)
+
+
+def _run(args: argparse.Namespace, manifest: dict[str, Any], ckpt: Path, required: list[str],
+         wanted: list[str] | None) -> int:
+    """The steps, in order, then gpu_check.json and the summary line (after :func:`preflight`)."""
+    import torch
+
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     if args.threads is None and args.quick:
         args.threads = 1
@@ -891,6 +893,7 @@ def _main(argv: list[str] | None = None) -> int:
     ctx = Ctx(args, out, cuda, manifest, out / "gpu_check.log", state={"checkpoint": ckpt.resolve()})
     ctx.log.write_text("")
     t_start = time.perf_counter()
+    ctx.state["t_start"] = t_start
     records: list[dict[str, Any]] = []
     for k, st in enumerate(STEPS, 1):
         rec: dict[str, Any] = {"step": st.name, "what": st.what}
@@ -929,7 +932,7 @@ def _main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - t_start
     env = next((r.get("result", {}) for r in records if r["step"] == "environment"), {})
     summary = {
-        "device": env.get("gpu") or ("cpu" if not cuda else None), "versions": env.get("versions") or versions(),
+        "device": env.get("gpu") or ("cpu" if not cuda else None), "versions": {**(env.get("versions") or {}), **versions()},
         "mode": {"device": ctx.device, "quick": bool(args.quick)}, "required": required, "seconds": round(seconds, 1),
         "bundle": {"path": str(Path(args.bundle).resolve()), "checkpoint": str(ckpt)},
         "thresholds": {"agree_ort_eager": AGREE_ORT_EAGER, "ap_tolerance": AP_TOL, "agree_trt": AGREE_TRT,
