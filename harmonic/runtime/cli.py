@@ -236,6 +236,27 @@ def check_model(backend: Any) -> None:
                             f"{', '.join(missing)} (export one with: harmonic export --checkpoint best.pt --out model.onnx)")
 
 
+def assign_image_ids(images: Any, records: Sequence[Any], annotations: Any) -> tuple[list[int], set[int]]:
+    """Each image's id: its ground-truth id (matched by file name), else a new id past the largest one.
+
+    Returns ``(ids per image path, the ground truth's ids)``; no image in the ground truth is an error
+    naming ``annotations``; unmatched images are logged (they are left out of the report).
+    """
+    ids, unmatched = match_image_ids(images, records)
+    if unmatched == len(images.paths):
+        raise HarmonicError(f"--annotations {annotations}: none of the {len(images.paths)} image(s) is in it "
+                            "(matched by file_name)")
+    if unmatched:
+        log.warning("%d of %d images are not in %s; they get new ids and are left out of the report",
+                    unmatched, len(images.paths), annotations)
+    next_id = max((int(r.image_id) for r in records), default=0) + 1
+    for i, v in enumerate(ids):
+        if v is None:
+            ids[i] = next_id
+            next_id += 1
+    return ids, {int(r.image_id) for r in records}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if not logging.getLogger().handlers:
@@ -289,19 +310,7 @@ def _run(args: argparse.Namespace, backend: Any, images: ImageList) -> int:
         one_dir = Path(args.images[0]) if len(args.images) == 1 and Path(args.images[0]).is_dir() else None
         records, gt_names, category_ids = load_ground_truth(args.annotations, names or args.names, args.split,
                                                             one_dir)
-        ids, unmatched = match_image_ids(images, records)
-        if unmatched == len(images.paths):
-            raise HarmonicError(f"--annotations {args.annotations}: none of the {len(images.paths)} image(s) is in it "
-                                "(matched by file_name)")
-        if unmatched:
-            log.warning("%d of %d images are not in %s; they get new ids and are left out of the report",
-                        unmatched, len(images.paths), args.annotations)
-        next_id = max((int(r.image_id) for r in records), default=0) + 1
-        for i, v in enumerate(ids):
-            if v is None:
-                ids[i] = next_id
-                next_id += 1
-        gt_ids = {int(r.image_id) for r in records}
+        ids, gt_ids = assign_image_ids(images, records, args.annotations)
     else:
         ids = list(range(1, len(images.paths) + 1))
         gt_ids = set()

@@ -335,7 +335,7 @@ def main_triton(args: Any) -> int:
     """The ``infer`` run against a Triton server (flags already parsed and checked by the infer CLI)."""
     from harmonic.atomic import write_json
     from harmonic.runtime import bench as bench_mod
-    from harmonic.runtime.cli import _JsonListWriter, evaluate_report, load_ground_truth, match_image_ids
+    from harmonic.runtime.cli import _JsonListWriter, assign_image_ids, evaluate_report, load_ground_truth
     from harmonic.runtime.postprocess import coco_results
     from harmonic.runtime.sources import expand_sources
 
@@ -362,16 +362,7 @@ def main_triton(args: Any) -> int:
         gt_names: list[str] = []
         if args.annotations:
             records, gt_names, category_ids = load_ground_truth(Path(args.annotations), names, args.split)
-            ids, unmatched = match_image_ids(images, records)
-            if unmatched == len(images.paths):
-                raise HarmonicError(f"--annotations {args.annotations}: none of the {len(images.paths)} image(s) "
-                                    "is in it (matched by file_name)")
-            next_id = max((int(r.image_id) for r in records), default=0) + 1
-            for i, v in enumerate(ids):
-                if v is None:
-                    ids[i] = next_id
-                    next_id += 1
-            gt_ids = {int(r.image_id) for r in records}
+            ids, gt_ids = assign_image_ids(images, records, args.annotations)
         else:
             ids = list(range(1, len(images.paths) + 1))
             gt_ids = set()
