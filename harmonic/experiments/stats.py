@@ -256,8 +256,8 @@ def paired_bootstrap_arms(baseline: Sequence[RunData], arms: Mapping[str, Sequen
     Images are resampled jointly for all runs (paired); with two or more seeds, the baseline's seeds
     and the arm's seeds are resampled as well, independently of each other.
 
-    The baseline is evaluated once per resample, not once per arm; each arm's result equals
-    ``paired_bootstrap(baseline, arms[name], resamples, seed, level)``.
+    The baseline is evaluated once per resample, not once per arm; when no arm has more seeds than
+    the baseline, each arm's result equals ``paired_bootstrap(baseline, arms[name], resamples, seed, level)``.
     """
     arms = dict(arms)
     if not baseline or any(len(runs) < 1 for runs in arms.values()):
@@ -285,11 +285,12 @@ def paired_bootstrap_arms(baseline: Sequence[RunData], arms: Mapping[str, Sequen
 
     # With 2+ seeds the seeds are resampled too, so training-to-training variation is inside the
     # interval: the baseline's and the arm's independently (different arms' trainings are independent
-    # draws), from streams of their own so that the image resamples are the same as with one seed and
-    # each arm's result does not depend on which other arms are compared in the same call. An arm
-    # with one seed has no seed variation to resample (the baseline's is still inside the interval).
+    # draws), from streams of their own so that the image resamples are the same as with one seed and,
+    # as long as no arm has more seeds than the baseline, each arm's result does not depend on which
+    # other arms are compared in the same call. An arm with one seed has no seed variation to resample
+    # (the baseline's is still inside the interval).
     seed_rngs = (np.random.default_rng([seed, 1]), np.random.default_rng([seed, 2]))
-    most = max(len(baseline), *(len(runs) for runs in arms.values()))
+    most = max([len(baseline), *(len(runs) for runs in arms.values())])
 
     def pick(u: np.ndarray, count: int) -> np.ndarray | None:
         return np.minimum((u[:count] * count).astype(np.int64), count - 1) if count > 1 else None

@@ -190,6 +190,10 @@ def test_arms_may_have_fewer_seeds_than_the_baseline(case):
     mean = lambda rs: np.mean([metrics(r)["AP"] for r in rs])  # noqa: E731
     assert both["one"]["AP"]["delta"] == pytest.approx(metrics(one)["AP"] - mean(base), abs=1e-12)
     assert both["three"]["AP"]["delta"] == pytest.approx(mean(three) - mean(base), abs=1e-12)
-    # each arm's interval does not depend on the other arms in the call
+    # each arm's interval does not depend on the other arms in the call (nor on their seed counts)
     assert both["one"] == paired_bootstrap(base, [one], resamples=100, seed=4)
     assert both["three"] == paired_bootstrap(base, three, resamples=100, seed=4)
+    two = paired_bootstrap_arms(base, {"one": [one], "two": three[:2]}, resamples=100, seed=4)
+    assert two["one"] == both["one"]
+    # an ablation of the baseline alone has no arm to compare: no error, nothing to report
+    assert paired_bootstrap_arms(base, {}, resamples=10, seed=4) == {}
