@@ -178,15 +178,21 @@ def calibration(score: np.ndarray, iou: np.ndarray, bins: tuple[float, ...] = CA
             "count": counts}
 
 
-def _corr(score: np.ndarray, iou: np.ndarray) -> tuple[float | None, float | None]:
+def spearman_kendall(score: np.ndarray, iou: np.ndarray) -> tuple[float, float]:
+    """Spearman and Kendall (tau-b) of ``score[N]`` and ``iou[N]``; NaN with < 2 pairs or a constant input."""
     if score.size < 2 or np.ptp(score) == 0 or np.ptp(iou) == 0:
-        return None, None
+        return np.nan, np.nan
     from scipy import stats
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rho, tau = stats.spearmanr(score, iou).statistic, stats.kendalltau(score, iou).statistic
-    return (float(rho) if np.isfinite(rho) else None), (float(tau) if np.isfinite(tau) else None)
+        return float(stats.spearmanr(score, iou).statistic), float(stats.kendalltau(score, iou).statistic)
+
+
+def _corr(score: np.ndarray, iou: np.ndarray) -> tuple[float | None, float | None]:
+    """:func:`spearman_kendall` with None where undefined (the report's JSON form)."""
+    rho, tau = spearman_kendall(score, iou)
+    return (rho if np.isfinite(rho) else None), (tau if np.isfinite(tau) else None)
 
 
 def ranking_metrics(gt: GroundTruth, dets: Detections, candidates: Detections | None = None,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from harmonic.errors import HarmonicError
-from harmonic.evaluation.ranking import NmsObjects, TruePositives
+from harmonic.evaluation.ranking import NmsObjects, TruePositives, spearman_kendall
 
 # COCO's recall grid (101 points) and IoU grid 0.50:0.05:0.95
 REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
@@ -176,16 +176,6 @@ def _weighted_ap(cat: CategoryMatches, w: np.ndarray) -> np.ndarray:
     return out
 
 
-def _spearman_kendall(score: np.ndarray, iou: np.ndarray) -> tuple[float, float]:
-    if score.size < 2 or np.ptp(score) == 0 or np.ptp(iou) == 0:
-        return np.nan, np.nan
-    from scipy import stats
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(stats.spearmanr(score, iou).statistic), float(stats.kendalltau(score, iou).statistic)
-
-
 def metrics(data: RunData, w: np.ndarray | None = None) -> dict[str, float]:
     """Every metric of :data:`METRICS` on image multiplicities ``w[I]`` (default: each image once).
 
@@ -201,7 +191,7 @@ def metrics(data: RunData, w: np.ndarray | None = None) -> dict[str, float]:
         out[f"AP{int(round(thr * 100))}"] = float(ap_t[int(np.argmin(np.abs(IOU_THRS - thr)))])
     reps = w[data.pair_image]
     score, iou = np.repeat(data.pair_score, reps), np.repeat(data.pair_iou, reps)
-    out["spearman"], out["kendall"] = _spearman_kendall(score, iou)
+    out["spearman"], out["kendall"] = spearman_kendall(score, iou)
     out["aic"] = float(np.abs(score - iou).mean()) if score.size else np.nan
     ow = w[data.regret_image] * data.regret_eligible
     out["regret"] = float(np.dot(ow, data.regret_flag) / ow.sum()) if ow.sum() else np.nan
@@ -216,8 +206,8 @@ def _ranking(data: RunData, w: np.ndarray) -> dict[str, float]:
     if tp is not None and tp.score.size:
         reps = w[tp.image]
         score, iou, cat = np.repeat(tp.score, reps), np.repeat(tp.iou, reps), np.repeat(tp.category, reps)
-        out["tp_spearman"], out["tp_kendall"] = _spearman_kendall(score, iou)
-        per_cat = [_spearman_kendall(score[cat == k], iou[cat == k])[0] for k in np.unique(cat)]
+        out["tp_spearman"], out["tp_kendall"] = spearman_kendall(score, iou)
+        per_cat = [spearman_kendall(score[cat == k], iou[cat == k])[0] for k in np.unique(cat)]
         per_cat = [r for r in per_cat if np.isfinite(r)]
         out["tp_spearman_cls"] = float(np.mean(per_cat)) if per_cat else np.nan
     nms = data.nms
