@@ -180,22 +180,6 @@ def pop_options(name: str, options: dict[str, Any], allowed: Iterable[str]) -> d
     return dict(options)
 
 
-def apply_operating_point(model: nn.Module, score_threshold: float, iou_threshold: float, max_det: int) -> None:
-    """Set the post-processing of a torchvision detector: score threshold, NMS IoU, max detections.
-
-    RetinaNet, FCOS and SSD keep them on the model (``score_thresh``, ``nms_thresh``,
-    ``detections_per_img``), Faster R-CNN on its ``roi_heads``; the export wrapper uses the same
-    three numbers, so validation during training sees the operating point that ships.
-    """
-    target = model.roi_heads if hasattr(model, "roi_heads") else model
-    for attr in ("score_thresh", "nms_thresh", "detections_per_img"):
-        if not hasattr(target, attr):
-            raise HarmonicError(f"{type(model).__name__}: no {attr} to set the operating point on")
-    target.score_thresh = float(score_threshold)
-    target.nms_thresh = float(iou_threshold)
-    target.detections_per_img = int(max_det)
-
-
 def box_loss_per_positive(
     loss_type: str, box_coder: Any, anchors: Tensor, gt_boxes: Tensor, deltas: Tensor, beta: float = 1.0
 ) -> tuple[Tensor, Tensor]:

@@ -18,11 +18,11 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.retinanet import RetinaNetHead
 
 from harmonic.errors import HarmonicError
-from harmonic.losses import HarmonicDetLoss, PositiveTerms, positive_stats
+from harmonic.losses import PositiveTerms
+from harmonic.models.adapter import DenseLossAdapter
 from harmonic.models.common import (
     box_loss_per_positive,
     check_img_size,
-    check_loss,
     focal_positive_terms,
     make_loss_module,
     make_terms,
@@ -31,6 +31,7 @@ from harmonic.models.common import (
     resnet_fpn_backbone,
     transform_kwargs,
 )
+from harmonic.models.family import Family
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ _RETINANET_KWARGS = frozenset(
 _OPTIONS = _RETINANET_KWARGS | {"fpn_channels", "trainable_backbone_layers", "anchor_size", "head_norm"}
 
 
-class HarmonicRetinaNetHead(RetinaNetHead):
+class HarmonicRetinaNetHead(DenseLossAdapter, RetinaNetHead):
     """``RetinaNetHead`` whose loss is torchvision's (``"baseline"``) or HarmonicDet's (``"harmonic"``).
 
     Harmonic, per positive anchor i (matched IoU >= 0.5 or a low-quality best match), on
@@ -61,46 +62,6 @@ class HarmonicRetinaNetHead(RetinaNetHead):
     Both modes return ``loss_classifier`` and ``loss_box_reg`` (harmonic adds ``loss_tc``) and
     detached ``stat_*`` (the baseline logs the factors it would have had).
     """
-
-    def __init__(
-        self,
-        in_channels: int,
-        num_anchors: int,
-        num_classes: int,
-        norm_layer: Any = None,
-        loss: str = "harmonic",
-        loss_options: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(in_channels, num_anchors, num_classes, norm_layer=norm_layer)
-        self.loss_kind = loss
-        self.loss_config = check_loss(loss, loss_options)
-        self.harmonic_loss: HarmonicDetLoss | None = make_loss_module(loss, loss_options)
-
-    def compute_loss(
-        self,
-        targets: list[dict[str, Tensor]],
-        head_outputs: dict[str, Tensor],
-        anchors: list[Tensor],
-        matched_idxs: list[Tensor],
-    ) -> dict[str, Tensor]:
-        """Loss hook called by ``RetinaNet.compute_loss`` in training.
-
-        Args:
-            targets: per image ``boxes`` ``Tensor[N_i, 4]`` xyxy, ``labels`` ``Tensor[N_i]`` in 1..C.
-            head_outputs: ``cls_logits`` ``Tensor[B, A, C+1]``, ``bbox_regression`` ``Tensor[B, A, 4]``.
-            anchors: per image ``Tensor[A, 4]`` xyxy.
-            matched_idxs: per image ``Tensor[A]``: gt index, -1 (background) or -2 (ignored).
-        """
-        # float32 loss maths under AMP (box decoding and exp overflow in fp16), both modes
-        head_outputs = {k: v.float() for k, v in head_outputs.items()}
-        if self.harmonic_loss is None:
-            tv = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
-            losses = {"loss_classifier": tv["classification"], "loss_box_reg": tv["bbox_regression"]}
-            with torch.no_grad():
-                losses.update(positive_stats(self.positive_terms(targets, head_outputs, anchors, matched_idxs),
-                                             self.loss_config))
-            return losses
-        return self.harmonic_loss(self.positive_terms(targets, head_outputs, anchors, matched_idxs))
 
     def positive_terms(
         self,
@@ -140,10 +101,10 @@ class HarmonicRetinaNet(RetinaNet):
     def postprocess_detections(
         self, head_outputs: dict[str, list[Tensor]], anchors: list[list[Tensor]], image_shapes: list[tuple[int, int]]
     ) -> list[dict[str, Tensor]]:
-        return super().postprocess_detections(drop_background(head_outputs), anchors, image_shapes)
+        return super().postprocess_detections(without_background(head_outputs), anchors, image_shapes)
 
 
-def drop_background(head_outputs: dict[str, list[Tensor]]) -> dict[str, list[Tensor]]:
+def without_background(head_outputs: dict[str, list[Tensor]]) -> dict[str, list[Tensor]]:
     """Copy of ``head_outputs`` with the class-0 logits (``cls_logits[..., 0]``) set to -inf."""
     out = dict(head_outputs)
     logits = []
@@ -153,6 +114,27 @@ def drop_background(head_outputs: dict[str, list[Tensor]]) -> dict[str, list[Ten
         logits.append(level)
     out["cls_logits"] = logits
     return out
+
+
+def silence_background_logit(model: nn.Module) -> None:
+    """Make a sigmoid-head detector (RetinaNet, FCOS; ours or plain torchvision) never report column 0.
+
+    The verification reference: a forward hook on the classification head forces the always-negative
+    background logit to -1e4 (the exported graph drops that column; torchvision would otherwise
+    report it as label 0 at a tiny score threshold).
+    """
+
+    def hook(module: nn.Module, inputs: Any, output: Tensor) -> Tensor:  # noqa: ARG001
+        output = output.clone()
+        output[..., 0] = -1e4
+        return output
+
+    model.head.classification_head.register_forward_hook(hook)
+
+
+def sigmoid_scores(head_outputs: dict[str, Tensor]) -> Tensor:
+    """RetinaNet's ranking score: the sigmoid of each class logit, ``Tensor[B, A, C+1]``."""
+    return torch.sigmoid(head_outputs["cls_logits"])
 
 
 def anchor_generator(base_size: float = 32.0) -> AnchorGenerator:
@@ -217,3 +199,15 @@ def build_retinanet(
     )
     return HarmonicRetinaNet(backbone, num_classes + 1, anchor_generator=anchors, head=head,
                      **transform_kwargs(img_size), **options)
+
+
+FAMILY = Family(
+    name="retinanet",
+    detector_type=RetinaNet,
+    build=build_retinanet,
+    loss_adapter=HarmonicRetinaNetHead,
+    export_head="dense",
+    ranking_scores=sigmoid_scores,
+    focal_head=True,
+    prepare_reference=silence_background_logit,
+)
