@@ -212,6 +212,28 @@ def box_loss_per_positive(
     raise HarmonicError(f"box loss {loss_type!r} is not supported (l1, smooth_l1, giou)")
 
 
+def matched_positives(
+    targets: list[dict[str, Tensor]], matched_idxs: list[Tensor]
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The positives of a one-stage head's matching, image after image (P in total).
+
+    Args:
+        targets: per image ``boxes`` ``Tensor[N_i, 4]``, ``labels`` ``Tensor[N_i]``.
+        matched_idxs: per image ``Tensor[A]``: the matched gt index, negative for non-positives.
+
+    Returns:
+        ``matched`` ``Tensor[B, A]``, ``image_idx`` and ``anchor_idx`` ``Tensor[P]``, the matched
+        ground truth's ``boxes`` ``Tensor[P, 4]`` (float32) and ``labels`` ``Tensor[P]``.
+    """
+    matched = torch.stack(matched_idxs)
+    image_idx, anchor_idx = torch.nonzero(matched >= 0, as_tuple=True)
+    gt_boxes = torch.cat([t["boxes"] for t in targets]).float()
+    gt_labels = torch.cat([t["labels"] for t in targets])
+    counts = torch.tensor([len(t["boxes"]) for t in targets], device=matched.device)
+    flat = (counts.cumsum(0) - counts)[image_idx] + matched[image_idx, anchor_idx]
+    return matched, image_idx, anchor_idx, gt_boxes[flat], gt_labels[flat]
+
+
 def focal_positive_terms(
     cls_logits: Tensor,
     image_idx: Tensor,

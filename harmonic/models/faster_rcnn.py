@@ -257,14 +257,6 @@ def map_rcnn_detections(out: tuple[list[Tensor], list[Tensor], list[Tensor]], fn
     return [r[0] for r in res], [r[1] for r in res], [r[2] for r in res]
 
 
-FAMILY = Family(
-    name="faster_rcnn",
-    detector_type=FasterRCNN,
-    build=build_faster_rcnn,
-    loss_adapter=HarmonicRoIHeads,
-    export_head="rcnn",
-    candidate_knob=None,
-    max_batch=1,  # the RPN + RoIAlign graph is batch-1 only
-    postprocessor=roi_heads,
-    map_detections=map_rcnn_detections,
-)
+# max_batch 1: the exported RPN + RoIAlign graph is batch-1 only
+FAMILY = Family("faster_rcnn", FasterRCNN, build_faster_rcnn, HarmonicRoIHeads, export_head="rcnn",
+                candidate_knob=None, max_batch=1, postprocessor=roi_heads, map_detections=map_rcnn_detections)

@@ -26,6 +26,7 @@ from harmonic.models.common import (
     focal_positive_terms,
     make_loss_module,
     make_terms,
+    matched_positives,
     pop_options,
     quality_target,
     resnet_fpn_backbone,
@@ -74,30 +75,19 @@ class HarmonicFCOSHead(DenseLossAdapter, FCOSHead):
                                                       ctrness["target"]) * ctrness["norm"]
         return losses
 
-    def positive_terms(
-        self,
-        targets: list[dict[str, Tensor]],
-        head_outputs: dict[str, Tensor],
-        anchors: list[Tensor],
-        matched_idxs: list[Tensor],
-    ) -> tuple[PositiveTerms, dict[str, Tensor]]:
+    def positive_terms(self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor], anchors: list[Tensor],
+                       matched_idxs: list[Tensor]) -> tuple[PositiveTerms, dict[str, Tensor]]:
         """The positive locations of the batch (P in total, image after image) as :class:`PositiveTerms`,
         and what the centre-ness term needs: ``logits`` ``[P]``, ``target_ltrb`` ``[P, 4]`` (encoded
         l, t, r, b of the matched box) and ``norm`` (``1 / max(1, P)``)."""
-        matched = torch.stack(matched_idxs)
-        image_idx, anchor_idx = torch.nonzero(matched >= 0, as_tuple=True)
-        gt_boxes = torch.cat([t["boxes"] for t in targets]).float()
-        gt_labels = torch.cat([t["labels"] for t in targets])
-        counts = torch.tensor([len(t["boxes"]) for t in targets], device=matched.device)
-        flat = (counts.cumsum(0) - counts)[image_idx] + matched[image_idx, anchor_idx]
+        matched, image_idx, anchor_idx, matched_boxes, labels = matched_positives(targets, matched_idxs)
         norm = 1.0 / max(1, int(image_idx.numel()))
         image_weight = torch.full((len(targets),), norm, device=matched.device)
-        matched_boxes = gt_boxes[flat]
         pos_anchors = torch.stack(anchors)[image_idx, anchor_idx]
         box_loss, pred_boxes = box_loss_per_positive(
             "giou", self.box_coder, pos_anchors, matched_boxes, head_outputs["bbox_regression"][image_idx, anchor_idx])
         quality = quality_target(self.loss_kind, self.loss_config, pred_boxes, matched_boxes)
-        parts = focal_positive_terms(head_outputs["cls_logits"], image_idx, anchor_idx, gt_labels[flat],
+        parts = focal_positive_terms(head_outputs["cls_logits"], image_idx, anchor_idx, labels,
                                      matched < 0, image_weight, quality=quality, qfl_beta=self.loss_config.qfl_beta)
         ctrness = head_outputs["bbox_ctrness"][image_idx, anchor_idx, 0]
         parts["score"] = torch.sqrt(parts["p_true"] * torch.sigmoid(ctrness))  # torchvision's ranking score
@@ -189,14 +179,6 @@ def build_fcos(
                 **transform_kwargs(img_size), **options)
 
 
-FAMILY = Family(
-    name="fcos",
-    detector_type=FCOS,
-    build=build_fcos,
-    loss_adapter=HarmonicFCOSHead,
-    export_head="dense",
-    ranking_scores=centerness_scores,
-    focal_head=True,
-    centerness=True,
-    prepare_reference=silence_background_logit,
-)
+FAMILY = Family("fcos", FCOS, build_fcos, HarmonicFCOSHead, export_head="dense",
+                ranking_scores=centerness_scores, focal_head=True, centerness=True,
+                prepare_reference=silence_background_logit)

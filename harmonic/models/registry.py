@@ -28,37 +28,31 @@ from harmonic.models.spec import (
     ModelSpec,
 )
 
-#: family name -> its module, which defines ``FAMILY`` (a :class:`Family`); imported on first use.
-FAMILY_MODULES = {
-    "retinanet": "harmonic.models.retinanet",
-    "fcos": "harmonic.models.fcos",
-    "ssd": "harmonic.models.ssd",
-    "faster_rcnn": "harmonic.models.faster_rcnn",
-}
+#: the detector families; family ``f`` is the module ``harmonic.models.f``, which defines ``FAMILY``
+#: (a :class:`Family`) and is imported on first use.
+FAMILIES = ("retinanet", "fcos", "ssd", "faster_rcnn")
 
 
 def get_family(name: str) -> Family:
-    """The :class:`Family` called ``name`` (a key of :data:`FAMILY_MODULES`)."""
-    try:
-        module = FAMILY_MODULES[name]
-    except KeyError:
-        raise HarmonicError(f"unknown detector family {name!r}; expected one of {list(FAMILY_MODULES)}") from None
-    return importlib.import_module(module).FAMILY
+    """The :class:`Family` called ``name`` (one of :data:`FAMILIES`)."""
+    if name not in FAMILIES:
+        raise HarmonicError(f"unknown detector family {name!r}; expected one of {list(FAMILIES)}")
+    return importlib.import_module(f"harmonic.models.{name}").FAMILY
 
 
 def family_of(model: nn.Module) -> Family:
     """The :class:`Family` of a built detector (ours or a plain torchvision one)."""
-    for name in FAMILY_MODULES:
+    for name in FAMILIES:
         family = get_family(name)
         if family.matches(model):
             return family
     raise HarmonicError(f"unsupported model type {type(model).__name__} "
-                        f"(supported families: {', '.join(FAMILY_MODULES)})")
+                        f"(supported families: {', '.join(FAMILIES)})")
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """One detector name: its family (a key of :data:`FAMILY_MODULES`), default square input, input
+    """One detector name: its family (one of :data:`FAMILIES`), default square input, input
     stride, a description."""
 
     family: str
@@ -112,7 +106,7 @@ def _check_common(name: str, num_classes: int, loss: str, img_size: int | None,
         raise HarmonicError(f"model {name}: num_classes must be a positive integer (got {num_classes})")
     config = check_loss(loss, loss_options)
     if config.quality_focal and not info.detector_family().focal_head:
-        focal = ", ".join(f for f in FAMILY_MODULES if get_family(f).focal_head)
+        focal = ", ".join(f for f in FAMILIES if get_family(f).focal_head)
         raise HarmonicError(f"model {name}: loss option quality_focal needs a sigmoid focal head "
                             f"({focal}), not {info.family}")
     if config.iou_centerness and not info.detector_family().centerness:

@@ -26,6 +26,7 @@ from harmonic.models.common import (
     focal_positive_terms,
     make_loss_module,
     make_terms,
+    matched_positives,
     pop_options,
     quality_target,
     resnet_fpn_backbone,
@@ -63,29 +64,18 @@ class HarmonicRetinaNetHead(DenseLossAdapter, RetinaNetHead):
     detached ``stat_*`` (the baseline logs the factors it would have had).
     """
 
-    def positive_terms(
-        self,
-        targets: list[dict[str, Tensor]],
-        head_outputs: dict[str, Tensor],
-        anchors: list[Tensor],
-        matched_idxs: list[Tensor],
-    ) -> PositiveTerms:
+    def positive_terms(self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor], anchors: list[Tensor],
+                       matched_idxs: list[Tensor]) -> PositiveTerms:
         """The positive anchors of the batch (P in total, image after image) as :class:`PositiveTerms`."""
-        matched = torch.stack(matched_idxs)
-        image_idx, anchor_idx = torch.nonzero(matched >= 0, as_tuple=True)
-        gt_boxes = torch.cat([t["boxes"] for t in targets]).float()
-        gt_labels = torch.cat([t["labels"] for t in targets])
-        counts = torch.tensor([len(t["boxes"]) for t in targets], device=matched.device)
-        flat = (counts.cumsum(0) - counts)[image_idx] + matched[image_idx, anchor_idx]
+        matched, image_idx, anchor_idx, matched_boxes, labels = matched_positives(targets, matched_idxs)
         num_fg = (matched >= 0).sum(dim=1).clamp_min(1).float()
         image_weight = 1.0 / (num_fg * len(targets))
-        matched_boxes = gt_boxes[flat]
         box_loss, pred_boxes = box_loss_per_positive(
             self.regression_head._loss_type, self.regression_head.box_coder,
             torch.stack(anchors)[image_idx, anchor_idx], matched_boxes,
             head_outputs["bbox_regression"][image_idx, anchor_idx])
         quality = quality_target(self.loss_kind, self.loss_config, pred_boxes, matched_boxes)
-        parts = focal_positive_terms(head_outputs["cls_logits"], image_idx, anchor_idx, gt_labels[flat],
+        parts = focal_positive_terms(head_outputs["cls_logits"], image_idx, anchor_idx, labels,
                                      matched == -1, image_weight,  # -1: Matcher.BELOW_LOW_THRESHOLD
                                      quality=quality, qfl_beta=self.loss_config.qfl_beta)
         return make_terms(parts, box_loss, pred_boxes, matched_boxes)
@@ -201,13 +191,5 @@ def build_retinanet(
                      **transform_kwargs(img_size), **options)
 
 
-FAMILY = Family(
-    name="retinanet",
-    detector_type=RetinaNet,
-    build=build_retinanet,
-    loss_adapter=HarmonicRetinaNetHead,
-    export_head="dense",
-    ranking_scores=sigmoid_scores,
-    focal_head=True,
-    prepare_reference=silence_background_logit,
-)
+FAMILY = Family("retinanet", RetinaNet, build_retinanet, HarmonicRetinaNetHead, export_head="dense",
+                ranking_scores=sigmoid_scores, focal_head=True, prepare_reference=silence_background_logit)

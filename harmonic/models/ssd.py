@@ -70,13 +70,8 @@ class HarmonicSSD(DenseLossAdapter, SSD):
     under AMP in both modes.
     """
 
-    def positive_terms(
-        self,
-        targets: list[dict[str, Tensor]],
-        head_outputs: dict[str, Tensor],
-        anchors: list[Tensor],
-        matched_idxs: list[Tensor],
-    ) -> PositiveTerms:
+    def positive_terms(self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor], anchors: list[Tensor],
+                       matched_idxs: list[Tensor]) -> PositiveTerms:
         """The positive default boxes of the batch (P in total, image after image) as :class:`PositiveTerms`."""
         cls_logits = head_outputs["cls_logits"]
         image_idx, anchor_idx, gt_boxes, cls_targets = [], [], [], []
@@ -294,12 +289,5 @@ def softmax_scores(head_outputs: dict[str, Tensor]) -> Tensor:
     return torch.softmax(head_outputs["cls_logits"], dim=-1)
 
 
-FAMILY = Family(
-    name="ssd",
-    detector_type=SSD,
-    build=build_ssd,
-    loss_adapter=HarmonicSSD,
-    export_head="dense",
-    ranking_scores=softmax_scores,
-    per_class_candidates=True,
-)
+FAMILY = Family("ssd", SSD, build_ssd, HarmonicSSD, export_head="dense", ranking_scores=softmax_scores,
+                per_class_candidates=True)
