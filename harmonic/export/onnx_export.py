@@ -162,7 +162,7 @@ def export_model(
     import torch
 
     wrapper = build_wrapper(model.eval(), img_size, conf, iou, max_det, raw=raw, nms_topk=nms_topk)
-    if wrapper.__class__.__name__ == "FasterRCNNExport":
+    if wrapper.family.max_batch == 1:
         if batch not in (None, 1):
             raise HarmonicError(f"Faster R-CNN exports with batch 1 only, not {batch}")
         batch = 1
@@ -268,7 +268,7 @@ def load_for_export(
     (``ModelSpec.score_threshold``, ``iou_threshold``, ``max_det``); the metadata states the ones used.
     """
     from harmonic.export.metadata import build_metadata, file_sha256
-    from harmonic.export.wrapper import detector_family
+    from harmonic.models.registry import family_of
 
     if conf is not None and not 0.0 <= conf < 1.0:
         raise HarmonicError(f"--conf {conf} must be in [0, 1)")
@@ -287,7 +287,7 @@ def load_for_export(
     conf = spec.score_threshold if conf is None else conf  # the checkpoint's operating point
     iou = spec.iou_threshold if iou is None else iou
     max_det = spec.max_det if max_det is None else max_det
-    if detector_family(model) == "fasterrcnn":  # RPN + RoIAlign graph is batch-1 only
+    if family_of(model).max_batch == 1:  # RPN + RoIAlign graph is batch-1 only
         if batch not in (None, 1):
             raise HarmonicError(f"{path}: model {spec.name!r} (Faster R-CNN) exports with batch 1 only, not {batch}")
         batch = 1

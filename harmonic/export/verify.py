@@ -3,9 +3,10 @@
 The reference is the torchvision detector itself (``model.eval()(images)``, its own
 transform and post-processing), configured for the graph's operating point: the same
 score/IoU thresholds and ``detections_per_img``, the transform's resize pinned to the
-export size ``S`` (so letterboxed ``S x S`` inputs pass through unchanged), and the
-always-negative background logit of RetinaNet/FCOS forced to -1e4 (the graph drops that
-column; torchvision would otherwise report it as label 0 at a tiny threshold).
+export size ``S`` (so letterboxed ``S x S`` inputs pass through unchanged), and whatever
+the detector's family needs to report what the graph reports (``Family.prepare_reference``:
+RetinaNet/FCOS's always-negative background logit forced to -1e4, since the graph drops that
+column and torchvision would otherwise report it as label 0 at a tiny threshold).
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from harmonic.errors import HarmonicError
+
+if TYPE_CHECKING:
+    from harmonic.models.family import Family
 
 log = logging.getLogger(__name__)
 
@@ -41,41 +46,31 @@ def reference_detector(model, img_size: int, conf: float, iou: float, max_det: i
     ``nms_topk``: the graph's NMS candidate cap; where it binds, the reference applies the same
     cap (:func:`cap_reference`).
     """
-    from harmonic.export.wrapper import detector_family
+    from harmonic.models.registry import family_of
 
-    family = detector_family(model)
+    family = family_of(model)
     ref = copy.deepcopy(model).eval()
     tr = ref.transform
     tr.min_size, tr.max_size = (img_size,), img_size
     if getattr(tr, "fixed_size", None) is not None:
         tr.fixed_size = (img_size, img_size)
-    if family in ("retinanet", "fcos", "ssd"):
-        ref.score_thresh, ref.nms_thresh, ref.detections_per_img = conf, iou, max_det
-    else:
-        rh = ref.roi_heads
-        rh.score_thresh, rh.nms_thresh, rh.detections_per_img = conf, iou, max_det
-    if family in ("retinanet", "fcos"):
-
-        def drop_background(module, inputs, output):  # noqa: ANN001, ANN202, ARG001
-            output = output.clone()
-            output[..., 0] = -1e4
-            return output
-
-        ref.head.classification_head.register_forward_hook(drop_background)
+    family.apply_operating_point(ref, conf, iou, max_det)
+    if family.prepare_reference is not None:
+        family.prepare_reference(ref)
     ref.requires_grad_(False)
     cap_reference(ref, family, img_size, conf, iou, max_det, nms_topk)
     return ref
 
 
-def cap_reference(ref, family: str, img_size: int, conf: float, iou: float, max_det: int,  # noqa: ANN001
+def cap_reference(ref, family: Family, img_size: int, conf: float, iou: float, max_det: int,  # noqa: ANN001
                   nms_topk: int | None) -> None:
     """Make torchvision's post-processing cap the NMS candidates the way the graph does.
 
     The graph keeps torchvision's budget, then either a global top-``nms_topk`` or (caps above
     3840) a lower per-group k (:func:`harmonic.export.wrapper.group_budget`). A lower per-group
-    k is torchvision's own ``topk_candidates``; otherwise ``postprocess_detections`` runs with
-    NMS switched off (IoU threshold 1, no detection limit), and the cap, ``batched_nms`` and
-    the top ``max_det`` are applied to its candidates here.
+    k is torchvision's own ``topk_candidates`` (the family's ``candidate_knob``); otherwise
+    ``postprocess_detections`` runs with NMS switched off (IoU threshold 1, no detection limit),
+    and the cap, ``batched_nms`` and the top ``max_det`` are applied to its candidates here.
     """
     import torch
     from torchvision.ops import batched_nms
@@ -85,11 +80,11 @@ def cap_reference(ref, family: str, img_size: int, conf: float, iou: float, max_
     wrapper = build_wrapper(ref, img_size, conf, iou, max_det, nms_topk=nms_topk)
     if not wrapper.cap_binds:
         return  # torchvision's own post-processing is the reference
-    if wrapper.global_k is None and family != "fasterrcnn":
-        ref.topk_candidates = max(wrapper.ks)
+    owner = family.postprocessor(ref)
+    if wrapper.global_k is None and family.candidate_knob is not None:
+        setattr(owner, family.candidate_knob, max(wrapper.ks))
         return
     per_class = None if wrapper.global_k is not None else wrapper.ks[0]
-    owner = ref.roi_heads if family == "fasterrcnn" else ref
     orig = owner.postprocess_detections
     owner.nms_thresh, owner.detections_per_img = 1.0, 10**9  # IoU > 1 never happens: NMS keeps everything
 
@@ -104,11 +99,7 @@ def cap_reference(ref, family: str, img_size: int, conf: float, iou: float, max_
         return boxes[keep], scores[keep], labels[keep]
 
     def capped(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        out = orig(*args, **kwargs)
-        if family == "fasterrcnn":
-            res = [cap(b, s, lab) for b, s, lab in zip(*out)]
-            return [r[0] for r in res], [r[1] for r in res], [r[2] for r in res]
-        return [dict(zip(("boxes", "scores", "labels"), cap(d["boxes"], d["scores"], d["labels"]))) for d in out]
+        return family.map_detections(orig(*args, **kwargs), cap)
 
     owner.postprocess_detections = capped
 

@@ -39,24 +39,10 @@ from harmonic.errors import HarmonicError
 OUTPUT_NAMES = ("num_dets", "det_boxes", "det_scores", "det_classes")
 RAW_OUTPUT_NAMES = ("boxes", "scores")
 DEFAULT_XFORM_CLIP = math.log(1000.0 / 16)
-FAMILIES = ("retinanet", "fcos", "ssd", "fasterrcnn")
 TRT_MAX_TOPK = 3840  # TensorRT's ITopKLayer: K <= 3840
 TRT_MAX_NMS = 5000  # TensorRT's INMSLayer considers at most 5000 candidates per image
 #: sub-module names whose ONNX nodes must stay FP32 in an FP16 engine (node names start with ``/<scope>/``)
 FP32_SCOPES = ("decode", "select", "nms_tail", "level_mapper")
-
-
-def detector_family(model: nn.Module) -> str:
-    """Name the torchvision detector family of ``model`` (one of ``FAMILIES``)."""
-    from torchvision.models.detection.faster_rcnn import FasterRCNN
-    from torchvision.models.detection.fcos import FCOS
-    from torchvision.models.detection.retinanet import RetinaNet
-    from torchvision.models.detection.ssd import SSD
-
-    for cls, name in ((RetinaNet, "retinanet"), (FCOS, "fcos"), (SSD, "ssd"), (FasterRCNN, "fasterrcnn")):
-        if isinstance(model, cls):
-            return name
-    raise HarmonicError(f"unsupported model type {type(model).__name__} (export supports {', '.join(FAMILIES)})")
 
 
 class _ONNXNonMaxSuppression(torch.autograd.Function):
@@ -269,12 +255,15 @@ class DenseDetectorExport(nn.Module):
         nms_topk: int | None = None,
     ) -> None:
         super().__init__()
+        from torchvision.models.detection._utils import BoxLinearCoder
         from torchvision.models.detection.image_list import ImageList
 
+        from harmonic.models.registry import family_of
+
         check_nms_topk(nms_topk)
-        self.family = detector_family(detector)
-        if self.family == "fasterrcnn":
-            raise HarmonicError("Faster R-CNN export is not supported by DenseDetectorExport")
+        self.family = family_of(detector)
+        if self.family.ranking_scores is None:
+            raise HarmonicError(f"{self.family.name} export is not supported by DenseDetectorExport")
         self.backbone = detector.backbone
         self.head = detector.head
         self.img_size, self.conf, self.iou, self.max_det, self.raw = img_size, conf, iou, max_det, raw
@@ -282,13 +271,15 @@ class DenseDetectorExport(nn.Module):
         tr = detector.transform
         self.register_buffer("mean", torch.tensor(tr.image_mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(tr.image_std, dtype=torch.float32).view(1, 3, 1, 1))
-        if self.family != "fcos":
-            coder = detector.box_coder
+        coder = detector.box_coder
+        if isinstance(coder, BoxLinearCoder):  # FCOS
+            if not coder.normalize_by_size:
+                raise HarmonicError("export decodes BoxLinearCoder(normalize_by_size=True) only")
+            self.decode = Scope(decode_linear)
+        else:
             weights = tuple(float(w) for w in coder.weights)
             clip = float(getattr(coder, "bbox_xform_clip", DEFAULT_XFORM_CLIP))
             self.decode = Scope(lambda d, a: decode_deltas(d, a, weights, clip))
-        else:
-            self.decode = Scope(decode_linear)
         with torch.no_grad():
             x = torch.zeros(1, 3, img_size, img_size)
             feats = self._features(x)
@@ -299,7 +290,7 @@ class DenseDetectorExport(nn.Module):
         per_loc = anchors.shape[0] // sum(locations)
         self.level_sizes = [n * per_loc for n in locations]
         self.num_classes = int(head["cls_logits"].shape[-1]) - 1
-        if self.family == "ssd":  # torchvision: top-k anchors per class
+        if self.family.per_class_candidates:  # torchvision's SSD: top-k anchors per class
             group_sizes = [anchors.shape[0]] * self.num_classes
         else:  # torchvision: top-k (anchor, class) pairs per level
             group_sizes = [n * self.num_classes for n in self.level_sizes]
@@ -316,18 +307,14 @@ class DenseDetectorExport(nn.Module):
         return [feats] if isinstance(feats, Tensor) else list(feats.values())
 
     def _select(self, boxes: Tensor, scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return select_candidates(boxes, scores, self.level_sizes, self.ks, self.global_k, self.family == "ssd")
+        return select_candidates(boxes, scores, self.level_sizes, self.ks, self.global_k,
+                                 self.family.per_class_candidates)
 
     def head_outputs(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Returns boxes ``[B,A,4]`` (clipped to the image) and scores ``[B,A,C]`` for every anchor."""
         x = (images - self.mean) / self.std
         out = self.head(self._features(x))
-        if self.family == "retinanet":
-            scores = torch.sigmoid(out["cls_logits"])[..., 1:]
-        elif self.family == "fcos":
-            scores = torch.sqrt(torch.sigmoid(out["cls_logits"]) * torch.sigmoid(out["bbox_ctrness"]))[..., 1:]
-        else:  # ssd
-            scores = torch.softmax(out["cls_logits"], dim=-1)[..., 1:]
+        scores = self.family.ranking_scores(out)[..., 1:]  # the family's score, background dropped
         boxes = self.decode(out["bbox_regression"], self.anchors)
         # constant reshapes: the head's own reshapes leave A and C symbolic in ONNX shape inference
         num_anchors = self.anchors.shape[0]
@@ -361,9 +348,12 @@ class FasterRCNNExport(nn.Module):
         super().__init__()
         from torchvision.models.detection.image_list import ImageList
 
+        from harmonic.models.registry import family_of
+
         if raw:
             raise HarmonicError("--raw is not supported for Faster R-CNN (its pre-NMS stage is the RPN)")
         check_nms_topk(nms_topk)
+        self.family = family_of(detector)
         self.backbone, self.rpn, self.roi_heads = detector.backbone, detector.rpn, detector.roi_heads
         self.img_size, self.conf, self.iou, self.max_det = img_size, conf, iou, max_det
         tr = detector.transform
@@ -468,11 +458,17 @@ class FasterRCNNExport(nn.Module):
         scores = torch.where(ok, scores, torch.full_like(scores, -1.0))
         return self.nms_tail(*self.select(boxes, scores))
 
+
+#: ``Family.export_head`` -> the wrapper class that exports it
+EXPORT_HEADS: dict[str, type[nn.Module]] = {"dense": DenseDetectorExport, "rcnn": FasterRCNNExport}
+
+
 def build_wrapper(
     detector: nn.Module, img_size: int, conf: float, iou: float, max_det: int, raw: bool = False,
     nms_topk: int | None = None,
 ) -> nn.Module:
     """The export wrapper for ``detector``'s family (eval mode, no grad needed)."""
-    if detector_family(detector) == "fasterrcnn":
-        return FasterRCNNExport(detector, img_size, conf, iou, max_det, raw=raw, nms_topk=nms_topk).eval()
-    return DenseDetectorExport(detector, img_size, conf, iou, max_det, raw=raw, nms_topk=nms_topk).eval()
+    from harmonic.models.registry import family_of
+
+    head = EXPORT_HEADS[family_of(detector).export_head]
+    return head(detector, img_size, conf, iou, max_det, raw=raw, nms_topk=nms_topk).eval()

@@ -5,7 +5,6 @@ from harmonic.losses.functional import (
     elementwise_box_iou,
     harmonic_factors,
     harmonic_iou_loss,
-    harmonic_loss,
     task_contrastive_loss,
 )
 from harmonic.losses.harmonic_det import (
@@ -24,7 +23,6 @@ __all__ = [
     "elementwise_box_iou",
     "harmonic_factors",
     "harmonic_iou_loss",
-    "harmonic_loss",
     "localisation_loss",
     "positive_stats",
     "task_contrastive_loss",

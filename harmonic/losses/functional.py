@@ -53,31 +53,6 @@ def harmonic_factors(p_true: Tensor, loc_loss: Tensor) -> tuple[Tensor, Tensor]:
     return 1.0 + torch.exp(-loc_loss), 1.0 + p_true
 
 
-def harmonic_loss(
-    cls_loss: Tensor, loc_loss: Tensor, p_true: Tensor | None = None, detach_factors: bool = False
-) -> Tensor:
-    """Harmonic loss, Eq. 2-3: ``(1 + exp(-loc)) * cls + (1 + p_true) * loc``.
-
-    ``p_true`` defaults to ``exp(-cls_loss)``, exact for a softmax CE ``cls = -log p``. With
-    ``detach_factors=False`` (the paper) the factors carry gradient, so for that CE the derivative
-    w.r.t. ``p`` is ``loc - (1 + exp(-loc)) / p`` (Eq. 7). ``detach_factors=True`` treats the
-    factors as constants (as GFL/VFL/TOOD do with their quality weights): ``-(1 + exp(-loc)) / p``.
-
-    Args:
-        cls_loss: ``Tensor[P]`` per-positive classification loss.
-        loc_loss: ``Tensor[P]`` per-positive localisation loss.
-        p_true: ``Tensor[P]`` probability of the true class (``beta_c``), default ``exp(-cls_loss)``.
-        detach_factors: stop gradient through the factors.
-
-    Returns:
-        ``Tensor[P]``.
-    """
-    factor_r, factor_c = harmonic_factors(torch.exp(-cls_loss) if p_true is None else p_true, loc_loss)
-    if detach_factors:
-        factor_r, factor_c = factor_r.detach(), factor_c.detach()
-    return factor_r * cls_loss + factor_c * loc_loss
-
-
 def classification_entropy(class_probs: Tensor) -> Tensor:
     """``H = -sum_k p_k log p_k`` over the columns of ``class_probs[P, C]`` -> ``Tensor[P]``.
 

@@ -180,22 +180,6 @@ def pop_options(name: str, options: dict[str, Any], allowed: Iterable[str]) -> d
     return dict(options)
 
 
-def apply_operating_point(model: nn.Module, score_threshold: float, iou_threshold: float, max_det: int) -> None:
-    """Set the post-processing of a torchvision detector: score threshold, NMS IoU, max detections.
-
-    RetinaNet, FCOS and SSD keep them on the model (``score_thresh``, ``nms_thresh``,
-    ``detections_per_img``), Faster R-CNN on its ``roi_heads``; the export wrapper uses the same
-    three numbers, so validation during training sees the operating point that ships.
-    """
-    target = model.roi_heads if hasattr(model, "roi_heads") else model
-    for attr in ("score_thresh", "nms_thresh", "detections_per_img"):
-        if not hasattr(target, attr):
-            raise HarmonicError(f"{type(model).__name__}: no {attr} to set the operating point on")
-    target.score_thresh = float(score_threshold)
-    target.nms_thresh = float(iou_threshold)
-    target.detections_per_img = int(max_det)
-
-
 def box_loss_per_positive(
     loss_type: str, box_coder: Any, anchors: Tensor, gt_boxes: Tensor, deltas: Tensor, beta: float = 1.0
 ) -> tuple[Tensor, Tensor]:
@@ -226,6 +210,28 @@ def box_loss_per_positive(
     if loss_type == "smooth_l1":
         return F.smooth_l1_loss(deltas, target, beta=beta, reduction="none").sum(dim=1), pred
     raise HarmonicError(f"box loss {loss_type!r} is not supported (l1, smooth_l1, giou)")
+
+
+def matched_positives(
+    targets: list[dict[str, Tensor]], matched_idxs: list[Tensor]
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The positives of a one-stage head's matching, image after image (P in total).
+
+    Args:
+        targets: per image ``boxes`` ``Tensor[N_i, 4]``, ``labels`` ``Tensor[N_i]``.
+        matched_idxs: per image ``Tensor[A]``: the matched gt index, negative for non-positives.
+
+    Returns:
+        ``matched`` ``Tensor[B, A]``, ``image_idx`` and ``anchor_idx`` ``Tensor[P]``, the matched
+        ground truth's ``boxes`` ``Tensor[P, 4]`` (float32) and ``labels`` ``Tensor[P]``.
+    """
+    matched = torch.stack(matched_idxs)
+    image_idx, anchor_idx = torch.nonzero(matched >= 0, as_tuple=True)
+    gt_boxes = torch.cat([t["boxes"] for t in targets]).float()
+    gt_labels = torch.cat([t["labels"] for t in targets])
+    counts = torch.tensor([len(t["boxes"]) for t in targets], device=matched.device)
+    flat = (counts.cumsum(0) - counts)[image_idx] + matched[image_idx, anchor_idx]
+    return matched, image_idx, anchor_idx, gt_boxes[flat], gt_labels[flat]
 
 
 def focal_positive_terms(

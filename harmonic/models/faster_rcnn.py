@@ -10,7 +10,7 @@ both modes.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -20,17 +20,18 @@ from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from harmonic.errors import HarmonicError
-from harmonic.losses import PositiveTerms, positive_stats
+from harmonic.losses import PositiveTerms
+from harmonic.models.adapter import LossAdapter
 from harmonic.models.common import (
     box_loss_per_positive,
     check_loss,
-    make_loss_module,
     make_terms,
     pop_options,
     resnet_fpn_backbone,
     softmax_positive_terms,
     transform_kwargs,
 )
+from harmonic.models.family import Family
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,20 @@ _FRCNN_OPTIONS = frozenset(
 )
 
 
-class HarmonicRoIHeads(RoIHeads):
+class SampledRoIs(NamedTuple):
+    """The box head's outputs on the R sampled RoIs of a batch, and what they were sampled against
+    (the arguments of :meth:`HarmonicRoIHeads.box_loss`)."""
+
+    class_logits: Tensor
+    box_regression: Tensor
+    proposals: list[Tensor]
+    matched_idxs: list[Tensor]
+    labels: list[Tensor]
+    regression_targets: list[Tensor]
+    targets: list[dict[str, Tensor]]
+
+
+class HarmonicRoIHeads(LossAdapter, RoIHeads):
     """``RoIHeads`` (box only) whose training loss is torchvision's ``fastrcnn_loss`` or HarmonicDet's.
 
     Per sampled positive RoI i (``loss="harmonic"``), on ``fastrcnn_loss``'s own terms:
@@ -75,12 +89,6 @@ class HarmonicRoIHeads(RoIHeads):
     With ``harmonic_factors=False, alpha=0, tc_weight=0`` the loss equals the baseline. The loss
     is computed in float32 under AMP in both modes.
     """
-
-    def __init__(self, *args: Any, loss: str = "harmonic", loss_options: dict[str, Any] | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.loss_kind = loss
-        self.loss_config = check_loss(loss, loss_options)
-        self.harmonic_loss = make_loss_module(loss, loss_options)
 
     @classmethod
     def from_roi_heads(cls, heads: RoIHeads, loss: str, loss_options: dict[str, Any] | None) -> HarmonicRoIHeads:
@@ -142,28 +150,21 @@ class HarmonicRoIHeads(RoIHeads):
             regression_targets: per image Tensor[R_i, 4] encoded deltas to the matched gt.
             targets: per image ``boxes`` Tensor[N_i, 4] (transformed coordinates).
         """
-        class_logits, box_regression = class_logits.float(), box_regression.float()  # float32 under AMP
-        if self.harmonic_loss is None:
-            loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
-            losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
-            with torch.no_grad():
-                terms = self.positive_terms(class_logits, box_regression, proposals, matched_idxs, labels, targets)
-                losses.update(positive_stats(terms, self.loss_config))
-            return losses
-        return self.harmonic_loss(
-            self.positive_terms(class_logits, box_regression, proposals, matched_idxs, labels, targets))
+        # float32 under AMP
+        rois = SampledRoIs(class_logits.float(), box_regression.float(), proposals, matched_idxs, labels,
+                           regression_targets, targets)
+        return self.adapted_loss(rois)
 
-    def positive_terms(
-        self,
-        class_logits: Tensor,
-        box_regression: Tensor,
-        proposals: list[Tensor],
-        matched_idxs: list[Tensor],
-        labels: list[Tensor],
-        targets: list[dict[str, Tensor]],
-    ) -> PositiveTerms:
-        """The sampled positive RoIs of the batch as :class:`PositiveTerms` (arguments as ``box_loss``)."""
-        labels_all = torch.cat(labels)
+    def baseline_loss(self, rois: SampledRoIs) -> dict[str, Tensor]:
+        """torchvision's ``fastrcnn_loss``."""
+        loss_classifier, loss_box_reg = fastrcnn_loss(rois.class_logits, rois.box_regression, rois.labels,
+                                                      rois.regression_targets)
+        return {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+
+    def positive_terms(self, rois: SampledRoIs) -> PositiveTerms:
+        """The sampled positive RoIs of the batch as :class:`PositiveTerms`."""
+        class_logits, box_regression, proposals = rois.class_logits, rois.box_regression, rois.proposals
+        labels_all = torch.cat(rois.labels)
         pos = torch.where(labels_all > 0)[0]
         labels_pos = labels_all[pos]
         num_rois = class_logits.shape[0]
@@ -172,7 +173,7 @@ class HarmonicRoIHeads(RoIHeads):
         parts = softmax_positive_terms(class_logits[pos], labels_pos, ce[pos])
         parts["weight"] = torch.full_like(parts["cls_loss"], norm)
         parts["neg_cls_loss"] = ce[labels_all == 0].sum() * norm
-        gt_pos = self._matched_gt(proposals, matched_idxs, targets)[pos]
+        gt_pos = self._matched_gt(proposals, rois.matched_idxs, rois.targets)[pos]
         deltas = box_regression.reshape(num_rois, -1, 4)[pos, labels_pos]
         box_loss, pred_boxes = box_loss_per_positive(
             "smooth_l1", self.box_coder, torch.cat(proposals)[pos].float(), gt_pos.float(), deltas, beta=1.0 / 9.0)
@@ -243,3 +244,19 @@ def build_faster_rcnn(
     model = FasterRCNN(backbone, num_classes=num_classes + 1, **transform_kwargs(int(img_size)), **options)
     model.roi_heads = HarmonicRoIHeads.from_roi_heads(model.roi_heads, loss, loss_options)
     return model
+
+
+def roi_heads(model: FasterRCNN) -> RoIHeads:
+    """Where Faster R-CNN keeps its post-processing (thresholds, ``postprocess_detections``)."""
+    return model.roi_heads
+
+
+def map_rcnn_detections(out: tuple[list[Tensor], list[Tensor], list[Tensor]], fn: Any) -> tuple[list[Tensor], ...]:
+    """``fn`` on each image of ``RoIHeads.postprocess_detections``'s ``(boxes, scores, labels)`` lists."""
+    res = [fn(b, s, lab) for b, s, lab in zip(*out)]
+    return [r[0] for r in res], [r[1] for r in res], [r[2] for r in res]
+
+
+# max_batch 1: the exported RPN + RoIAlign graph is batch-1 only
+FAMILY = Family("faster_rcnn", FasterRCNN, build_faster_rcnn, HarmonicRoIHeads, export_head="rcnn",
+                candidate_knob=None, max_batch=1, postprocessor=roi_heads, map_detections=map_rcnn_detections)

@@ -18,20 +18,22 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead
 
 from harmonic.errors import HarmonicError
-from harmonic.losses import HarmonicDetLoss, PositiveTerms, elementwise_box_iou, positive_stats
+from harmonic.losses import PositiveTerms, elementwise_box_iou
+from harmonic.models.adapter import DenseLossAdapter
 from harmonic.models.common import (
     box_loss_per_positive,
     check_img_size,
-    check_loss,
     focal_positive_terms,
     make_loss_module,
     make_terms,
+    matched_positives,
     pop_options,
     quality_target,
     resnet_fpn_backbone,
     transform_kwargs,
 )
-from harmonic.models.retinanet import drop_background
+from harmonic.models.family import Family
+from harmonic.models.retinanet import silence_background_logit, without_background
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ _FCOS_KWARGS = frozenset(
 _OPTIONS = _FCOS_KWARGS | {"fpn_channels", "trainable_backbone_layers", "num_convs"}
 
 
-class HarmonicFCOSHead(FCOSHead):
+class HarmonicFCOSHead(DenseLossAdapter, FCOSHead):
     """``FCOSHead`` whose loss is torchvision's (``"baseline"``) or HarmonicDet's (``"harmonic"``).
 
     Harmonic, per positive location i (inside its matched box, centre-sampled, right FPN level),
@@ -62,76 +64,30 @@ class HarmonicFCOSHead(FCOSHead):
     ``loss_tc``) and detached ``stat_*`` (the baseline logs the factors it would have had).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_anchors: int,
-        num_classes: int,
-        num_convs: int = 4,
-        loss: str = "harmonic",
-        loss_options: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(in_channels, num_anchors, num_classes, num_convs)
-        self.loss_kind = loss
-        self.loss_config = check_loss(loss, loss_options)
-        self.harmonic_loss: HarmonicDetLoss | None = make_loss_module(loss, loss_options)
+    def terms(self, positives: tuple[PositiveTerms, dict[str, Tensor]]) -> PositiveTerms:
+        return positives[0]
 
-    def compute_loss(
-        self,
-        targets: list[dict[str, Tensor]],
-        head_outputs: dict[str, Tensor],
-        anchors: list[Tensor],
-        matched_idxs: list[Tensor],
-    ) -> dict[str, Tensor]:
-        """Loss hook called by ``FCOS.compute_loss`` in training.
-
-        Args:
-            targets: per image ``boxes`` ``Tensor[N_i, 4]`` xyxy, ``labels`` ``Tensor[N_i]`` in 1..C.
-            head_outputs: ``cls_logits`` ``Tensor[B, A, C+1]``, ``bbox_regression`` ``Tensor[B, A, 4]``,
-                ``bbox_ctrness`` ``Tensor[B, A, 1]``.
-            anchors: per image ``Tensor[A, 4]`` (one square anchor per location).
-            matched_idxs: per image ``Tensor[A]``: gt index or -1.
-        """
-        # float32 loss maths under AMP (box decoding and exp overflow in fp16), both modes
-        head_outputs = {k: v.float() for k, v in head_outputs.items()}
-        if self.harmonic_loss is None:
-            tv = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
-            losses = {"loss_classifier": tv["classification"], "loss_box_reg": tv["bbox_regression"],
-                      "loss_bbox_ctrness": tv["bbox_ctrness"]}
-            with torch.no_grad():
-                terms, _ = self.positive_terms(targets, head_outputs, anchors, matched_idxs)
-                losses.update(positive_stats(terms, self.loss_config))
-            return losses
-        terms, ctrness = self.positive_terms(targets, head_outputs, anchors, matched_idxs)
+    def harmonic_losses(self, positives: tuple[PositiveTerms, dict[str, Tensor]]) -> dict[str, Tensor]:
+        """HarmonicDet's terms plus the centre-ness BCE (torchvision's, or on the IoU with ``iou_centerness``)."""
+        terms, ctrness = positives
         losses = self.harmonic_loss(terms)
         losses["loss_bbox_ctrness"] = centerness_loss(ctrness["logits"], ctrness["target_ltrb"],
                                                       ctrness["target"]) * ctrness["norm"]
         return losses
 
-    def positive_terms(
-        self,
-        targets: list[dict[str, Tensor]],
-        head_outputs: dict[str, Tensor],
-        anchors: list[Tensor],
-        matched_idxs: list[Tensor],
-    ) -> tuple[PositiveTerms, dict[str, Tensor]]:
+    def positive_terms(self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor], anchors: list[Tensor],
+                       matched_idxs: list[Tensor]) -> tuple[PositiveTerms, dict[str, Tensor]]:
         """The positive locations of the batch (P in total, image after image) as :class:`PositiveTerms`,
         and what the centre-ness term needs: ``logits`` ``[P]``, ``target_ltrb`` ``[P, 4]`` (encoded
         l, t, r, b of the matched box) and ``norm`` (``1 / max(1, P)``)."""
-        matched = torch.stack(matched_idxs)
-        image_idx, anchor_idx = torch.nonzero(matched >= 0, as_tuple=True)
-        gt_boxes = torch.cat([t["boxes"] for t in targets]).float()
-        gt_labels = torch.cat([t["labels"] for t in targets])
-        counts = torch.tensor([len(t["boxes"]) for t in targets], device=matched.device)
-        flat = (counts.cumsum(0) - counts)[image_idx] + matched[image_idx, anchor_idx]
+        matched, image_idx, anchor_idx, matched_boxes, labels = matched_positives(targets, matched_idxs)
         norm = 1.0 / max(1, int(image_idx.numel()))
         image_weight = torch.full((len(targets),), norm, device=matched.device)
-        matched_boxes = gt_boxes[flat]
         pos_anchors = torch.stack(anchors)[image_idx, anchor_idx]
         box_loss, pred_boxes = box_loss_per_positive(
             "giou", self.box_coder, pos_anchors, matched_boxes, head_outputs["bbox_regression"][image_idx, anchor_idx])
         quality = quality_target(self.loss_kind, self.loss_config, pred_boxes, matched_boxes)
-        parts = focal_positive_terms(head_outputs["cls_logits"], image_idx, anchor_idx, gt_labels[flat],
+        parts = focal_positive_terms(head_outputs["cls_logits"], image_idx, anchor_idx, labels,
                                      matched < 0, image_weight, quality=quality, qfl_beta=self.loss_config.qfl_beta)
         ctrness = head_outputs["bbox_ctrness"][image_idx, anchor_idx, 0]
         parts["score"] = torch.sqrt(parts["p_true"] * torch.sigmoid(ctrness))  # torchvision's ranking score
@@ -150,7 +106,12 @@ class HarmonicFCOS(FCOS):
     def postprocess_detections(
         self, head_outputs: dict[str, list[Tensor]], anchors: list[list[Tensor]], image_shapes: list[tuple[int, int]]
     ) -> list[dict[str, Tensor]]:
-        return super().postprocess_detections(drop_background(head_outputs), anchors, image_shapes)
+        return super().postprocess_detections(without_background(head_outputs), anchors, image_shapes)
+
+
+def centerness_scores(head_outputs: dict[str, Tensor]) -> Tensor:
+    """FCOS's ranking score ``sqrt(sigmoid(cls) * sigmoid(centerness))`` per class, ``Tensor[B, A, C+1]``."""
+    return torch.sqrt(torch.sigmoid(head_outputs["cls_logits"]) * torch.sigmoid(head_outputs["bbox_ctrness"]))
 
 
 def centerness_loss(ctrness_logits: Tensor, target_ltrb: Tensor, target: Tensor | None = None) -> Tensor:
@@ -216,3 +177,8 @@ def build_fcos(
     head = HarmonicFCOSHead(fpn_channels, 1, num_classes + 1, num_convs, loss=loss, loss_options=loss_options)
     return HarmonicFCOS(backbone, num_classes + 1, anchor_generator=anchors, head=head,
                 **transform_kwargs(img_size), **options)
+
+
+FAMILY = Family("fcos", FCOS, build_fcos, HarmonicFCOSHead, export_head="dense",
+                ranking_scores=centerness_scores, focal_head=True, centerness=True,
+                prepare_reference=silence_background_logit)

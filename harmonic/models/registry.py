@@ -1,21 +1,24 @@
-"""The detector names: a plain dict of builders, no import-time registration.
+"""The detector names: a plain dict of ``ModelInfo``, no import-time registration.
 
-Every builder has the signature ``build_<family>(name, num_classes, *, loss, img_size,
+Each name belongs to a detector family (:class:`harmonic.models.family.Family`), whose module
+defines its builder, loss adapter, export head and reference post-processing. Every builder has
+the signature ``build_<family>(name, num_classes, *, loss, img_size,
 backbone_weights, loss_options, **options) -> nn.Module`` with ``num_classes`` = C object classes
 (the torchvision module gets C + 1, docs/CONTRACTS.md). Families are imported lazily, so listing
-the names costs no model import.
+the names costs no family import.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from harmonic.errors import HarmonicError
-from harmonic.models.common import apply_operating_point, check_loss
+from harmonic.models.common import check_loss
+from harmonic.models.family import Family
 from harmonic.models.spec import (
     DEFAULT_IOU_THRESHOLD,
     DEFAULT_MAX_DET,
@@ -25,65 +28,66 @@ from harmonic.models.spec import (
     ModelSpec,
 )
 
-
-def _retinanet(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
-    from harmonic.models.retinanet import build_retinanet
-
-    return build_retinanet(name, num_classes, **kwargs)
+#: the detector families; family ``f`` is the module ``harmonic.models.f``, which defines ``FAMILY``
+#: (a :class:`Family`) and is imported on first use.
+FAMILIES = ("retinanet", "fcos", "ssd", "faster_rcnn")
 
 
-def _fcos(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
-    from harmonic.models.fcos import build_fcos
-
-    return build_fcos(name, num_classes, **kwargs)
-
-
-def _ssd(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
-    from harmonic.models.ssd import build_ssd
-
-    return build_ssd(name, num_classes, **kwargs)
+def get_family(name: str) -> Family:
+    """The :class:`Family` called ``name`` (one of :data:`FAMILIES`)."""
+    if name not in FAMILIES:
+        raise HarmonicError(f"unknown detector family {name!r}; expected one of {list(FAMILIES)}")
+    return importlib.import_module(f"harmonic.models.{name}").FAMILY
 
 
-def _faster_rcnn(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
-    from harmonic.models.faster_rcnn import build_faster_rcnn
-
-    return build_faster_rcnn(name, num_classes, **kwargs)
+def family_of(model: nn.Module) -> Family:
+    """The :class:`Family` of a built detector (ours or a plain torchvision one)."""
+    for name in FAMILIES:
+        family = get_family(name)
+        if family.matches(model):
+            return family
+    raise HarmonicError(f"unsupported model type {type(model).__name__} "
+                        f"(supported families: {', '.join(FAMILIES)})")
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """One detector name: its builder, family, default square input, input stride, a description."""
+    """One detector name: its family (one of :data:`FAMILIES`), default square input, input
+    stride, a description."""
 
-    builder: Callable[..., nn.Module]
     family: str
     default_img_size: int
     stride: int
     description: str
 
+    def detector_family(self) -> Family:
+        """The :class:`Family` object (imports the family's module)."""
+        return get_family(self.family)
+
 
 MODELS: dict[str, ModelInfo] = {
     "fcos_resnet10s_fpn": ModelInfo(
-        _fcos, "fcos", 128, 32, "FCOS, ResNet-10-slim-FPN (1.2M-param backbone); the CPU demo's"),
+        "fcos", 128, 32, "FCOS, ResNet-10-slim-FPN (1.2M-param backbone); the CPU demo's"),
     "retinanet_resnet10s_fpn": ModelInfo(
-        _retinanet, "retinanet", 128, 32, "RetinaNet, ResNet-10-slim-FPN; CPU-sized"),
+        "retinanet", 128, 32, "RetinaNet, ResNet-10-slim-FPN; CPU-sized"),
     "retinanet_resnet18_fpn": ModelInfo(
-        _retinanet, "retinanet", 320, 32, "RetinaNet, ResNet-18-FPN (P3-P7), focal loss; small/CPU"),
+        "retinanet", 320, 32, "RetinaNet, ResNet-18-FPN (P3-P7), focal loss; small/CPU"),
     "retinanet_resnet50_fpn": ModelInfo(
-        _retinanet, "retinanet", 640, 32, "RetinaNet, ResNet-50-FPN (P3-P7), focal loss; the paper's"),
+        "retinanet", 640, 32, "RetinaNet, ResNet-50-FPN (P3-P7), focal loss; the paper's"),
     "fcos_resnet18_fpn": ModelInfo(
-        _fcos, "fcos", 320, 32, "FCOS, ResNet-18-FPN (P3-P7), anchor-free; small/CPU"),
+        "fcos", 320, 32, "FCOS, ResNet-18-FPN (P3-P7), anchor-free; small/CPU"),
     "fcos_resnet50_fpn": ModelInfo(
-        _fcos, "fcos", 640, 32, "FCOS, ResNet-50-FPN (P3-P7), anchor-free"),
+        "fcos", 640, 32, "FCOS, ResNet-50-FPN (P3-P7), anchor-free"),
     "ssdlite320_mobilenet_v3_large": ModelInfo(
-        _ssd, "ssd", 320, 1, "SSDlite, MobileNetV3-Large, softmax CE + hard-negative mining; edge"),
+        "ssd", 320, 1, "SSDlite, MobileNetV3-Large, softmax CE + hard-negative mining; edge"),
     "ssd300_vgg16": ModelInfo(
-        _ssd, "ssd", 300, 1, "SSD300, VGG-16, softmax CE + hard-negative mining (input >= 268)"),
+        "ssd", 300, 1, "SSD300, VGG-16, softmax CE + hard-negative mining (input >= 268)"),
     "ssd_resnet10s_fpn": ModelInfo(
-        _ssd, "ssd", 128, 32, "SSD, ResNet-10-slim-FPN (P3-P7), softmax CE + hard-negative mining; CPU-sized"),
+        "ssd", 128, 32, "SSD, ResNet-10-slim-FPN (P3-P7), softmax CE + hard-negative mining; CPU-sized"),
     "fasterrcnn_resnet18_fpn": ModelInfo(
-        _faster_rcnn, "faster_rcnn", 320, 32, "Faster R-CNN, ResNet-18-FPN, two-stage; small/CPU"),
+        "faster_rcnn", 320, 32, "Faster R-CNN, ResNet-18-FPN, two-stage; small/CPU"),
     "fasterrcnn_resnet50_fpn": ModelInfo(
-        _faster_rcnn, "faster_rcnn", 640, 32, "Faster R-CNN, ResNet-50-FPN, two-stage; the paper's"),
+        "faster_rcnn", 640, 32, "Faster R-CNN, ResNet-50-FPN, two-stage; the paper's"),
 }
 
 
@@ -101,10 +105,11 @@ def _check_common(name: str, num_classes: int, loss: str, img_size: int | None,
     if int(num_classes) != num_classes or num_classes < 1:
         raise HarmonicError(f"model {name}: num_classes must be a positive integer (got {num_classes})")
     config = check_loss(loss, loss_options)
-    if config.quality_focal and info.family not in ("retinanet", "fcos"):
+    if config.quality_focal and not info.detector_family().focal_head:
+        focal = ", ".join(f for f in FAMILIES if get_family(f).focal_head)
         raise HarmonicError(f"model {name}: loss option quality_focal needs a sigmoid focal head "
-                            f"(retinanet, fcos), not {info.family}")
-    if config.iou_centerness and info.family != "fcos":
+                            f"({focal}), not {info.family}")
+    if config.iou_centerness and not info.detector_family().centerness:
         raise HarmonicError(f"model {name}: loss option iou_centerness is for FCOS only, not {info.family}")
     size = info.default_img_size if img_size is None else img_size
     if int(size) != size or size < info.stride or size % info.stride:
@@ -154,9 +159,10 @@ def build_detector(
     """
     info, size = _check_common(name, num_classes, loss, img_size, loss_options)
     point = _operating_point(operating_point)
-    model = info.builder(name, int(num_classes), loss=loss, img_size=size, backbone_weights=backbone_weights,
+    family = info.detector_family()
+    model = family.build(name, int(num_classes), loss=loss, img_size=size, backbone_weights=backbone_weights,
                          loss_options=dict(loss_options or {}), **options)
-    apply_operating_point(model, *point)
+    family.apply_operating_point(model, *point)
     return model
 
 

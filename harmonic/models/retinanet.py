@@ -18,19 +18,21 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.retinanet import RetinaNetHead
 
 from harmonic.errors import HarmonicError
-from harmonic.losses import HarmonicDetLoss, PositiveTerms, positive_stats
+from harmonic.losses import PositiveTerms
+from harmonic.models.adapter import DenseLossAdapter
 from harmonic.models.common import (
     box_loss_per_positive,
     check_img_size,
-    check_loss,
     focal_positive_terms,
     make_loss_module,
     make_terms,
+    matched_positives,
     pop_options,
     quality_target,
     resnet_fpn_backbone,
     transform_kwargs,
 )
+from harmonic.models.family import Family
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ _RETINANET_KWARGS = frozenset(
 _OPTIONS = _RETINANET_KWARGS | {"fpn_channels", "trainable_backbone_layers", "anchor_size", "head_norm"}
 
 
-class HarmonicRetinaNetHead(RetinaNetHead):
+class HarmonicRetinaNetHead(DenseLossAdapter, RetinaNetHead):
     """``RetinaNetHead`` whose loss is torchvision's (``"baseline"``) or HarmonicDet's (``"harmonic"``).
 
     Harmonic, per positive anchor i (matched IoU >= 0.5 or a low-quality best match), on
@@ -62,69 +64,18 @@ class HarmonicRetinaNetHead(RetinaNetHead):
     detached ``stat_*`` (the baseline logs the factors it would have had).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_anchors: int,
-        num_classes: int,
-        norm_layer: Any = None,
-        loss: str = "harmonic",
-        loss_options: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(in_channels, num_anchors, num_classes, norm_layer=norm_layer)
-        self.loss_kind = loss
-        self.loss_config = check_loss(loss, loss_options)
-        self.harmonic_loss: HarmonicDetLoss | None = make_loss_module(loss, loss_options)
-
-    def compute_loss(
-        self,
-        targets: list[dict[str, Tensor]],
-        head_outputs: dict[str, Tensor],
-        anchors: list[Tensor],
-        matched_idxs: list[Tensor],
-    ) -> dict[str, Tensor]:
-        """Loss hook called by ``RetinaNet.compute_loss`` in training.
-
-        Args:
-            targets: per image ``boxes`` ``Tensor[N_i, 4]`` xyxy, ``labels`` ``Tensor[N_i]`` in 1..C.
-            head_outputs: ``cls_logits`` ``Tensor[B, A, C+1]``, ``bbox_regression`` ``Tensor[B, A, 4]``.
-            anchors: per image ``Tensor[A, 4]`` xyxy.
-            matched_idxs: per image ``Tensor[A]``: gt index, -1 (background) or -2 (ignored).
-        """
-        # float32 loss maths under AMP (box decoding and exp overflow in fp16), both modes
-        head_outputs = {k: v.float() for k, v in head_outputs.items()}
-        if self.harmonic_loss is None:
-            tv = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
-            losses = {"loss_classifier": tv["classification"], "loss_box_reg": tv["bbox_regression"]}
-            with torch.no_grad():
-                losses.update(positive_stats(self.positive_terms(targets, head_outputs, anchors, matched_idxs),
-                                             self.loss_config))
-            return losses
-        return self.harmonic_loss(self.positive_terms(targets, head_outputs, anchors, matched_idxs))
-
-    def positive_terms(
-        self,
-        targets: list[dict[str, Tensor]],
-        head_outputs: dict[str, Tensor],
-        anchors: list[Tensor],
-        matched_idxs: list[Tensor],
-    ) -> PositiveTerms:
+    def positive_terms(self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor], anchors: list[Tensor],
+                       matched_idxs: list[Tensor]) -> PositiveTerms:
         """The positive anchors of the batch (P in total, image after image) as :class:`PositiveTerms`."""
-        matched = torch.stack(matched_idxs)
-        image_idx, anchor_idx = torch.nonzero(matched >= 0, as_tuple=True)
-        gt_boxes = torch.cat([t["boxes"] for t in targets]).float()
-        gt_labels = torch.cat([t["labels"] for t in targets])
-        counts = torch.tensor([len(t["boxes"]) for t in targets], device=matched.device)
-        flat = (counts.cumsum(0) - counts)[image_idx] + matched[image_idx, anchor_idx]
+        matched, image_idx, anchor_idx, matched_boxes, labels = matched_positives(targets, matched_idxs)
         num_fg = (matched >= 0).sum(dim=1).clamp_min(1).float()
         image_weight = 1.0 / (num_fg * len(targets))
-        matched_boxes = gt_boxes[flat]
         box_loss, pred_boxes = box_loss_per_positive(
             self.regression_head._loss_type, self.regression_head.box_coder,
             torch.stack(anchors)[image_idx, anchor_idx], matched_boxes,
             head_outputs["bbox_regression"][image_idx, anchor_idx])
         quality = quality_target(self.loss_kind, self.loss_config, pred_boxes, matched_boxes)
-        parts = focal_positive_terms(head_outputs["cls_logits"], image_idx, anchor_idx, gt_labels[flat],
+        parts = focal_positive_terms(head_outputs["cls_logits"], image_idx, anchor_idx, labels,
                                      matched == -1, image_weight,  # -1: Matcher.BELOW_LOW_THRESHOLD
                                      quality=quality, qfl_beta=self.loss_config.qfl_beta)
         return make_terms(parts, box_loss, pred_boxes, matched_boxes)
@@ -140,10 +91,10 @@ class HarmonicRetinaNet(RetinaNet):
     def postprocess_detections(
         self, head_outputs: dict[str, list[Tensor]], anchors: list[list[Tensor]], image_shapes: list[tuple[int, int]]
     ) -> list[dict[str, Tensor]]:
-        return super().postprocess_detections(drop_background(head_outputs), anchors, image_shapes)
+        return super().postprocess_detections(without_background(head_outputs), anchors, image_shapes)
 
 
-def drop_background(head_outputs: dict[str, list[Tensor]]) -> dict[str, list[Tensor]]:
+def without_background(head_outputs: dict[str, list[Tensor]]) -> dict[str, list[Tensor]]:
     """Copy of ``head_outputs`` with the class-0 logits (``cls_logits[..., 0]``) set to -inf."""
     out = dict(head_outputs)
     logits = []
@@ -153,6 +104,27 @@ def drop_background(head_outputs: dict[str, list[Tensor]]) -> dict[str, list[Ten
         logits.append(level)
     out["cls_logits"] = logits
     return out
+
+
+def silence_background_logit(model: nn.Module) -> None:
+    """Make a sigmoid-head detector (RetinaNet, FCOS; ours or plain torchvision) never report column 0.
+
+    The verification reference: a forward hook on the classification head forces the always-negative
+    background logit to -1e4 (the exported graph drops that column; torchvision would otherwise
+    report it as label 0 at a tiny score threshold).
+    """
+
+    def hook(module: nn.Module, inputs: Any, output: Tensor) -> Tensor:  # noqa: ARG001
+        output = output.clone()
+        output[..., 0] = -1e4
+        return output
+
+    model.head.classification_head.register_forward_hook(hook)
+
+
+def sigmoid_scores(head_outputs: dict[str, Tensor]) -> Tensor:
+    """RetinaNet's ranking score: the sigmoid of each class logit, ``Tensor[B, A, C+1]``."""
+    return torch.sigmoid(head_outputs["cls_logits"])
 
 
 def anchor_generator(base_size: float = 32.0) -> AnchorGenerator:
@@ -217,3 +189,7 @@ def build_retinanet(
     )
     return HarmonicRetinaNet(backbone, num_classes + 1, anchor_generator=anchors, head=head,
                      **transform_kwargs(img_size), **options)
+
+
+FAMILY = Family("retinanet", RetinaNet, build_retinanet, HarmonicRetinaNetHead, export_head="dense",
+                ranking_scores=sigmoid_scores, focal_head=True, prepare_reference=silence_background_logit)

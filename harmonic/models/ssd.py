@@ -26,19 +26,20 @@ from torchvision.models.vgg import make_layers as vgg_make_layers
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from harmonic.errors import HarmonicError
-from harmonic.losses import PositiveTerms, positive_stats
+from harmonic.losses import PositiveTerms
+from harmonic.models.adapter import DenseLossAdapter
 from harmonic.models.common import (
     box_loss_per_positive,
     check_img_size,
     check_loss,
     load_state_dict_file,
-    make_loss_module,
     make_terms,
     pop_options,
     resnet_fpn_backbone,
     resolve_backbone_weights,
     softmax_positive_terms,
 )
+from harmonic.models.family import Family
 from harmonic.models.spec import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ _SSD_OPTIONS = frozenset(
 )
 
 
-class HarmonicSSD(SSD):
+class HarmonicSSD(DenseLossAdapter, SSD):
     """torchvision ``SSD`` whose ``compute_loss`` is torchvision's (baseline) or HarmonicDet's.
 
     Per positive default box i (``loss="harmonic"``), on torchvision's own terms:
@@ -69,44 +70,8 @@ class HarmonicSSD(SSD):
     under AMP in both modes.
     """
 
-    def __init__(self, *args: Any, loss: str = "harmonic", loss_options: dict[str, Any] | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.loss_kind = loss
-        self.loss_config = check_loss(loss, loss_options)
-        self.harmonic_loss = make_loss_module(loss, loss_options)
-
-    def compute_loss(
-        self,
-        targets: list[dict[str, Tensor]],
-        head_outputs: dict[str, Tensor],
-        anchors: list[Tensor],
-        matched_idxs: list[Tensor],
-    ) -> dict[str, Tensor]:
-        """Loss hook called by ``SSD.forward`` in training.
-
-        Args:
-            targets: per image ``boxes`` Tensor[N_i, 4] xyxy (transformed), ``labels`` Tensor[N_i] in 1..C.
-            head_outputs: ``bbox_regression`` Tensor[B, A, 4], ``cls_logits`` Tensor[B, A, C+1].
-            anchors: per image Tensor[A, 4] xyxy default boxes.
-            matched_idxs: per image Tensor[A] int64, matched gt index or -1.
-        """
-        head_outputs = {k: v.float() for k, v in head_outputs.items()}  # float32 loss under AMP
-        if self.harmonic_loss is None:
-            tv = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
-            losses = {"loss_classifier": tv["classification"], "loss_box_reg": tv["bbox_regression"]}
-            with torch.no_grad():
-                losses.update(positive_stats(self.positive_terms(targets, head_outputs, anchors, matched_idxs),
-                                             self.loss_config))
-            return losses
-        return self.harmonic_loss(self.positive_terms(targets, head_outputs, anchors, matched_idxs))
-
-    def positive_terms(
-        self,
-        targets: list[dict[str, Tensor]],
-        head_outputs: dict[str, Tensor],
-        anchors: list[Tensor],
-        matched_idxs: list[Tensor],
-    ) -> PositiveTerms:
+    def positive_terms(self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor], anchors: list[Tensor],
+                       matched_idxs: list[Tensor]) -> PositiveTerms:
         """The positive default boxes of the batch (P in total, image after image) as :class:`PositiveTerms`."""
         cls_logits = head_outputs["cls_logits"]
         image_idx, anchor_idx, gt_boxes, cls_targets = [], [], [], []
@@ -317,3 +282,12 @@ def build_ssd(
         raise HarmonicError(f"model {name}: num_classes must be >= 1 (got {num_classes})")
     check_loss(loss, loss_options)  # validate before the (slower) network build
     return builder(num_classes, loss, int(img_size), backbone_weights, loss_options or {}, options)
+
+
+def softmax_scores(head_outputs: dict[str, Tensor]) -> Tensor:
+    """SSD's ranking score: the softmax over the C+1 columns, ``Tensor[B, A, C+1]``."""
+    return torch.softmax(head_outputs["cls_logits"], dim=-1)
+
+
+FAMILY = Family("ssd", SSD, build_ssd, HarmonicSSD, export_head="dense", ranking_scores=softmax_scores,
+                per_class_candidates=True)

@@ -8,7 +8,6 @@ from harmonic.losses import (
     elementwise_box_iou,
     harmonic_factors,
     harmonic_iou_loss,
-    harmonic_loss,
     task_contrastive_loss,
 )
 
@@ -38,51 +37,12 @@ def test_harmonic_iou_loss_rejects_gamma_above_one():
     assert out.item() == pytest.approx(1.5**1.5 * 0.5)
 
 
-def test_harmonic_loss_values_and_factors():
+def test_harmonic_factors_values():
     cls = torch.tensor([0.0, 1.0, 2.0])
     loc = torch.tensor([1.0, 0.0, 0.5])
-    out = harmonic_loss(cls, loc)
-    expected = [
-        (1 + math.exp(-lo)) * c + (1 + math.exp(-c)) * lo for c, lo in zip(cls.tolist(), loc.tolist())
-    ]
-    assert out.tolist() == pytest.approx(expected, rel=1e-6)
     fr, fc = harmonic_factors(torch.exp(-cls), loc)  # beta_c = p = exp(-CE) for a softmax CE
     assert fr.tolist() == pytest.approx([1 + math.exp(-1.0), 2.0, 1 + math.exp(-0.5)], rel=1e-6)
     assert fc.tolist() == pytest.approx([2.0, 1 + math.exp(-1.0), 1 + math.exp(-2.0)], rel=1e-6)
-    assert harmonic_loss(cls, loc, detach_factors=True).tolist() == pytest.approx(expected, rel=1e-6)
-    # A focal head passes p_true (sigmoid of the true logit), not exp(-focal loss).
-    p = torch.tensor([0.01, 0.5, 0.9])
-    out = harmonic_loss(cls, loc, p_true=p)
-    assert out.tolist() == pytest.approx(
-        [(1 + math.exp(-lo)) * c + (1 + pi) * lo for c, lo, pi in zip(cls.tolist(), loc.tolist(), p.tolist())],
-        rel=1e-6)
-
-
-@pytest.mark.parametrize("p0,loc_value", [(0.3, 0.7), (0.9, 2.0), (0.05, 0.1)])
-def test_eq7_gradient(p0, loc_value):
-    """d/dp of the harmonic loss with CE = -log p equals L - (1 + exp(-L)) / p (Eq. 7)."""
-    p = torch.tensor([p0], dtype=torch.float64, requires_grad=True)
-    loc = torch.tensor([loc_value], dtype=torch.float64)
-    harmonic_loss(-torch.log(p), loc).sum().backward()
-    expected = loc_value - (1 + math.exp(-loc_value)) / p0
-    assert p.grad.item() == pytest.approx(expected, rel=1e-9)
-    # central finite difference agrees too
-    h = 1e-6
-    f = lambda x: harmonic_loss(-torch.log(torch.tensor([x], dtype=torch.float64)), loc).item()  # noqa: E731
-    assert (f(p0 + h) - f(p0 - h)) / (2 * h) == pytest.approx(expected, rel=1e-5)
-
-    p.grad = None
-    harmonic_loss(-torch.log(p), loc, detach_factors=True).sum().backward()
-    assert p.grad.item() == pytest.approx(-(1 + math.exp(-loc_value)) / p0, rel=1e-9)
-
-
-def test_loc_gradient_carries_classification_factor():
-    cls = torch.tensor([0.5], dtype=torch.float64, requires_grad=True)
-    loc = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
-    harmonic_loss(cls, loc).sum().backward()
-    # d/dloc = -exp(-loc) * cls + 1 + exp(-cls)
-    assert loc.grad.item() == pytest.approx(-math.exp(-0.3) * 0.5 + 1 + math.exp(-0.5))
-    assert cls.grad.item() == pytest.approx(1 + math.exp(-0.3) - math.exp(-0.5) * 0.3)
 
 
 def test_task_contrastive_values():

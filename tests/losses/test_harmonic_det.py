@@ -218,3 +218,54 @@ def test_mechanism_variants_hand_computed():
 def test_mechanism_options_rejected(bad):
     with pytest.raises(ValueError):
         HarmonicConfig.from_options(bad)
+
+
+def _one_positive(cls: torch.Tensor, loc: torch.Tensor, p_true: torch.Tensor | None = None) -> PositiveTerms:
+    """A positive with classification loss ``cls`` and box loss ``loc`` (weight 1, no negatives)."""
+    p = torch.exp(-cls) if p_true is None else p_true
+    probs = torch.stack([1 - p, p], dim=1)
+    return PositiveTerms(cls_loss=cls, p_true=p, box_loss=loc, iou=torch.ones_like(loc), score=p,
+                         class_probs=probs, labels=torch.ones_like(cls, dtype=torch.int64),
+                         weight=torch.ones_like(cls), neg_cls_loss=cls.new_zeros(()))
+
+
+def _objective(losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    return sum(v for k, v in losses.items() if k.startswith("loss_"))
+
+
+_FACTORS_ONLY = {"alpha": 0.0, "tc_weight": 0.0}
+
+
+@pytest.mark.parametrize("p0,loc_value", [(0.3, 0.7), (0.9, 2.0), (0.05, 0.1)])
+def test_eq7_gradient(p0, loc_value):
+    """d/dp of the harmonic loss with CE = -log p and beta_c = p equals L - (1 + exp(-L)) / p (Eq. 7)."""
+    loc = torch.tensor([loc_value], dtype=torch.float64)
+
+    def objective(p: torch.Tensor, **options) -> torch.Tensor:
+        loss = HarmonicDetLoss(HarmonicConfig(**_FACTORS_ONLY, **options))
+        return _objective(loss(_one_positive(-torch.log(p), loc, p_true=p)))
+
+    p = torch.tensor([p0], dtype=torch.float64, requires_grad=True)
+    objective(p).backward()
+    expected = loc_value - (1 + math.exp(-loc_value)) / p0
+    assert p.grad.item() == pytest.approx(expected, rel=1e-9)
+    # central finite difference agrees too
+    h = 1e-6
+    f = lambda x: objective(torch.tensor([x], dtype=torch.float64)).item()  # noqa: E731
+    assert (f(p0 + h) - f(p0 - h)) / (2 * h) == pytest.approx(expected, rel=1e-5)
+
+    p.grad = None
+    objective(p, detach_factors=True).backward()
+    assert p.grad.item() == pytest.approx(-(1 + math.exp(-loc_value)) / p0, rel=1e-9)
+
+
+def test_loc_gradient_carries_classification_factor():
+    """Eq. 2-3 with beta_c = exp(-cls): value and gradients of (1 + exp(-loc)) cls + (1 + exp(-cls)) loc."""
+    cls = torch.tensor([0.5], dtype=torch.float64, requires_grad=True)
+    loc = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
+    total = _objective(HarmonicDetLoss(HarmonicConfig(**_FACTORS_ONLY, beta_c="exp_ce"))(_one_positive(cls, loc)))
+    assert total.item() == pytest.approx((1 + math.exp(-0.3)) * 0.5 + (1 + math.exp(-0.5)) * 0.3, rel=1e-12)
+    total.backward()
+    # d/dloc = -exp(-loc) * cls + 1 + exp(-cls)
+    assert loc.grad.item() == pytest.approx(-math.exp(-0.3) * 0.5 + 1 + math.exp(-0.5))
+    assert cls.grad.item() == pytest.approx(1 + math.exp(-0.3) - math.exp(-0.5) * 0.3)

@@ -164,7 +164,8 @@ def test_baseline_equals_torchvision_loss(name):
     images, targets = _batch()
     torch.manual_seed(1)
     ours = model(images, targets)
-    head_cls = type(model.head).__mro__[1]  # torchvision's RetinaNetHead / FCOSHead
+    # torchvision's RetinaNetHead / FCOSHead (after our LossAdapter mixin in the MRO)
+    head_cls = next(c for c in type(model.head).__mro__ if c.__module__.startswith("torchvision."))
     original = model.head.compute_loss
     captured = {}
 

@@ -167,7 +167,7 @@ def test_export_nms_and_raw_graphs_match_pytorch(tmp_path):
     assert res.ok, res.message
     assert res.num_images == 3 and res.num_detections > 0
     wrapper = build_wrapper(model, size, conf, iou, k)
-    assert wrapper.family == "ssd" and not wrapper.cap_binds
+    assert wrapper.family.name == "ssd" and not wrapper.cap_binds
     assert wrapper.nms_topk == min(3 * model.topk_candidates, 5000)  # per-class top-k, as torchvision's SSD
 
     raw = export_model(model, tmp_path / "m.raw.onnx", img_size=size, conf=conf, iou=iou, max_det=k, raw=True)
