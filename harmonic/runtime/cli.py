@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 
 from harmonic.atomic import write_json
+from harmonic.data.images import decode_image
 from harmonic.errors import HarmonicError, RunFailure
 from harmonic.runtime import bench as bench_mod
 from harmonic.runtime.backends import open_backend
 from harmonic.runtime.pipeline import RunStats, infer_images, run_engine
 from harmonic.runtime.postprocess import coco_results, draw_detections, save_image
-from harmonic.runtime.preprocess import decode_image
 from harmonic.runtime.sources import ImageList, expand_sources, read_image_list
 
 log = logging.getLogger("harmonic.infer")
@@ -212,7 +212,7 @@ def check_model(backend: Any) -> None:
     A graph without our metadata is run once on a blank batch: its outputs must be
     ``num_dets, det_boxes, det_scores, det_classes`` (or a raw head's boxes and scores).
     """
-    from harmonic.runtime.backends.base import OUTPUT_NAMES
+    from harmonic.contract import OUTPUT_NAMES
     from harmonic.runtime.postprocess import find_raw_outputs
 
     try:
@@ -412,7 +412,8 @@ def _infer_and_report(args: argparse.Namespace, backend: Any, images: ImageList,
 
 def _bench_batch(backend: Any, images: ImageList, batch: int) -> np.ndarray:
     """A real batch of ``batch`` images (repeating when there are fewer) for the engine-only timing."""
-    from harmonic.runtime.preprocess import ImageDecodeError, prepare_image, to_batch
+    from harmonic.data.images import ImageDecodeError
+    from harmonic.runtime.preprocess import prepare_image, to_batch
 
     chws = []
     for p in images.paths:

@@ -26,12 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from harmonic.contract import OUTPUT_NAMES
+from harmonic.data.images import ImageDecodeError, decode_image
 from harmonic.errors import HarmonicError, RunFailure
 from harmonic.runtime.postprocess import Detections, split_outputs, unletterbox
-from harmonic.runtime.preprocess import ImageDecodeError, decode_image, prepare_image, to_batch
+from harmonic.runtime.preprocess import prepare_image, to_batch
 
 log = logging.getLogger("harmonic.infer")
-OUTPUTS = ("num_dets", "det_boxes", "det_scores", "det_classes")
 INSTALL = 'pip install "harmonicdet[triton]"'
 
 
@@ -110,10 +111,10 @@ def served_model(config: dict[str, Any], url: str) -> ServedModel:
     name = str(config.get("name", "?"))
     inputs = config.get("input") or []
     out_names = {o.get("name") for o in config.get("output") or []}
-    missing = [n for n in OUTPUTS if n not in out_names]
+    missing = [n for n in OUTPUT_NAMES if n not in out_names]
     if len(inputs) != 1 or missing:
         raise HarmonicError(f"--model {name}: not a HarmonicDet detector on {url} (needs one input and the "
-                            f"outputs {', '.join(OUTPUTS)}; missing {', '.join(missing) or '-'})")
+                            f"outputs {', '.join(OUTPUT_NAMES)}; missing {', '.join(missing) or '-'})")
     inp = inputs[0]
     dims = [int(d) for d in inp.get("dims", [])]
     max_batch = int(config.get("max_batch_size", 0) or 0)
@@ -192,12 +193,12 @@ class TritonSession:
         inp = mod.InferInput(self.model.input_name, list(array.shape), dtype)
         if self.protocol == "http":
             inp.set_data_from_numpy(array, binary_data=True)
-            outs = [mod.InferRequestedOutput(n, binary_data=True) for n in OUTPUTS]
+            outs = [mod.InferRequestedOutput(n, binary_data=True) for n in OUTPUT_NAMES]
         else:
             inp.set_data_from_numpy(array)
-            outs = [mod.InferRequestedOutput(n) for n in OUTPUTS]
+            outs = [mod.InferRequestedOutput(n) for n in OUTPUT_NAMES]
         res = self.client().infer(self.model_name, [inp], outputs=outs)
-        return {n: res.as_numpy(n) for n in OUTPUTS}
+        return {n: res.as_numpy(n) for n in OUTPUT_NAMES}
 
     def close(self) -> None:
         c = getattr(self._local, "client", None)
