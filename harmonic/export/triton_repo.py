@@ -253,7 +253,7 @@ def _python_model(model_dir: Path, graph_file: Path, graph_name: str, sidecar: P
     shutil.copyfile(_PKG / "export" / "triton_model.py", ver / "model.py")
     shutil.copyfile(graph_file, ver / graph_name)
     if sidecar is not None:
-        shutil.copyfile(sidecar, ver / (graph_name + ".json"))
+        shutil.copyfile(sidecar, sidecar_path(ver / graph_name))
     _copy_runtime(ver)
 
 
@@ -353,7 +353,7 @@ def write_repository(out: str | Path, onnx_path: str | Path, engine: str | Path 
         use_plan = eng is not None and opts.kind == "gpu"
         gfile = "model.plan" if use_plan else "model.onnx"
         gsrc = eng.path if use_plan else graph.path
-        side = eng.path.with_name(eng.path.name + ".json") if use_plan else None
+        side = sidecar_path(eng.path) if use_plan else None
         if opts.end_to_end:
             d = tmp / f"{opts.name}_e2e"
             _python_model(d, gsrc, gfile, side)

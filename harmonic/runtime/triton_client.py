@@ -314,7 +314,8 @@ def _server_batches(before: dict[str, Any], after: dict[str, Any]) -> dict[str, 
 
 
 def check_args(args: Any) -> None:
-    """``--triton`` / ``--model`` / ``--concurrency`` combinations (before any connection)."""
+    """``--triton`` / ``--model`` / ``--concurrency`` combinations (before any connection); ``args`` is the
+    infer CLI's :class:`~harmonic.runtime.cli.InferConfig` (or anything with its fields)."""
     if args.triton is None:
         if args.model is not None or args.concurrency is not None:
             raise HarmonicError(f"{'--model' if args.model is not None else '--concurrency'}: only used with --triton URL")
@@ -334,10 +335,10 @@ def check_args(args: Any) -> None:
 
 def main_triton(args: Any) -> int:
     """The ``infer`` run against a Triton server (flags already parsed and checked by the infer CLI)."""
-    from harmonic.atomic import write_json
+    from harmonic.atomic import JsonListWriter, write_json
     from harmonic.runtime import bench as bench_mod
-    from harmonic.runtime.cli import _JsonListWriter, assign_image_ids, evaluate_report, load_ground_truth
     from harmonic.runtime.postprocess import coco_results
+    from harmonic.runtime.reports import assign_image_ids, evaluate_report, load_annotation_records
     from harmonic.runtime.sources import expand_sources
 
     check_args(args)
@@ -362,7 +363,7 @@ def main_triton(args: Any) -> int:
         records = None
         gt_names: list[str] = []
         if args.annotations:
-            records, gt_names, category_ids = load_ground_truth(Path(args.annotations), names, args.split)
+            records, gt_names, category_ids = load_annotation_records(Path(args.annotations), names, args.split)
             ids, gt_ids = assign_image_ids(images, records, args.annotations)
         else:
             ids = list(range(1, len(images.paths) + 1))
@@ -372,7 +373,7 @@ def main_triton(args: Any) -> int:
                 list(infer_paths(session, images.paths[:1] * batch, batch, 1))
         before = _statistics_or_empty(session) if args.bench else {}
         out.mkdir(parents=True, exist_ok=True)
-        writer = _JsonListWriter(out / "detections.json")
+        writer = JsonListWriter(out / "detections.json")
         timings: list[RequestTiming] = []
         kept: list[dict[str, Any]] = []
         evaluated: set[int] = set()
