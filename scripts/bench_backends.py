@@ -35,12 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_infer import build_random_detector, export_random_model, generate_jpegs  # noqa: E402
 
 from harmonic.boxes import box_iou  # noqa: E402
+from harmonic.data.images import ImageDecodeError, decode_image  # noqa: E402
 from harmonic.runtime import open_backend  # noqa: E402
 from harmonic.runtime.bench import summarize  # noqa: E402
-from harmonic.runtime.cli import load_ground_truth, match_image_ids  # noqa: E402
 from harmonic.runtime.pipeline import run_engine  # noqa: E402
 from harmonic.runtime.postprocess import Detections, coco_results, split_outputs, unletterbox  # noqa: E402
-from harmonic.runtime.preprocess import ImageDecodeError, decode_image, prepare_image, to_batch  # noqa: E402
+from harmonic.runtime.preprocess import prepare_image, to_batch  # noqa: E402
+from harmonic.runtime.reports import load_annotation_records, match_image_ids  # noqa: E402
 from harmonic.runtime.sources import expand_sources  # noqa: E402
 
 
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     images.paths, images.roots = images.paths[: args.num_images], images.roots[: args.num_images]
     records, gt_names, ids = None, names, list(range(1, len(images.paths) + 1))
     if args.annotations:
-        records, gt_names, _ = load_ground_truth(Path(args.annotations), names, args.split)
+        records, gt_names, _ = load_annotation_records(Path(args.annotations), names, args.split)
         matched, unmatched = match_image_ids(images, records)
         if unmatched:
             raise SystemExit(f"{unmatched} images are not in {args.annotations}")

@@ -30,10 +30,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harmonic.data.images import decode_image  # noqa: E402
 from harmonic.runtime import open_backend  # noqa: E402
 from harmonic.runtime.bench import engine_only, summarize  # noqa: E402
 from harmonic.runtime.pipeline import RunStats, infer_images  # noqa: E402
-from harmonic.runtime.preprocess import decode_image, prepare_image, to_batch  # noqa: E402
+from harmonic.runtime.preprocess import prepare_image, to_batch  # noqa: E402
 from harmonic.runtime.sources import expand_sources  # noqa: E402
 
 ARCH_SIZES = {"ssdlite320_mobilenet_v3_large": 320, "retinanet_resnet50_fpn": 320, "fcos_resnet50_fpn": 320}
@@ -90,7 +91,7 @@ def build_random_detector(arch: str, num_classes: int = 3, perturb: float = 0.0)
 def export_random_model(arch: str, out: Path, conf: float = 0.05, iou: float = 0.6, max_det: int = 100,
                         raw_out: Path | None = None, model=None, img_size: int | None = None) -> Path:  # noqa: ANN001
     """Export ``arch`` (random init) with the project's exporter to ``out`` (+ the raw graph to ``raw_out``)."""
-    from harmonic.export.metadata import build_metadata
+    from harmonic.contract import build_metadata
     from harmonic.export.onnx_export import export_model
 
     if model is None:

@@ -27,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_backends import agreement, backend_infer, eager_infer, eager_reference, finish  # noqa: E402
 
+from harmonic.data.images import decode_image  # noqa: E402
 from harmonic.runtime import open_backend  # noqa: E402
 from harmonic.runtime.postprocess import coco_results, unletterbox  # noqa: E402
-from harmonic.runtime.preprocess import decode_image, prepare_image, to_batch  # noqa: E402
+from harmonic.runtime.preprocess import prepare_image, to_batch  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:

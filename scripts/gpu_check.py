@@ -661,10 +661,11 @@ def step_export(ctx: Ctx) -> dict[str, Any]:
 
 def prepared_val(ctx: Ctx, size: int) -> tuple[list[Any], list[Any]]:
     """``(batches of 8 letterboxed images, [(image_id, LetterboxInfo)] per image)`` of the demo val split."""
-    from harmonic.runtime.cli import load_ground_truth
-    from harmonic.runtime.preprocess import decode_image, prepare_image, to_batch
+    from harmonic.data.images import decode_image
+    from harmonic.runtime.preprocess import prepare_image, to_batch
+    from harmonic.runtime.reports import load_annotation_records
 
-    records, _, _ = load_ground_truth(Path(ctx.state["demo_yaml"]), None, "val")
+    records, _, _ = load_annotation_records(Path(ctx.state["demo_yaml"]), None, "val")
     images = ctx.state["val_images"]
     chw, infos = [], []
     for r in records:

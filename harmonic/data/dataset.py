@@ -18,18 +18,18 @@ import torch
 from torch.utils.data import Dataset
 
 from harmonic.data.dataset_file import DatasetConfig
+from harmonic.data.images import decode_image
 from harmonic.data.letterbox import letterbox, letterbox_boxes
 from harmonic.data.readers import ImageRecord, read_split
 from harmonic.data.transforms import apply_transforms, build_train_transforms
 from harmonic.errors import HarmonicError
-from harmonic.runtime.preprocess import decode_image
 
 Target = dict[str, torch.Tensor]
 
 
 def load_image(path: Path) -> np.ndarray:
     """uint8[H, W, 3] RGB as displayed, decoded exactly as at inference
-    (:func:`harmonic.runtime.preprocess.decode_image`: EXIF orientation applied, gray / 16-bit / CMYK
+    (:func:`harmonic.data.images.decode_image`: EXIF orientation applied, gray / 16-bit / CMYK
     converted); a missing, corrupt or truncated file is a :class:`HarmonicError` naming it."""
     return decode_image(path)
 

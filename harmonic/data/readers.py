@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from harmonic.contract import IMAGE_SUFFIXES
 from harmonic.data.exif import oriented_size, read_jpeg_header
 from harmonic.errors import HarmonicError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _TOL = 1e-2  # px: coordinates this far outside the image are rounding, not a bad box
 
 
@@ -110,7 +110,7 @@ def image_size(path: Path) -> tuple[int, int]:
                     return oriented_size(*size, orientation)
     except OSError as exc:
         raise HarmonicError(f"{path}: cannot read image ({exc.strerror or exc})") from None
-    from harmonic.runtime.preprocess import decode_image
+    from harmonic.data.images import decode_image
 
     img = decode_image(path)  # ImageDecodeError (a HarmonicError) names the file
     return int(img.shape[1]), int(img.shape[0])

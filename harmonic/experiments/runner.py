@@ -199,9 +199,10 @@ def evaluation_split(data_yaml: Path, prefer: str = "test") -> EvalData:
     unreadable ones are skipped, counted and named in a warning; none readable is an error; the
     evaluator must be able to load what remains. Every problem is one :class:`HarmonicError` line.
     """
+    from harmonic.contract import IMAGE_SUFFIXES
     from harmonic.data.checks import image_problem
     from harmonic.data.dataset_file import load_dataset_config
-    from harmonic.data.readers import IMAGE_SUFFIXES, records_to_coco
+    from harmonic.data.readers import records_to_coco
     from harmonic.evaluation.inputs import load_ground_truth
 
     cfg = load_dataset_config(data_yaml)
@@ -435,8 +436,8 @@ def write_candidates(raw_onnx: Path, images_dir: Path, annotations: Path, out_js
     import onnxruntime as ort
 
     from harmonic.boxes import xyxy_to_xywh
+    from harmonic.data.images import ImageDecodeError, decode_image
     from harmonic.data.letterbox import letterbox, unletterbox_boxes
-    from harmonic.runtime.preprocess import ImageDecodeError, decode_image
 
     gt = json.loads(Path(annotations).read_text())
     sess = ort.InferenceSession(str(raw_onnx), providers=["CPUExecutionProvider"])

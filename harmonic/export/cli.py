@@ -127,11 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     check_nms_topk(args.nms_topk)
     int8_out = check_int8_args(args, out)
     if engine is not None:  # fail before any export work
+        from harmonic.contract import sidecar_path
         from harmonic.export.tensorrt import import_tensorrt, profile_shapes
 
         import_tensorrt()
         profile_shapes(32, args.min_batch, args.opt_batch, args.max_batch, fixed_batch=batch)
-        for p in (engine, engine.with_name(engine.name + ".json")):
+        for p in (engine, sidecar_path(engine)):
             if p.exists() and not args.overwrite:
                 raise HarmonicError(f"{p}: already exists (pass --overwrite to replace it)")
     for p in (out, raw, int8_out):

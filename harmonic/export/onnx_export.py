@@ -15,26 +15,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from harmonic import atomic
+from harmonic.atomic import atomic_output_path
+from harmonic.contract import INPUT_NAME, OUTPUT_NAMES, RAW_OUTPUT_NAMES, output_shapes
 from harmonic.errors import HarmonicError
-from harmonic.export.wrapper import OUTPUT_NAMES, RAW_OUTPUT_NAMES, build_wrapper
+from harmonic.export.wrapper import build_wrapper
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
 ALLOWED_DOMAINS = ("", "ai.onnx")
-
-
-@contextmanager
-def atomic_path(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``out``; rename it onto ``out`` on success, delete it on failure."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise HarmonicError(f"{out}: already exists (pass --overwrite to replace it)")
-    if not out.parent.is_dir():
-        raise HarmonicError(f"{out}: folder {out.parent} does not exist")
-    with atomic.atomic_path(out) as tmp:
-        yield tmp
 
 
 def opset_range() -> tuple[int, int]:
@@ -108,7 +97,7 @@ def check_tensorrt_limits(model_proto, nms_topk: int | None = None) -> None:  # 
 
 def set_output_shapes(model_proto, max_det: int, batch: int | None) -> None:  # noqa: ANN001
     """Declare the contract's output shapes: ``num_dets [B,1]``, ``det_boxes [B,K,4]``, ``det_scores/classes [B,K]``."""
-    shapes = {"num_dets": [1], "det_boxes": [max_det, 4], "det_scores": [max_det], "det_classes": [max_det]}
+    shapes = output_shapes(max_det)
     for out in model_proto.graph.output:
         if out.name not in shapes:
             continue
@@ -168,8 +157,8 @@ def export_model(
         batch = 1
     names = list(RAW_OUTPUT_NAMES if raw else OUTPUT_NAMES)
     dummy = torch.rand(batch or 2, 3, img_size, img_size)
-    dynamic = None if batch else {k: {0: "batch"} for k in ["images", *names]}
-    with atomic_path(out, overwrite) as tmp:
+    dynamic = None if batch else {k: {0: "batch"} for k in [INPUT_NAME, *names]}
+    with atomic_output_path(out, overwrite) as tmp:
         with torch.no_grad(), _quiet_tracer():
             torch.onnx.export(
                 wrapper,
@@ -177,7 +166,7 @@ def export_model(
                 str(tmp),
                 dynamo=False,
                 opset_version=opset,
-                input_names=["images"],
+                input_names=[INPUT_NAME],
                 output_names=names,
                 dynamic_axes=dynamic,
                 do_constant_folding=True,
@@ -217,7 +206,7 @@ def _quiet_tracer() -> Iterator[None]:
         yield
 
 
-def check_img_size(img_size: int, stride: int, checkpoint: str | Path = "") -> None:
+def check_stride_multiple(img_size: int, stride: int, checkpoint: str | Path = "") -> None:
     """``img_size`` must be a positive multiple of the model's stride."""
     if img_size <= 0 or img_size % stride:
         where = f"{checkpoint}: " if checkpoint else ""
@@ -267,7 +256,8 @@ def load_for_export(
     ``conf``, ``iou``, ``max_det`` left ``None`` come from the checkpoint's operating point
     (``ModelSpec.score_threshold``, ``iou_threshold``, ``max_det``); the metadata states the ones used.
     """
-    from harmonic.export.metadata import build_metadata, file_sha256
+    from harmonic.contract import build_metadata
+    from harmonic.export.metadata import file_sha256
     from harmonic.models.registry import family_of
 
     if conf is not None and not 0.0 <= conf < 1.0:
@@ -292,7 +282,7 @@ def load_for_export(
             raise HarmonicError(f"{path}: model {spec.name!r} (Faster R-CNN) exports with batch 1 only, not {batch}")
         batch = 1
     size = int(img_size or spec.img_size)
-    check_img_size(size, int(spec.stride), path)
+    check_stride_multiple(size, int(spec.stride), path)
     meta = build_metadata(
         names=list(spec.class_names), img_size=size, mean=spec.mean, std=spec.std, score_threshold=conf,
         iou_threshold=iou, max_det=max_det, model=spec.name, loss=spec.loss,

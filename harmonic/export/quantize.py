@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from harmonic.contract import COMMON_IMAGE_SUFFIXES, IMAGE_SUFFIXES
 from harmonic.errors import HarmonicError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 #: ONNX node-name prefixes of the network body (the exporter names nodes after the module path)
 BODY_SCOPES = ("/backbone/", "/head/", "/rpn/head/", "/roi_heads/box_head/", "/roi_heads/box_predictor/")
 #: op types that get Q/DQ on their inputs: the weighted ops and the residual adds (TensorRT's fusion points)
@@ -38,7 +38,7 @@ NO_OUTPUT_QUANT_OPS = ("Conv", "Gemm", "MatMul")
 
 def calibration_files(directory: str | Path, count: int) -> list[Path]:
     """Up to ``count`` readable images of ``directory`` (sorted); ``HarmonicError`` when there are none."""
-    from harmonic.runtime.preprocess import ImageDecodeError, decode_image
+    from harmonic.data.images import ImageDecodeError, decode_image
 
     directory = Path(directory)
     if count < 1:
@@ -57,13 +57,14 @@ def calibration_files(directory: str | Path, count: int) -> list[Path]:
         if len(good) == count:
             break
     if not good:
-        raise HarmonicError(f"{directory}: no readable calibration image ({', '.join(IMAGE_SUFFIXES)})")
+        raise HarmonicError(f"{directory}: no readable calibration image ({', '.join(COMMON_IMAGE_SUFFIXES)})")
     return good
 
 
 def calibration_batches(files: list[Path], img_size: int, batch: int = 1) -> Iterator[np.ndarray]:
     """Letterboxed float32 ``[b,3,S,S]`` batches in ``[0,1]``, exactly as ``infer/run.py`` prepares them."""
-    from harmonic.runtime.preprocess import decode_image, prepare_image, to_batch
+    from harmonic.data.images import decode_image
+    from harmonic.runtime.preprocess import prepare_image, to_batch
 
     for i in range(0, len(files), batch):
         yield to_batch([prepare_image(decode_image(f), img_size)[0] for f in files[i : i + batch]])
@@ -99,8 +100,8 @@ def quantize_int8(
         quantize_static,
     )
 
+    from harmonic.atomic import atomic_output_path
     from harmonic.export.metadata import read_metadata, set_metadata
-    from harmonic.export.onnx_export import atomic_path
 
     onnx_path, out = Path(onnx_path), Path(out)
     proto = onnx.load(str(onnx_path))
@@ -123,7 +124,7 @@ def quantize_int8(
                 x = np.concatenate([x, np.repeat(x[-1:], fixed - len(x), axis=0)])
             return {input_name: x}
 
-    with atomic_path(out, overwrite) as tmp, tempfile.TemporaryDirectory() as work:
+    with atomic_output_path(out, overwrite) as tmp, tempfile.TemporaryDirectory() as work:
         # the calibrator writes augmented copies next to its input: keep them out of the user's folder
         src = Path(work) / "fp32.onnx"
         onnx.save(proto, str(src))

@@ -33,16 +33,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from harmonic.atomic import write_staged
+from harmonic.contract import INPUT_NAME, decode_metadata, sidecar_bytes, sidecar_path
 from harmonic.errors import HarmonicError
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = 'pip install "harmonicdet[trt]" on a machine with an NVIDIA GPU and CUDA'
-INPUT_NAME = "images"
 
 
 def import_tensorrt():  # noqa: ANN201
@@ -155,8 +155,6 @@ def sidecar_dict(
     ``precision`` is what was built (``"fp32"``, ``"fp16"`` or ``"int8"``, see :func:`built_precision`),
     recorded as ``precision`` and as the booleans ``fp16`` / ``int8``.
     """
-    from harmonic.export.metadata import decode_metadata
-
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     side = decode_metadata(onnx_meta)
@@ -347,17 +345,6 @@ def _toposort(nodes: list, available: set[str]) -> list:
     return order
 
 
-def _atomic_write(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``; return the temp path (caller renames)."""
-    from harmonic.atomic import chmod_default
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    chmod_default(tmp)  # mkstemp makes it 0600: give the final file the usual mode
-    return Path(tmp)
-
-
 def _float_types(trt) -> tuple:  # noqa: ANN001
     return tuple(getattr(trt, n) for n in ("float32", "float16", "bfloat16") if hasattr(trt, n))
 
@@ -423,8 +410,8 @@ def build_engine(
 
     trt = import_tensorrt()
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
-    sidecar_path = engine_path.with_name(engine_path.name + ".json")
-    for p in (engine_path, sidecar_path):
+    side_path = sidecar_path(engine_path)
+    for p in (engine_path, side_path):
         if p.exists() and not overwrite:
             raise HarmonicError(f"{p}: already exists (pass --overwrite to replace it)")
     mode = fp16_mode(trt.__version__, fp16)
@@ -453,7 +440,7 @@ def build_engine(
     try:
         src = onnx_path
         if mode == "strongly_typed":
-            src = _atomic_write(engine_path, convert_onnx_fp16(proto).SerializeToString())
+            src = write_staged(engine_path, convert_onnx_fp16(proto).SerializeToString())
             tmp_files.append(src)
         logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(logger, "")  # RoiAlign and friends may map to plugins
@@ -485,24 +472,24 @@ def build_engine(
         plan = builder.build_serialized_network(network, config)
         if plan is None:
             raise HarmonicError(f"{onnx_path}: TensorRT engine build failed (see the TensorRT log above)")
-        tmp_engine = _atomic_write(engine_path, bytes(plan))
+        tmp_engine = write_staged(engine_path, bytes(plan))
         tmp_files.append(tmp_engine)
         gpu, cc = gpu_info()
         side = sidecar_dict(meta, tensorrt_version=trt.__version__, gpu=gpu, compute_capability=cc,
                             precision=built_precision(mode), shapes=shapes)
-        tmp_side = _atomic_write(sidecar_path, (json.dumps(side, indent=2) + "\n").encode())
+        tmp_side = write_staged(side_path, sidecar_bytes(side))
         tmp_files.append(tmp_side)
         if timing_cache:
-            tmp_cache = _atomic_write(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
+            tmp_cache = write_staged(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
             tmp_files.append(tmp_cache)
             os.replace(tmp_cache, timing_cache)
         os.replace(tmp_engine, engine_path)
-        os.replace(tmp_side, sidecar_path)
+        os.replace(tmp_side, side_path)
     finally:
         for t in tmp_files:
             if t.exists():
                 t.unlink()
     cmd_onnx = "<fp16 copy of the ONNX>" if mode == "strongly_typed" else onnx_path
-    log.info("wrote %s (+ %s); trtexec equivalent:\n  %s", engine_path, sidecar_path.name,
+    log.info("wrote %s (+ %s); trtexec equivalent:\n  %s", engine_path, side_path.name,
              trtexec_command(cmd_onnx, engine_path, shapes, mode, workspace_gb, timing_cache))
     return engine_path

@@ -34,24 +34,25 @@ if os.path.isdir(os.path.join(_HERE, "harmonic")) and _HERE not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from harmonic.contract import OUTPUT_DTYPES, OUTPUT_NAMES, output_shapes  # noqa: E402
+from harmonic.data.images import ImageDecodeError, decode_buffer  # noqa: E402
 from harmonic.data.letterbox import LetterboxInfo  # noqa: E402
 from harmonic.errors import HarmonicError  # noqa: E402
 from harmonic.runtime.backends import Backend, open_backend  # noqa: E402
 from harmonic.runtime.postprocess import split_outputs, unletterbox  # noqa: E402
-from harmonic.runtime.preprocess import ImageDecodeError, _decode, prepare_image, to_batch  # noqa: E402
+from harmonic.runtime.preprocess import prepare_image, to_batch  # noqa: E402
 
-OUTPUTS = ("num_dets", "det_boxes", "det_scores", "det_classes")
 SERVING_KEY = "harmonic.serving"
 GRAPH_FILE_KEY = "harmonic.graph_file"
 
 
 def decode_bytes(data: bytes | np.ndarray, label: str = "image") -> np.ndarray:
-    """Encoded image bytes -> ``[H, W, 3]`` uint8 RGB, as :func:`harmonic.runtime.preprocess.decode_image`
+    """Encoded image bytes -> ``[H, W, 3]`` uint8 RGB, as :func:`harmonic.data.images.decode_image`
     decodes a file (EXIF orientation, truncated-JPEG check); :class:`ImageDecodeError` naming ``label``."""
     arr = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray)) else np.asarray(data, np.uint8)
     if arr.size == 0:
         raise ImageDecodeError(f"{label}: empty")
-    return _decode(Path(label), arr)
+    return decode_buffer(Path(label), arr)
 
 
 def _to_bytes(x: Any) -> bytes:
@@ -92,8 +93,8 @@ class GraphRunner:
             if fixed and m < fixed:
                 part = np.concatenate([part, np.zeros((fixed - m, *part.shape[1:]), np.float32)])
             outs = self.backend.infer(part)
-            parts.append({k: np.asarray(outs[k])[:m] for k in OUTPUTS})
-        return {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in OUTPUTS}
+            parts.append({k: np.asarray(outs[k])[:m] for k in OUTPUT_NAMES})
+        return {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in OUTPUT_NAMES}
 
 
 def end_to_end(runner: GraphRunner, requests: list[list[Any]]) -> list[RequestResult]:
@@ -129,8 +130,8 @@ def end_to_end(runner: GraphRunner, requests: list[list[Any]]) -> list[RequestRe
         for (r, j), det, info in zip(owner, dets, infos):
             if r not in per_req:
                 n = len(requests[r])
-                per_req[r] = {"num_dets": np.zeros((n, 1), np.int32), "det_boxes": np.zeros((n, k, 4), np.float32),
-                              "det_scores": np.zeros((n, k), np.float32), "det_classes": np.zeros((n, k), np.int32)}
+                per_req[r] = {name: np.zeros((n, *shape), OUTPUT_DTYPES[name])
+                              for name, shape in output_shapes(k).items()}
             d = unletterbox(det, info)
             m = len(d)
             o = per_req[r]
@@ -212,7 +213,7 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(res.error)))
             else:
                 responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor(k, np.ascontiguousarray(res.outputs[k])) for k in OUTPUTS]))
+                    output_tensors=[pb_utils.Tensor(k, np.ascontiguousarray(res.outputs[k])) for k in OUTPUT_NAMES]))
         return responses
 
     def finalize(self) -> None:

@@ -31,18 +31,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harmonic.contract import OUTPUT_DTYPES, OUTPUT_NAMES, is_ours, output_shapes, sidecar_path
 from harmonic.errors import HarmonicError
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("num_dets", "det_boxes", "det_scores", "det_classes")
-FORMAT = "harmonicdet-onnx"
 KINDS = ("cpu", "gpu")
 DEFAULT_MAX_BATCH = 8
 #: the torch-free runtime copied beside the Python-backend models (relative to the package root)
 RUNTIME_FILES = (
-    "__init__.py", "errors.py", "boxes.py", "atomic.py",
-    "data/__init__.py", "data/letterbox.py", "data/exif.py",
+    "__init__.py", "errors.py", "boxes.py", "atomic.py", "contract.py",
+    "data/__init__.py", "data/letterbox.py", "data/exif.py", "data/images.py",
     "runtime/__init__.py", "runtime/preprocess.py", "runtime/postprocess.py", "runtime/bench.py",
     "runtime/backends/__init__.py", "runtime/backends/base.py", "runtime/backends/onnxruntime_backend.py",
     "runtime/backends/tensorrt_backend.py",
@@ -105,16 +104,16 @@ def read_graph(path: str | Path) -> GraphInfo:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise HarmonicError(f"{path}: onnxruntime cannot load the model ({first[:200]})") from None
     meta = dict(sess.get_modelmeta().custom_metadata_map)
-    if meta.get("harmonic.format") != FORMAT:
+    if not is_ours(meta):
         raise HarmonicError(f"{path}: no HarmonicDet metadata (harmonic.format); the repository needs the names, "
                             "input size and K it carries (export with: harmonic export --checkpoint best.pt ...)")
     if meta.get("graph", "nms") != "nms":
         raise HarmonicError(f"{path}: a raw-head graph ({meta.get('graph')!r}); serve the NMS graph")
     inputs = sess.get_inputs()
     outs = {o.name: o for o in sess.get_outputs()}
-    missing = [n for n in OUTPUTS if n not in outs]
+    missing = [n for n in OUTPUT_NAMES if n not in outs]
     if len(inputs) != 1 or missing:
-        raise HarmonicError(f"{path}: not the exported contract (one input, outputs {', '.join(OUTPUTS)}; "
+        raise HarmonicError(f"{path}: not the exported contract (one input, outputs {', '.join(OUTPUT_NAMES)}; "
                             f"missing {', '.join(missing) or '-'})")
     shape = inputs[0].shape
     batch = int(shape[0]) if isinstance(shape[0], int) and shape[0] > 0 else None
@@ -131,7 +130,7 @@ def read_graph(path: str | Path) -> GraphInfo:
 def read_engine(path: str | Path) -> EngineInfo:
     """An engine and its ``<engine>.json`` sidecar (batch profile, TensorRT version); TensorRT not needed."""
     path = Path(path)
-    side = path.with_name(path.name + ".json")
+    side = sidecar_path(path)
     if not path.is_file():
         raise HarmonicError(f"--engine {path}: not found")
     if not side.is_file():
@@ -200,6 +199,9 @@ def resolve_max_batch(graph: GraphInfo, engine: EngineInfo | None, requested: in
     return requested or DEFAULT_MAX_BATCH
 
 
+_TRITON_TYPES = {"int32": "TYPE_INT32", "float32": "TYPE_FP32"}
+
+
 def _q(s: str) -> str:
     return json.dumps(str(s))  # a protobuf text-format string literal (JSON escapes are valid there)
 
@@ -223,8 +225,7 @@ def model_config(name: str, *, platform: str | None = None, backend: str | None 
                             + ("    format: FORMAT_NCHW\n" if len(d) == 3 else "")
                             + f"    dims: {_dims(lead + d)}\n  }}" for n, t, d in inputs))
     lines.append("]")
-    outs = [("num_dets", "TYPE_INT32", [1]), ("det_boxes", "TYPE_FP32", [k, 4]),
-            ("det_scores", "TYPE_FP32", [k]), ("det_classes", "TYPE_INT32", [k])]
+    outs = [(n, _TRITON_TYPES[OUTPUT_DTYPES[n]], d) for n, d in output_shapes(k).items()]
     lines.append("output [")
     lines.append(",\n".join(f"  {{\n    name: {_q(n)}\n    data_type: {t}\n    dims: {_dims(lead + d)}\n  }}"
                             for n, t, d in outs))
@@ -252,7 +253,7 @@ def _python_model(model_dir: Path, graph_file: Path, graph_name: str, sidecar: P
     shutil.copyfile(_PKG / "export" / "triton_model.py", ver / "model.py")
     shutil.copyfile(graph_file, ver / graph_name)
     if sidecar is not None:
-        shutil.copyfile(sidecar, ver / (graph_name + ".json"))
+        shutil.copyfile(sidecar, sidecar_path(ver / graph_name))
     _copy_runtime(ver)
 
 
@@ -352,7 +353,7 @@ def write_repository(out: str | Path, onnx_path: str | Path, engine: str | Path 
         use_plan = eng is not None and opts.kind == "gpu"
         gfile = "model.plan" if use_plan else "model.onnx"
         gsrc = eng.path if use_plan else graph.path
-        side = eng.path.with_name(eng.path.name + ".json") if use_plan else None
+        side = sidecar_path(eng.path) if use_plan else None
         if opts.end_to_end:
             d = tmp / f"{opts.name}_e2e"
             _python_model(d, gsrc, gfile, side)

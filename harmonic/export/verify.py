@@ -19,14 +19,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from harmonic.contract import COMMON_IMAGE_SUFFIXES, IMAGE_SUFFIXES
 from harmonic.errors import HarmonicError
 
 if TYPE_CHECKING:
     from harmonic.models.family import Family
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 @dataclass
@@ -130,7 +129,7 @@ def load_images(directory: str | Path, img_size: int, limit: int = 4) -> np.ndar
         raise HarmonicError(f"{directory}: --verify-images is not a directory")
     files = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     if not files:
-        raise HarmonicError(f"{directory}: no images ({', '.join(IMAGE_SUFFIXES)}) to verify with")
+        raise HarmonicError(f"{directory}: no images ({', '.join(COMMON_IMAGE_SUFFIXES)}) to verify with")
     batch = []
     for f in files:
         bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)

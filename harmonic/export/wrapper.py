@@ -36,8 +36,6 @@ from torch import Tensor, nn
 
 from harmonic.errors import HarmonicError
 
-OUTPUT_NAMES = ("num_dets", "det_boxes", "det_scores", "det_classes")
-RAW_OUTPUT_NAMES = ("boxes", "scores")
 DEFAULT_XFORM_CLIP = math.log(1000.0 / 16)
 TRT_MAX_TOPK = 3840  # TensorRT's ITopKLayer: K <= 3840
 TRT_MAX_NMS = 5000  # TensorRT's INMSLayer considers at most 5000 candidates per image

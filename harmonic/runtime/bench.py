@@ -32,18 +32,6 @@ def summarize(values_s: Sequence[float]) -> dict[str, float]:
     return out
 
 
-def cpu_name() -> str:
-    """The CPU model (``/proc/cpuinfo`` on Linux, else :mod:`platform`)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
 def library_versions(backend: Backend) -> dict[str, str]:
     import cv2
 

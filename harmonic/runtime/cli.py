@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from harmonic.atomic import write_json
+from harmonic.atomic import JsonListWriter, write_json
+from harmonic.data.images import decode_image
 from harmonic.errors import HarmonicError, RunFailure
 from harmonic.runtime import bench as bench_mod
 from harmonic.runtime.backends import open_backend
 from harmonic.runtime.pipeline import RunStats, infer_images, run_engine
 from harmonic.runtime.postprocess import coco_results, draw_detections, save_image
-from harmonic.runtime.preprocess import decode_image
+from harmonic.runtime.reports import assign_image_ids, evaluate_report, load_annotation_records
 from harmonic.runtime.sources import ImageList, expand_sources, read_image_list
 
 log = logging.getLogger("harmonic.infer")
@@ -65,113 +65,43 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+@dataclass(frozen=True)
+class InferConfig:
+    """The ``infer`` flags, built once from argparse (:meth:`from_args`) and passed down instead of the
+    ``Namespace``. Fields are the flags (``--img-size`` -> ``img_size``); lists stay as argparse gives them."""
+
+    images: list[str]
+    engine: str | None = None
+    out: str = "runs/infer"
+    batch: int | None = None
+    annotations: str | None = None
+    split: str = "val"
+    names: list[str] | None = None
+    image_list: str | None = None
+    bench: bool = False
+    warmup: int = 5
+    iters: int = 30
+    save_vis: bool = False
+    conf: float | None = None
+    device: str | None = None
+    provider: str | None = None
+    img_size: int | None = None
+    threads: int | None = None
+    workers: int | None = None
+    fast_decode: bool = False
+    triton: str | None = None
+    model: str | None = None
+    concurrency: int | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> InferConfig:
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
 def default_batch(backend: Any) -> int:
     if backend.fixed_batch:
         return int(backend.fixed_batch)
     return min(8, backend.max_batch) if backend.max_batch else 8
-
-
-def load_ground_truth(annotations: str | Path, names: list[str] | None, split: str,
-                      images: Path | None = None) -> tuple[list[Any], list[str], list[int]]:
-    """GT records (``harmonic.data.readers.ImageRecord``), the class names they are indexed by (the
-    engine's, else the file's) and the dataset's own category id of each class, through the one
-    ground-truth loader :func:`harmonic.data.readers.load_annotations` (COCO json, VOC or YOLO
-    folder, DATA.yaml[:split]); ``images`` is the images folder of a VOC / YOLO folder."""
-    try:
-        from harmonic.data.readers import load_annotations
-    except ImportError as exc:
-        raise HarmonicError(f"--annotations needs harmonic.data.readers, which is not available ({exc})") from exc
-    ann = load_annotations(annotations, names, split=split, images=images)
-    return ann.records, ann.names, ann.category_ids
-
-
-def match_image_ids(images: ImageList, records: Sequence[Any]) -> tuple[list[int | None], int]:
-    """Image id per input image from GT ``file_name`` (relative path, then a path suffix, then basename).
-
-    Returns ``(ids, n_unmatched)``; an unmatched image gets ``None``.
-    """
-    by_rel = {str(r.file_name).replace("\\", "/"): int(r.image_id) for r in records}
-    by_base: dict[str, int | None] = {}
-    for rel, iid in by_rel.items():
-        base = rel.rsplit("/", 1)[-1]
-        by_base[base] = None if base in by_base else iid  # ambiguous basenames don't match
-    ids: list[int | None] = []
-    for i, p in enumerate(images.paths):
-        rel = images.relative_name(i)
-        parts = rel.split("/")
-        iid = next((by_rel[s] for s in ("/".join(parts[k:]) for k in range(len(parts))) if s in by_rel), None)
-        if iid is None:
-            iid = by_base.get(p.name)
-        ids.append(iid)
-    return ids, sum(1 for x in ids if x is None)
-
-
-class _JsonListWriter:
-    """Streams a JSON list to a temporary file beside ``path`` so 100k images don't keep their
-    detections in memory; :meth:`commit` renames it onto ``path``, :meth:`discard` removes it, so
-    ``path`` always holds the last complete list."""
-
-    def __init__(self, path: Path) -> None:
-        import tempfile
-
-        self.path = path
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        self.tmp = Path(tmp)
-        self.f = os.fdopen(fd, "w", encoding="utf-8")
-        self.f.write("[")
-        self.first = True
-
-    def extend(self, entries: list[dict[str, Any]]) -> None:
-        for e in entries:
-            self.f.write(("\n" if self.first else ",\n") + json.dumps(e))
-            self.first = False
-
-    def close(self) -> None:
-        """Finish the list in the temporary file (``path`` is unchanged until :meth:`commit`)."""
-        if not self.f.closed:
-            self.f.write("\n]\n")
-            self.f.flush()
-            os.fsync(self.f.fileno())
-            self.f.close()
-
-    def commit(self) -> None:
-        from harmonic.atomic import chmod_default
-
-        self.close()
-        chmod_default(self.tmp)  # mkstemp's 0600 -> the usual mode, as for every atomic output
-        os.replace(self.tmp, self.path)
-
-    def discard(self) -> None:
-        if not self.f.closed:
-            self.f.close()
-        self.tmp.unlink(missing_ok=True)
-
-
-def evaluate_report(records: list[Any], dets: list[dict[str, Any]], names: list[str],
-                    out: Path, title: str, category_ids: list[int] | None = None,
-                    subset: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``harmonic.evaluation.evaluate`` -> ``report.json`` (+ pairs sidecar) and ``score_iou.png`` under ``out``.
-
-    ``dets`` carry ``category_ids[class]`` (default class + 1); ``subset`` (which annotated images
-    were evaluated) goes into the report as ``report["subset"]``.
-    """
-    try:
-        from harmonic.data.readers import records_to_coco
-        from harmonic.evaluation import evaluate, save_report
-    except ImportError as exc:
-        raise HarmonicError(f"--annotations needs harmonic.evaluation, which is not available ({exc})") from exc
-    gt = records_to_coco(records, names, category_ids)
-    report = evaluate(gt, dets, return_pairs=True)
-    if subset is not None:
-        report["subset"] = subset
-    save_report(report, out / "report.json")
-    try:
-        from harmonic.evaluation.plots import scatter_score_iou
-
-        scatter_score_iou(report, out / "score_iou.png", title)
-    except Exception as exc:  # a missing plot must not lose the report
-        log.warning("score-IoU plot not written: %s", exc)
-    return report
 
 
 def _json_default(o: Any) -> Any:
@@ -182,27 +112,27 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def check_args(args: argparse.Namespace) -> None:
+def check_args(cfg: InferConfig) -> None:
     """Flag checks that need neither the model nor the images (usage errors, exit 2)."""
     from harmonic.validate import check_float, check_in_file, check_int, check_out_dir
 
-    check_int(args.batch, "--batch", 1)
-    check_int(args.warmup, "--warmup", 0)
-    check_int(args.iters, "--iters", 1)
-    check_int(args.workers, "--workers", 1)
-    check_int(args.threads, "--threads", 0)
-    check_int(args.img_size, "--img-size", 1)
-    check_float(args.conf, "--conf", 0, 1)
-    check_out_dir(args.out)
-    if args.annotations is not None:
+    check_int(cfg.batch, "--batch", 1)
+    check_int(cfg.warmup, "--warmup", 0)
+    check_int(cfg.iters, "--iters", 1)
+    check_int(cfg.workers, "--workers", 1)
+    check_int(cfg.threads, "--threads", 0)
+    check_int(cfg.img_size, "--img-size", 1)
+    check_float(cfg.conf, "--conf", 0, 1)
+    check_out_dir(cfg.out)
+    if cfg.annotations is not None:
         from harmonic.data.readers import split_yaml_spec
 
-        spec = split_yaml_spec(args.annotations)
-        path = spec[0] if spec is not None else Path(args.annotations)
+        spec = split_yaml_spec(cfg.annotations)
+        path = spec[0] if spec is not None else Path(cfg.annotations)
         if not path.exists():
             raise HarmonicError(f"--annotations {path}: not found")
-    check_in_file(args.image_list, "--image-list")
-    if args.image_list is not None and (len(args.images) != 1 or not Path(args.images[0]).is_dir()):
+    check_in_file(cfg.image_list, "--image-list")
+    if cfg.image_list is not None and (len(cfg.images) != 1 or not Path(cfg.images[0]).is_dir()):
         raise HarmonicError("--image-list: needs exactly one --images folder (the list's paths are relative to it)")
 
 
@@ -212,7 +142,7 @@ def check_model(backend: Any) -> None:
     A graph without our metadata is run once on a blank batch: its outputs must be
     ``num_dets, det_boxes, det_scores, det_classes`` (or a raw head's boxes and scores).
     """
-    from harmonic.runtime.backends.base import OUTPUT_NAMES
+    from harmonic.contract import OUTPUT_NAMES
     from harmonic.runtime.postprocess import find_raw_outputs
 
     try:
@@ -236,94 +166,73 @@ def check_model(backend: Any) -> None:
                             f"{', '.join(missing)} (export one with: harmonic export --checkpoint best.pt --out model.onnx)")
 
 
-def assign_image_ids(images: Any, records: Sequence[Any], annotations: Any) -> tuple[list[int], set[int]]:
-    """Each image's id: its ground-truth id (matched by file name), else a new id past the largest one.
-
-    Returns ``(ids per image path, the ground truth's ids)``; no image in the ground truth is an error
-    naming ``annotations``; unmatched images are logged (they are left out of the report).
-    """
-    ids, unmatched = match_image_ids(images, records)
-    if unmatched == len(images.paths):
-        raise HarmonicError(f"--annotations {annotations}: none of the {len(images.paths)} image(s) is in it "
-                            "(matched by file_name)")
-    if unmatched:
-        log.warning("%d of %d images are not in %s; they get new ids and are left out of the report",
-                    unmatched, len(images.paths), annotations)
-    next_id = max((int(r.image_id) for r in records), default=0) + 1
-    for i, v in enumerate(ids):
-        if v is None:
-            ids[i] = next_id
-            next_id += 1
-    return ids, {int(r.image_id) for r in records}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    cfg = InferConfig.from_args(get_args_parser().parse_args(argv))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-    check_args(args)
+    check_args(cfg)
     from harmonic.runtime import triton_client
 
-    triton_client.check_args(args)
-    if args.triton:  # a served model: same reports, tritonclient instead of a local backend
-        return triton_client.main_triton(args)
-    if args.engine is None:
+    triton_client.check_args(cfg)
+    if cfg.triton:  # a served model: same reports, tritonclient instead of a local backend
+        return triton_client.main_triton(cfg)
+    if cfg.engine is None:
         raise HarmonicError("--engine is required (a model file), or --triton URL --model NAME")
-    images = expand_sources(args.images, listed=read_image_list(args.image_list) if args.image_list else None)
+    images = expand_sources(cfg.images, listed=read_image_list(cfg.image_list) if cfg.image_list else None)
     import cv2
 
     cv2.setNumThreads(1)  # parallelism is across images (decode threads); nested OpenCV pools oversubscribe
-    engine_path = Path(args.engine)
+    engine_path = Path(cfg.engine)
     # buffers are sized for the batch: never more than the images there are
-    max_batch = min(args.batch, len(images.paths)) if args.batch else None
-    backend = open_backend(engine_path, provider=args.provider, device=args.device, threads=args.threads,
-                           img_size=args.img_size, max_batch=max_batch)
+    max_batch = min(cfg.batch, len(images.paths)) if cfg.batch else None
+    backend = open_backend(engine_path, provider=cfg.provider, device=cfg.device, threads=cfg.threads,
+                           img_size=cfg.img_size, max_batch=max_batch)
     try:
-        return _run(args, backend, images)
+        return _run(cfg, backend, images)
     finally:
         backend.close()
 
 
-def _run(args: argparse.Namespace, backend: Any, images: ImageList) -> int:
-    batch = args.batch or default_batch(backend)
+def _run(cfg: InferConfig, backend: Any, images: ImageList) -> int:
+    batch = cfg.batch or default_batch(backend)
     backend.check_batch(batch)  # above a fixed batch or the engine profile's maximum: a clear error
     if batch > len(images.paths):  # a bigger batch only costs memory (--batch 100000 --bench: 17 GB)
-        if args.batch:
+        if cfg.batch:
             log.info("--batch %d capped to the %d image(s) given", batch, len(images.paths))
         batch = len(images.paths)
     check_model(backend)
-    out = Path(args.out)
+    out = Path(cfg.out)
     names = backend.names
     thr = backend.score_threshold
-    if args.conf is not None and thr is not None and args.conf < thr:
+    if cfg.conf is not None and thr is not None and cfg.conf < thr:
         log.warning("--conf %.3g is below the score threshold baked into the engine (%.3g): "
-                    "it can't bring back what the graph dropped", args.conf, thr)
+                    "it can't bring back what the graph dropped", cfg.conf, thr)
 
     records: list[Any] | None = None
     gt_names: list[str] = []
     ids: list[int | None]
     category_ids = backend.category_ids
-    if args.annotations:
+    if cfg.annotations:
         if thr is not None and thr > FAIR_SCORE_THRESHOLD:
             log.warning("%s: the engine drops detections below score %.3g; AP is only fair with <= %.2g "
-                        "(re-export with: python export/run.py ... --conf 0.001)", args.engine, thr, FAIR_SCORE_THRESHOLD)
-        one_dir = Path(args.images[0]) if len(args.images) == 1 and Path(args.images[0]).is_dir() else None
-        records, gt_names, category_ids = load_ground_truth(args.annotations, names or args.names, args.split,
+                        "(re-export with: python export/run.py ... --conf 0.001)", cfg.engine, thr, FAIR_SCORE_THRESHOLD)
+        one_dir = Path(cfg.images[0]) if len(cfg.images) == 1 and Path(cfg.images[0]).is_dir() else None
+        records, gt_names, category_ids = load_annotation_records(cfg.annotations, names or cfg.names, cfg.split,
                                                             one_dir)
-        ids, gt_ids = assign_image_ids(images, records, args.annotations)
+        ids, gt_ids = assign_image_ids(images, records, cfg.annotations)
     else:
         ids = list(range(1, len(images.paths) + 1))
         gt_ids = set()
 
-    if args.bench and args.warmup:
+    if cfg.bench and cfg.warmup:
         dummy = np.zeros((batch, 3, backend.img_size, backend.img_size), np.float32)
-        for _ in range(args.warmup):
+        for _ in range(cfg.warmup):
             run_engine(backend, dummy)
 
     out.mkdir(parents=True, exist_ok=True)
-    writer = _JsonListWriter(out / "detections.json")
+    writer = JsonListWriter(out / "detections.json")
     try:
-        rc = _infer_and_report(args, backend, images, batch, writer, ids, records, gt_ids, gt_names, category_ids)
+        rc = _infer_and_report(cfg, backend, images, batch, writer, ids, records, gt_ids, gt_names, category_ids)
         writer.commit()  # last, so a failed or interrupted run keeps the previous complete file
     except BaseException:
         writer.discard()
@@ -331,10 +240,10 @@ def _run(args: argparse.Namespace, backend: Any, images: ImageList) -> int:
     return rc
 
 
-def _infer_and_report(args: argparse.Namespace, backend: Any, images: ImageList, batch: int,
-                      writer: _JsonListWriter, ids: list[int | None], records: list[Any] | None, gt_ids: set[int],
+def _infer_and_report(cfg: InferConfig, backend: Any, images: ImageList, batch: int,
+                      writer: JsonListWriter, ids: list[int | None], records: list[Any] | None, gt_ids: set[int],
                       gt_names: list[str], category_ids: list[int] | None) -> int:
-    out = Path(args.out)
+    out = Path(cfg.out)
     names = backend.names
     stats = RunStats()
     kept: list[dict[str, Any]] = []
@@ -345,15 +254,15 @@ def _infer_and_report(args: argparse.Namespace, backend: Any, images: ImageList,
     def on_skip(p: Path, reason: str) -> None:
         log.warning("skipped %s", reason)
 
-    for item, det in infer_images(backend, images.paths, batch, conf=args.conf, workers=args.workers,
-                                  stats=stats, on_skip=on_skip, fast_decode=args.fast_decode):
+    for item, det in infer_images(backend, images.paths, batch, conf=cfg.conf, workers=cfg.workers,
+                                  stats=stats, on_skip=on_skip, fast_decode=cfg.fast_decode):
         iid = ids[item.index]
         entries = coco_results(det, iid, images.relative_name(item.index), category_ids)
         writer.extend(entries)
         if records is not None and iid in gt_ids:
             kept.extend(entries)
             evaluated.add(int(iid))
-        if args.save_vis:
+        if cfg.save_vis:
             vis = draw_detections(decode_image(item.path), det, names)
             save_image(vis_dir / (Path(images.relative_name(item.index)).with_suffix(".jpg")), vis)
     writer.close()
@@ -366,13 +275,13 @@ def _infer_and_report(args: argparse.Namespace, backend: Any, images: ImageList,
     if stats.processed == 0:
         raise RunFailure(f"--images: none of the {len(images.paths)} image(s) could be read "
                          f"(first: {stats.skipped[0][1] if stats.skipped else '?'}); {out} left as it was")
-    print(f"wrote {out / 'detections.json'}" + (f" and {vis_dir}/" if args.save_vis else ""))
+    print(f"wrote {out / 'detections.json'}" + (f" and {vis_dir}/" if cfg.save_vis else ""))
 
-    if args.bench:
+    if cfg.bench:
         first_batch = _bench_batch(backend, images, batch)
         report = {
-            "backend": backend.name, "device": backend.device, "engine": str(args.engine),
-            "batch": batch, "img_size": backend.img_size, "warmup": args.warmup, "iters": args.iters,
+            "backend": backend.name, "device": backend.device, "engine": str(cfg.engine),
+            "batch": batch, "img_size": backend.img_size, "warmup": cfg.warmup, "iters": cfg.iters,
             "versions": bench_mod.library_versions(backend),
             "note": "engine_only = backend.infer on one ready batch in a loop (no decode/pre/post); "
                     "end_to_end throughput = files in -> detections out through the pipeline / wall time; "
@@ -380,8 +289,8 @@ def _infer_and_report(args: argparse.Namespace, backend: Any, images: ImageList,
                     "the prefetch queue); decode/preprocess = summed worker time of the batch's images, "
                     "overlapped with the engine; times in ms",
             "end_to_end": bench_mod.end_to_end(stats.timings, stats.wall, stats.processed),
-            "engine_only": bench_mod.engine_only(backend, first_batch, warmup=min(args.warmup, 2),
-                                                 iters=args.iters),
+            "engine_only": bench_mod.engine_only(backend, first_batch, warmup=min(cfg.warmup, 2),
+                                                 iters=cfg.iters),
         }
         e2e_tp, eng_tp = report["end_to_end"].get("throughput_img_s"), report["engine_only"]["throughput_img_s"]
         report["end_to_end_over_engine_only"] = e2e_tp / eng_tp if e2e_tp and eng_tp else None
@@ -400,7 +309,7 @@ def _infer_and_report(args: argparse.Namespace, backend: Any, images: ImageList,
             log.warning("report covers the %d of %d annotated images that were inferred",
                         len(evaluated_records), len(records))
         report = evaluate_report(evaluated_records, kept, gt_names, out,
-                                 f"{Path(args.engine).name} on {args.annotations}", category_ids, subset)
+                                 f"{Path(cfg.engine).name} on {cfg.annotations}", category_ids, subset)
         coco, cons = report.get("coco") or {}, report.get("consistency") or {}
         parts = [f"{k} {coco[k]:.4f}" for k in ("AP", "AP50", "AP75") if isinstance(coco.get(k), float)]
         tp = (report.get("ranking") or {}).get("true_positives") or {}
@@ -412,7 +321,8 @@ def _infer_and_report(args: argparse.Namespace, backend: Any, images: ImageList,
 
 def _bench_batch(backend: Any, images: ImageList, batch: int) -> np.ndarray:
     """A real batch of ``batch`` images (repeating when there are fewer) for the engine-only timing."""
-    from harmonic.runtime.preprocess import ImageDecodeError, prepare_image, to_batch
+    from harmonic.data.images import ImageDecodeError
+    from harmonic.runtime.preprocess import prepare_image, to_batch
 
     chws = []
     for p in images.paths:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harmonic.data.images import ImageDecodeError, decode_image, decode_image_for
 from harmonic.data.letterbox import LetterboxInfo
 from harmonic.runtime.backends.base import Backend
 from harmonic.runtime.postprocess import (
@@ -30,14 +31,7 @@ from harmonic.runtime.postprocess import (
     split_outputs,
     unletterbox,
 )
-from harmonic.runtime.preprocess import (
-    ImageDecodeError,
-    decode_image,
-    decode_image_for,
-    pad_batch,
-    prepare_image,
-    to_batch,
-)
+from harmonic.runtime.preprocess import pad_batch, prepare_image, to_batch
 
 log = logging.getLogger(__name__)
 _END = object()
@@ -81,7 +75,7 @@ class BatchTiming:
 def load_one(path: Path, size: int, fast_decode: bool = False) -> tuple[np.ndarray, LetterboxInfo, float, float, float]:
     """Decode + letterbox one file -> (``[3, S, S]`` uint8, info, decode s, preprocess s, start time).
 
-    ``fast_decode``: decode large JPEGs scaled down in the DCT (see :func:`decode_image_for`).
+    ``fast_decode``: decode large JPEGs scaled down in the DCT (see :func:`harmonic.data.images.decode_image_for`).
     """
     t0 = time.perf_counter()
     img, orig = decode_image_for(path, size if fast_decode else None)

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from harmonic.boxes import box_area, iou_one_to_many
+from harmonic.contract import OUTPUT_NAMES
 from harmonic.data.letterbox import LetterboxInfo, unletterbox_boxes
 
 
@@ -51,7 +52,7 @@ def raw_to_nms_outputs(boxes: np.ndarray, scores: np.ndarray, score_threshold: f
         out_boxes[i, :k] = bx[keep]
         out_scores[i, :k] = s[keep]
         out_classes[i, :k] = c_idx[keep]
-    return {"num_dets": num, "det_boxes": out_boxes, "det_scores": out_scores, "det_classes": out_classes}
+    return dict(zip(OUTPUT_NAMES, (num, out_boxes, out_scores, out_classes)))
 
 
 def topk_batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float,

@@ -8,12 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harmonic.contract import IMAGE_SUFFIXES
 from harmonic.errors import HarmonicError
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm",
-                            ".ppm", ".pbm", ".pnm", ".sr", ".ras", ".exr", ".hdr", ".pic", ".avif"})
 
 
 @dataclass

@@ -26,12 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from harmonic.contract import OUTPUT_NAMES
+from harmonic.data.images import ImageDecodeError, decode_image
 from harmonic.errors import HarmonicError, RunFailure
 from harmonic.runtime.postprocess import Detections, split_outputs, unletterbox
-from harmonic.runtime.preprocess import ImageDecodeError, decode_image, prepare_image, to_batch
+from harmonic.runtime.preprocess import prepare_image, to_batch
 
 log = logging.getLogger("harmonic.infer")
-OUTPUTS = ("num_dets", "det_boxes", "det_scores", "det_classes")
 INSTALL = 'pip install "harmonicdet[triton]"'
 
 
@@ -110,10 +111,10 @@ def served_model(config: dict[str, Any], url: str) -> ServedModel:
     name = str(config.get("name", "?"))
     inputs = config.get("input") or []
     out_names = {o.get("name") for o in config.get("output") or []}
-    missing = [n for n in OUTPUTS if n not in out_names]
+    missing = [n for n in OUTPUT_NAMES if n not in out_names]
     if len(inputs) != 1 or missing:
         raise HarmonicError(f"--model {name}: not a HarmonicDet detector on {url} (needs one input and the "
-                            f"outputs {', '.join(OUTPUTS)}; missing {', '.join(missing) or '-'})")
+                            f"outputs {', '.join(OUTPUT_NAMES)}; missing {', '.join(missing) or '-'})")
     inp = inputs[0]
     dims = [int(d) for d in inp.get("dims", [])]
     max_batch = int(config.get("max_batch_size", 0) or 0)
@@ -192,12 +193,12 @@ class TritonSession:
         inp = mod.InferInput(self.model.input_name, list(array.shape), dtype)
         if self.protocol == "http":
             inp.set_data_from_numpy(array, binary_data=True)
-            outs = [mod.InferRequestedOutput(n, binary_data=True) for n in OUTPUTS]
+            outs = [mod.InferRequestedOutput(n, binary_data=True) for n in OUTPUT_NAMES]
         else:
             inp.set_data_from_numpy(array)
-            outs = [mod.InferRequestedOutput(n) for n in OUTPUTS]
+            outs = [mod.InferRequestedOutput(n) for n in OUTPUT_NAMES]
         res = self.client().infer(self.model_name, [inp], outputs=outs)
-        return {n: res.as_numpy(n) for n in OUTPUTS}
+        return {n: res.as_numpy(n) for n in OUTPUT_NAMES}
 
     def close(self) -> None:
         c = getattr(self._local, "client", None)
@@ -313,7 +314,8 @@ def _server_batches(before: dict[str, Any], after: dict[str, Any]) -> dict[str, 
 
 
 def check_args(args: Any) -> None:
-    """``--triton`` / ``--model`` / ``--concurrency`` combinations (before any connection)."""
+    """``--triton`` / ``--model`` / ``--concurrency`` combinations (before any connection); ``args`` is the
+    infer CLI's :class:`~harmonic.runtime.cli.InferConfig` (or anything with its fields)."""
     if args.triton is None:
         if args.model is not None or args.concurrency is not None:
             raise HarmonicError(f"{'--model' if args.model is not None else '--concurrency'}: only used with --triton URL")
@@ -333,10 +335,10 @@ def check_args(args: Any) -> None:
 
 def main_triton(args: Any) -> int:
     """The ``infer`` run against a Triton server (flags already parsed and checked by the infer CLI)."""
-    from harmonic.atomic import write_json
+    from harmonic.atomic import JsonListWriter, write_json
     from harmonic.runtime import bench as bench_mod
-    from harmonic.runtime.cli import _JsonListWriter, assign_image_ids, evaluate_report, load_ground_truth
     from harmonic.runtime.postprocess import coco_results
+    from harmonic.runtime.reports import assign_image_ids, evaluate_report, load_annotation_records
     from harmonic.runtime.sources import expand_sources
 
     check_args(args)
@@ -361,7 +363,7 @@ def main_triton(args: Any) -> int:
         records = None
         gt_names: list[str] = []
         if args.annotations:
-            records, gt_names, category_ids = load_ground_truth(Path(args.annotations), names, args.split)
+            records, gt_names, category_ids = load_annotation_records(Path(args.annotations), names, args.split)
             ids, gt_ids = assign_image_ids(images, records, args.annotations)
         else:
             ids = list(range(1, len(images.paths) + 1))
@@ -371,7 +373,7 @@ def main_triton(args: Any) -> int:
                 list(infer_paths(session, images.paths[:1] * batch, batch, 1))
         before = _statistics_or_empty(session) if args.bench else {}
         out.mkdir(parents=True, exist_ok=True)
-        writer = _JsonListWriter(out / "detections.json")
+        writer = JsonListWriter(out / "detections.json")
         timings: list[RequestTiming] = []
         kept: list[dict[str, Any]] = []
         evaluated: set[int] = set()

@@ -10,7 +10,7 @@ import pytest
 
 from harmonic.data.exif import apply_orientation, jpeg_orientation
 from harmonic.data.readers import image_size, read_yolo
-from harmonic.runtime.preprocess import ImageDecodeError, decode_image, decode_image_for
+from harmonic.data.images import ImageDecodeError, decode_image, decode_image_for
 
 Image = pytest.importorskip("PIL.Image")
 ImageOps = pytest.importorskip("PIL.ImageOps")

@@ -7,7 +7,8 @@ import onnx
 import pytest
 import torch
 
-from harmonic.export.metadata import build_metadata, read_metadata
+from harmonic.contract import build_metadata
+from harmonic.export.metadata import read_metadata
 from harmonic.export.onnx_export import DEFAULT_OPSET, export_model
 from harmonic.export.verify import run_onnx, synthetic_images, verify_onnx
 

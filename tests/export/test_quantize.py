@@ -12,7 +12,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from harmonic.export.metadata import build_metadata, read_metadata, set_metadata
+from harmonic.contract import build_metadata
+from harmonic.export.metadata import read_metadata, set_metadata
 from harmonic.export.quantize import quantize_int8
 
 S = 16

@@ -17,9 +17,10 @@ import onnx
 import pytest
 from onnx import TensorProto
 
+from harmonic.contract import build_metadata
 from harmonic.errors import HarmonicError
 from harmonic.export import tensorrt as trtmod
-from harmonic.export.metadata import build_metadata, set_metadata
+from harmonic.export.metadata import set_metadata
 
 META = build_metadata(names=["a", "b"], img_size=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
                       score_threshold=0.01, iou_threshold=0.6, max_det=10, model="tiny", loss="harmonic",
@@ -248,8 +249,8 @@ def test_sidecar_carries_category_ids_to_the_runtime(tmp_path, monkeypatch):
     """A dataset with its own category ids (COCO {7: a, 3: b}): build -> sidecar -> TensorRTBackend's metadata."""
     from onnx import helper, numpy_helper
 
+    from harmonic.contract import read_sidecar
     from harmonic.runtime.backends.base import Backend
-    from harmonic.runtime.backends.tensorrt_backend import read_sidecar
 
     meta = build_metadata(names=["a", "b"], img_size=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
                           score_threshold=0.01, iou_threshold=0.6, max_det=10, model="tiny", loss="harmonic",

@@ -125,7 +125,7 @@ def _absurd_png(path: Path, w: int = 100000, h: int = 100000) -> Path:
 
 def test_a_file_the_decoder_refuses_is_named_skipped_and_counted(tmp_path, caplog, capsys):
     from harmonic.data.checks import image_problem
-    from harmonic.runtime.preprocess import ImageDecodeError, decode_image
+    from harmonic.data.images import ImageDecodeError, decode_image
 
     write_images(tmp_path / "images", 3)
     bad = _absurd_png(tmp_path / "images" / "huge.png")

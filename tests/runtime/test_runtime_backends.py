@@ -3,6 +3,7 @@ import logging
 import numpy as np
 import pytest
 
+from harmonic.contract import read_sidecar
 from harmonic.errors import HarmonicError
 from harmonic.runtime import open_backend
 from harmonic.runtime.backends.onnxruntime_backend import choose_providers
@@ -12,7 +13,6 @@ from harmonic.runtime.backends.tensorrt_backend import (
     check_batch_range,
     check_sidecar,
     plan_buffers,
-    read_sidecar,
 )
 from harmonic.runtime.pipeline import run_engine
 from harmonic.runtime.postprocess import split_outputs

@@ -1,7 +1,8 @@
 from pathlib import Path
 from types import SimpleNamespace
 
-from harmonic.runtime.cli import default_batch, match_image_ids
+from harmonic.runtime.cli import default_batch
+from harmonic.runtime.reports import match_image_ids
 from harmonic.runtime.sources import ImageList
 
 

@@ -2,9 +2,10 @@ import cv2
 import numpy as np
 import pytest
 
+from harmonic.data.images import ImageDecodeError, decode_image
 from harmonic.data.letterbox import letterbox_boxes
 from harmonic.runtime.postprocess import Detections, coco_results, unletterbox
-from harmonic.runtime.preprocess import ImageDecodeError, decode_image, pad_batch, preprocess, to_batch
+from harmonic.runtime.preprocess import pad_batch, preprocess, to_batch
 
 
 def _write(path, img):
@@ -79,7 +80,7 @@ def test_to_batch_and_pad():
 
 
 def test_jpeg_size_and_reduce_factor(tmp_path):
-    from harmonic.runtime.preprocess import jpeg_size, reduce_factor
+    from harmonic.data.images import jpeg_size, reduce_factor
 
     p = _write(tmp_path / "x.jpg", np.zeros((123, 457, 3), np.uint8))
     assert jpeg_size(np.fromfile(str(p), np.uint8)) == (457, 123)

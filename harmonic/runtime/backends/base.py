@@ -1,4 +1,4 @@
-"""The backend interface every runtime implements, metadata parsing and :func:`open_backend`.
+"""The backend interface every runtime implements and :func:`open_backend` (the contract: :mod:`harmonic.contract`).
 
 A backend runs the exported graph (DESIGN.md "Exported graph"): input ``images``
 float32 ``[B, 3, S, S]`` RGB in ``[0, 1]``, letterboxed; outputs ``num_dets``
@@ -12,8 +12,8 @@ into the four outputs with numpy NMS.
 from __future__ import annotations
 
 import importlib
-import json
 import logging
+import platform
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,17 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from harmonic.contract import ENGINE_SUFFIXES, ONNX_SUFFIXES, is_ours
 from harmonic.errors import HarmonicError
 
 log = logging.getLogger(__name__)
-
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-ONNX_SUFFIXES = (".onnx",)
-FORMAT = "harmonicdet-onnx"
-OUTPUT_NAMES = ("num_dets", "det_boxes", "det_scores", "det_classes")
-
-_INT_KEYS = {"img_size", "max_det", "max_batch"}
-_FLOAT_KEYS = {"score_threshold", "iou_threshold"}
 
 
 @dataclass(frozen=True)
@@ -43,25 +36,16 @@ class InputSpec:
     dtype: str
 
 
-def parse_metadata(raw: dict[str, str]) -> dict[str, Any]:
-    """ONNX ``metadata_props`` / engine sidecar values (strings, JSON where structured) -> python values."""
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        if not isinstance(value, str):
-            out[key] = value
-            continue
-        try:
-            if key in _INT_KEYS:
-                out[key] = int(float(value))
-            elif key in _FLOAT_KEYS:
-                out[key] = float(value)
-            elif key in {"names", "mean", "std", "versions", "profile", "fp16", "category_ids"}:
-                out[key] = json.loads(value)
-            else:
-                out[key] = value
-        except (ValueError, json.JSONDecodeError):
-            out[key] = value
-    return out
+def cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo`` on Linux, else :mod:`platform`)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
 
 
 def check_batch_range(batch: int, lo: int, hi: int | None, path: str | Path) -> None:
@@ -99,7 +83,7 @@ class Backend(ABC):
 
     @property
     def has_metadata(self) -> bool:
-        return self.metadata.get("harmonic.format") == FORMAT
+        return is_ours(self.metadata)
 
     @property
     def img_size(self) -> int:

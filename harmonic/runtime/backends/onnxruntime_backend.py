@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from harmonic.contract import FORMAT_KEY, decode_metadata
 from harmonic.errors import HarmonicError
-from harmonic.runtime.backends.base import Backend, InputSpec, fallback_metadata, parse_metadata
+from harmonic.runtime.backends.base import Backend, InputSpec, cpu_name, fallback_metadata
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,8 @@ class OnnxRuntimeBackend(Backend):
         self.input_spec = InputSpec(inp.name, shape, "float32")
         self.output_names = [o.name for o in self.session.get_outputs()]
         raw = dict(self.session.get_modelmeta().custom_metadata_map)
-        meta = parse_metadata(raw)
-        if "img_size" not in meta or "harmonic.format" not in meta:
+        meta = decode_metadata(raw)
+        if "img_size" not in meta or FORMAT_KEY not in meta:
             meta = {**meta, **fallback_metadata(self.path, shape, img_size or meta.get("img_size"))}
         self.metadata = meta
         max_batch = meta.get("max_batch")
@@ -108,7 +109,7 @@ class OnnxRuntimeBackend(Backend):
         used = self.session.get_providers()
         self.provider = used[0]
         _, index = parse_device(device)
-        self.device = _cpu_name() if used[0] == PROVIDERS["cpu"] else f"cuda:{index} ({used[0]})"
+        self.device = cpu_name() if used[0] == PROVIDERS["cpu"] else f"cuda:{index} ({used[0]})"
 
     @property
     def versions(self) -> dict[str, str]:
@@ -122,9 +123,3 @@ class OnnxRuntimeBackend(Backend):
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
-
-
-def _cpu_name() -> str:
-    from harmonic.runtime.bench import cpu_name
-
-    return cpu_name()

@@ -6,15 +6,15 @@ GPU fails deep inside the library (or worse). Host buffers are pinned
 (``cudaMallocHost``), device buffers are allocated once for the max batch and
 reused; copies are async on one stream, and CUDA events time the engine.
 
-The pure functions (:func:`read_sidecar`, :func:`check_sidecar`,
+The pure functions (:func:`check_sidecar`,
 :func:`plan_buffers`, :func:`check_batch_range`) need neither library and are
-unit-tested; the class itself needs a GPU.
+unit-tested; the class itself needs a GPU. The sidecar's path and reading are
+:mod:`harmonic.contract`'s.
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,20 +22,19 @@ from typing import Any
 
 import numpy as np
 
+from harmonic.contract import read_sidecar
 from harmonic.errors import HarmonicError
 from harmonic.runtime.backends.base import (
     Backend,
     InputSpec,
     check_batch_range,
     fallback_metadata,
-    parse_metadata,
 )
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = 'pip install "harmonicdet[trt]" (tensorrt and cuda-python)'
-__all__ = ["BufferPlan", "TensorInfo", "TensorRTBackend", "check_batch_range", "check_sidecar",
-           "plan_buffers", "read_sidecar", "sidecar_path"]
+__all__ = ["BufferPlan", "TensorInfo", "TensorRTBackend", "check_batch_range", "check_sidecar", "plan_buffers"]
 
 
 @dataclass(frozen=True)
@@ -57,27 +56,6 @@ class BufferPlan:
     dtype: str
     is_input: bool
     nbytes: int
-
-
-def sidecar_path(engine: Path) -> Path:
-    """``model.engine`` -> ``model.engine.json``."""
-    return engine.with_name(engine.name + ".json")
-
-
-def read_sidecar(engine: Path) -> dict[str, Any] | None:
-    """Parsed sidecar of ``engine`` or ``None`` (with a warning) when there is none."""
-    path = sidecar_path(engine)
-    if not path.is_file():
-        log.warning("%s: no sidecar %s; TensorRT version/GPU can't be checked before loading, "
-                    "class names and thresholds are unknown", engine, path.name)
-        return None
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise HarmonicError(f"{path}: unreadable engine sidecar ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise HarmonicError(f"{path}: engine sidecar is not a JSON object")
-    return parse_metadata(raw)
 
 
 def _version_key(version: str, parts: int = 3) -> tuple[str, ...]:
