@@ -20,26 +20,29 @@ machine's FP32 rate.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_infer import build_random_detector, export_random_model, generate_jpegs  # noqa: E402
-
-from harmonic.boxes import box_iou  # noqa: E402
 from harmonic.data.images import ImageDecodeError, decode_image  # noqa: E402
+from harmonic.experiments.benchmarks import (  # noqa: E402
+    agreement,
+    backend_infer,
+    build_random_detector,
+    conv_gflop,
+    eager_infer,
+    eager_reference,
+    export_random_model,
+    finish,
+    generate_jpegs,
+)
 from harmonic.runtime import open_backend  # noqa: E402
 from harmonic.runtime.bench import summarize  # noqa: E402
-from harmonic.runtime.pipeline import run_engine  # noqa: E402
-from harmonic.runtime.postprocess import Detections, coco_results, split_outputs, unletterbox  # noqa: E402
+from harmonic.runtime.postprocess import coco_results, unletterbox  # noqa: E402
 from harmonic.runtime.preprocess import prepare_image, to_batch  # noqa: E402
 from harmonic.runtime.reports import load_annotation_records, match_image_ids  # noqa: E402
 from harmonic.runtime.sources import expand_sources  # noqa: E402
@@ -56,75 +59,7 @@ def load_model(args: argparse.Namespace) -> tuple[Any, int, list[str], str]:
     return model, size, ["a", "b", "c"], f"{args.arch} (random init)"
 
 
-def eager_reference(model: Any, graph: Path, size: int, conf: float, iou: float, max_det: int) -> Any:
-    """``model`` as ``harmonic.export.verify`` checks the graph against: the graph's operating point and
-    NMS candidate cap, and the background logit column (RetinaNet/FCOS column 0, which the graph
-    drops) switched off, so eager and the graph rank the same classes."""
-    from harmonic.export.metadata import read_metadata
-    from harmonic.export.verify import reference_detector
-
-    cap = read_metadata(graph).get("nms_topk")
-    return reference_detector(model, size, conf, iou, max_det, nms_topk=int(cap) if cap else None)
-
-
-def conv_gflop(model: Any, size: int) -> float:
-    """Convolution GFLOP (2 x multiply-adds) of one ``size x size`` image through ``model`` (eval).
-
-    Convolutions are >95 % of these detectors' arithmetic, so GFLOP/s per backend says how
-    close each one runs to the machine's FP32 rate.
-    """
-    import torch
-
-    total = [0]
-
-    def hook(mod: Any, _inp: Any, out: Any) -> None:
-        total[0] += 2 * out.numel() * mod.weight[0].numel()
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    try:
-        with torch.inference_mode():
-            model([torch.rand(3, size, size)])
-    finally:
-        for h in handles:
-            h.remove()
-    return total[0] / 1e9
-
-
-def eager_infer(model: Any, batch: np.ndarray) -> list[Detections]:
-    """PyTorch eager on ``batch[B, 3, S, S]``: torchvision's own post-processing; labels = class + 1."""
-    import torch
-
-    with torch.inference_mode():
-        outs = model(list(torch.from_numpy(batch)))
-    return [Detections(o["boxes"].numpy().astype(np.float32), o["scores"].numpy().astype(np.float32),
-                       o["labels"].numpy().astype(np.int64) - 1) for o in outs]
-
-
-def backend_infer(backend: Any) -> Any:
-    def run(batch: np.ndarray) -> list[Detections]:
-        return split_outputs(run_engine(backend, batch), batch.shape[0])
-    return run
-
-
-def agreement(ref: list[Detections], got: list[Detections], score_min: float = 0.0) -> tuple[float, float]:
-    """Share of ``ref`` detections (score >= score_min) matched in ``got`` (same class, IoU >= 0.95), mean |dscore|."""
-    matched, total, diffs = 0, 0, []
-    for r, g in zip(ref, got):
-        keep = r.scores >= score_min
-        rb, rs, rc = r.boxes[keep], r.scores[keep], r.classes[keep]
-        total += len(rs)
-        if not len(rs) or not len(g):
-            continue
-        iou = box_iou(rb, g.boxes)
-        iou[rc[:, None] != g.classes[None, :]] = 0
-        best = iou.argmax(1)
-        ok = iou[np.arange(len(rs)), best] >= 0.95
-        matched += int(ok.sum())
-        diffs += np.abs(rs[ok] - g.scores[best[ok]]).tolist()
-    return (matched / total if total else float("nan")), (float(np.mean(diffs)) if diffs else float("nan"))
-
-
-def main(argv: list[str] | None = None) -> int:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=None, help="HarmonicDet checkpoint (default: random --arch)")
     p.add_argument("--arch", default="retinanet_resnet50_fpn", help="random-init torchvision detector (no --checkpoint)")
@@ -144,20 +79,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="timed passes per backend (best kept)")
     p.add_argument("--work", default=None)
     p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
+    return p
 
-    import torch
 
-    torch.set_num_threads(args.threads)
-    work = Path(args.work or tempfile.mkdtemp(prefix="harmonic_backends_"))
-    work.mkdir(parents=True, exist_ok=True)
+def export_graphs(args: argparse.Namespace, work: Path) -> tuple[Any, int, list[str], str, Path, Path, float]:
+    """The eager model, exported to the NMS and the raw graph: ``(eager reference, size, names, label,
+    nms graph, raw graph, conv GFLOP per image)``."""
     model, size, names, label = load_model(args)
     nms_path, raw_path = work / "model.onnx", work / "model.raw.onnx"
     export_random_model(args.arch, nms_path, conf=args.conf, iou=args.iou, max_det=args.max_det,
                         raw_out=raw_path, model=model, img_size=size)
     model = eager_reference(model, nms_path, size, args.conf, args.iou, args.max_det)
-    gflop = conv_gflop(model, size)
+    return model, size, names, label, nms_path, raw_path, conv_gflop(model, size)
 
+
+def benchmark_images(args: argparse.Namespace, work: Path, names: list[str]) -> tuple[Path, Any, Any, list[str], list[int]]:
+    """``(folder, images, ground-truth records or None, their class names, image ids)``: ``--images`` (or
+    generated JPEGs), cut to ``--num-images``, with the ``--annotations`` of those images only."""
     folder = Path(args.images) if args.images else work / "images"
     if not args.images:
         generate_jpegs(folder, args.num_images)
@@ -172,19 +110,27 @@ def main(argv: list[str] | None = None) -> int:
         ids = matched
         benched = set(ids)  # score the benchmarked images only, not the rest of the split's ground truth
         records = [r for r in records if int(r.image_id) in benched]
+    return folder, images, records, gt_names, ids
 
-    # decode + letterbox once: every backend sees identical batches
+
+def prepare_batches(paths: list[Path], size: int, batch: int) -> tuple[list[tuple[int, Any, Any]], list[Any]]:
+    """Decode + letterbox once, so every backend sees identical batches: ``(prepared, batches)``."""
     prepared = []
-    for i, path in enumerate(images.paths):
+    for i, path in enumerate(paths):
         try:
             chw, info = prepare_image(decode_image(path), size)
         except ImageDecodeError as exc:
             print(f"skipped {exc}")
             continue
         prepared.append((i, chw, info))
-    batches = [prepared[k:k + args.batch] for k in range(0, len(prepared), args.batch)]
-    arrays = [to_batch([c for _, c, _ in b]) for b in batches]
+    batches = [prepared[k:k + batch] for k in range(0, len(prepared), batch)]
+    return prepared, [to_batch([c for _, c, _ in b]) for b in batches]
 
+
+def open_runners(args: argparse.Namespace, model: Any, nms_path: Path, raw_path: Path, folder: Path, work: Path,
+                 calib_count: int) -> tuple[list[tuple[str, Any]], list[Any]]:
+    """``([(backend name, run(batch) -> detections)], the opened backends)``: eager, the ONNX Runtime
+    graphs (+ INT8 with ``--int8``), TensorRT with ``--engine`` (skipped with a message if it fails)."""
     runners: list[tuple[str, Any]] = [("pytorch eager", lambda x: eager_infer(model, x))]
     opened = []
     graphs = [("onnxruntime nms graph", nms_path), ("onnxruntime raw + numpy nms", raw_path)]
@@ -192,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         from harmonic.export.quantize import quantize_int8
 
         graphs.append(("onnxruntime int8 q/dq",
-                       quantize_int8(nms_path, work / "model.int8.onnx", folder, count=len(prepared), overwrite=True)))
+                       quantize_int8(nms_path, work / "model.int8.onnx", folder, count=calib_count, overwrite=True)))
     for name, path in graphs:
         be = open_backend(path, provider="cpu", threads=args.threads)
         opened.append(be)
@@ -204,44 +150,46 @@ def main(argv: list[str] | None = None) -> int:
             runners.append((f"tensorrt ({be.device})", backend_infer(be)))
         except Exception as exc:  # noqa: BLE001 - report and go on with the others
             print(f"tensorrt skipped: {exc}")
+    return runners, opened
 
-    rows, per_backend = [], {}
-    for name, run in runners:
-        run(arrays[0])  # warm-up
-        best_wall, lat, dets = float("inf"), [], []
-        for _ in range(args.repeats):
-            lat_r, dets_r = [], []
-            t0 = time.perf_counter()
-            for a in arrays:
-                t = time.perf_counter()
-                dets_r += run(a)
-                lat_r.append(time.perf_counter() - t)
-            wall = time.perf_counter() - t0
-            if wall < best_wall:
-                best_wall, lat, dets = wall, lat_r, dets_r
-        per_backend[name] = dets
-        row: dict[str, Any] = {"backend": name, "img_s": len(prepared) / best_wall,
-                               "gflop_s": gflop * len(prepared) / best_wall,
-                               "latency_ms": summarize(lat), "detections": int(sum(len(d) for d in dets))}
-        if records is not None:
-            from harmonic.evaluation import evaluate
 
-            results = []
-            for (i, _, info), d in zip(prepared, dets):
-                results += coco_results(unletterbox(d, info), ids[i])
-            rep = evaluate(records, results, names=gt_names)
-            row.update(AP=rep["coco"]["AP"], AP50=rep["coco"]["AP50"],
-                       **{k: rep["consistency"].get(k) for k in ("spearman", "kendall", "aic")})
-        rows.append(row)
-    ref = per_backend["pytorch eager"]
-    for row in rows:
-        row["agree"], row["dscore"] = agreement(ref, per_backend[row["backend"]])
+def time_runner(run: Any, arrays: list[Any], repeats: int) -> tuple[float, list[float], list[Any]]:
+    """One warm-up, then ``repeats`` timed passes: ``(best wall seconds, its batch latencies, its detections)``."""
+    run(arrays[0])  # warm-up
+    best_wall, lat, dets = float("inf"), [], []
+    for _ in range(repeats):
+        lat_r, dets_r = [], []
+        t0 = time.perf_counter()
+        for a in arrays:
+            t = time.perf_counter()
+            dets_r += run(a)
+            lat_r.append(time.perf_counter() - t)
+        wall = time.perf_counter() - t0
+        if wall < best_wall:
+            best_wall, lat, dets = wall, lat_r, dets_r
+    return best_wall, lat, dets
 
-    print(f"\n{label}, {len(prepared)} images at {size}px, batch {args.batch}, {args.threads} threads, "
+
+def accuracy(prepared: list[tuple[int, Any, Any]], dets: list[Any], records: Any, ids: list[int],
+             gt_names: list[str]) -> dict[str, Any]:
+    """AP, AP50 and the consistency metrics of one backend's detections (mapped back to original pixels)."""
+    from harmonic.evaluation import evaluate
+
+    results = []
+    for (i, _, info), d in zip(prepared, dets):
+        results += coco_results(unletterbox(d, info), ids[i])
+    rep = evaluate(records, results, names=gt_names)
+    return dict(AP=rep["coco"]["AP"], AP50=rep["coco"]["AP50"],
+                **{k: rep["consistency"].get(k) for k in ("spearman", "kendall", "aic")})
+
+
+def print_table(args: argparse.Namespace, rows: list[dict[str, Any]], label: str, images: int, size: int,
+                gflop: float, with_ap: bool) -> None:
+    print(f"\n{label}, {images} images at {size}px, batch {args.batch}, {args.threads} threads, "
           f"conf {args.conf}, iou {args.iou}, K {args.max_det}; time = forward + post-processing on "
           f"pre-decoded batches (best of repeats); {gflop:.1f} conv GFLOP per image")
     head = f"{'backend':<30}{'img/s':>8}{'GFLOP/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'dets':>7}{'agree':>7}{'|ds|':>8}"
-    if records is not None:
+    if with_ap:
         head += f"{'AP':>7}{'AP50':>7}{'rho':>7}{'tau':>7}{'AIC':>7}"
     print(head)
 
@@ -251,21 +199,41 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         line = (f"{r['backend']:<30}{r['img_s']:>8.1f}{r['gflop_s']:>9.0f}"
                 f"{r['latency_ms']['p50']:>9.1f}{r['latency_ms']['p90']:>9.1f}{r['detections']:>7d}{f(r['agree'], 7, 3)}{f(r['dscore'], 8, 4)}")
-        if records is not None:
+        if with_ap:
             line += "".join(f(r.get(k), 7) for k in ("AP", "AP50", "spearman", "kendall", "aic"))
         print(line)
     if not args.engine:
         print(f"{'tensorrt':<30}   (no --engine given / TensorRT not installed here)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.work or tempfile.mkdtemp(prefix="harmonic_backends_"))
+    work.mkdir(parents=True, exist_ok=True)
+    model, size, names, label, nms_path, raw_path, gflop = export_graphs(args, work)
+    folder, images, records, gt_names, ids = benchmark_images(args, work, names)
+    prepared, arrays = prepare_batches(images.paths, size, args.batch)
+    runners, opened = open_runners(args, model, nms_path, raw_path, folder, work, len(prepared))
+
+    rows, per_backend = [], {}
+    for name, run in runners:
+        best_wall, lat, dets = time_runner(run, arrays, args.repeats)
+        per_backend[name] = dets
+        row: dict[str, Any] = {"backend": name, "img_s": len(prepared) / best_wall,
+                               "gflop_s": gflop * len(prepared) / best_wall,
+                               "latency_ms": summarize(lat), "detections": int(sum(len(d) for d in dets))}
+        if records is not None:
+            row.update(accuracy(prepared, dets, records, ids, gt_names))
+        rows.append(row)
+    ref = per_backend["pytorch eager"]
+    for row in rows:
+        row["agree"], row["dscore"] = agreement(ref, per_backend[row["backend"]])
+    print_table(args, rows, label, len(prepared), size, gflop, records is not None)
     return finish(rows, args.json, opened)
-
-
-def finish(rows: list[dict[str, Any]], json_path: str | None, opened: list[Any]) -> int:
-    """Write ``rows`` to ``json_path`` (if given), close the backends; the script's exit code."""
-    if json_path:
-        Path(json_path).write_text(json.dumps(rows, indent=2, default=float))
-    for be in opened:
-        be.close()
-    return 0
 
 
 if __name__ == "__main__":

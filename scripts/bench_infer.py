@@ -31,80 +31,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harmonic.data.images import decode_image  # noqa: E402
+from harmonic.experiments.benchmarks import generate_jpegs  # noqa: E402
 from harmonic.runtime import open_backend  # noqa: E402
 from harmonic.runtime.bench import engine_only, summarize  # noqa: E402
 from harmonic.runtime.pipeline import RunStats, infer_images  # noqa: E402
 from harmonic.runtime.preprocess import prepare_image, to_batch  # noqa: E402
 from harmonic.runtime.sources import expand_sources  # noqa: E402
-
-ARCH_SIZES = {"ssdlite320_mobilenet_v3_large": 320, "retinanet_resnet50_fpn": 320, "fcos_resnet50_fpn": 320}
-
-
-def generate_jpegs(folder: Path, n: int, seed: int = 0, size: tuple[int, int] = (640, 480)) -> list[Path]:
-    """``n`` JPEGs of coloured shapes on a textured background (about camera-sized: 640x480 by default)."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    w, h = size
-    paths = []
-    base = rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8)
-    for i in range(n):
-        p = folder / f"{i:05d}.jpg"
-        paths.append(p)
-        if p.exists():
-            continue
-        img = cv2.resize(np.roll(base, i, axis=1), (w, h), interpolation=cv2.INTER_LINEAR)
-        for _ in range(int(rng.integers(2, 6))):
-            c = tuple(int(v) for v in rng.integers(0, 255, 3))
-            x, y, r = int(rng.integers(0, w)), int(rng.integers(0, h)), int(rng.integers(15, 90))
-            if rng.random() < 0.5:
-                cv2.circle(img, (x, y), r, c, -1)
-            else:
-                cv2.rectangle(img, (x - r, y - r), (x + r, y + r), c, -1)
-        cv2.imwrite(str(p), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    return paths
-
-
-def build_random_detector(arch: str, num_classes: int = 3, perturb: float = 0.0):
-    """A randomly initialised torchvision detector (no downloads): ``(model, img_size)``.
-
-    ``perturb``: re-draw the classification head's weights with std ``perturb`` (SSDlite's
-    random init scores every anchor the same, so rankings would be arbitrary ties).
-    """
-    import torch
-    import torchvision
-
-    torch.manual_seed(0)
-    size = ARCH_SIZES.get(arch, 320)
-    fn = getattr(torchvision.models.detection, arch)
-    kwargs = {"weights": None, "weights_backbone": None, "num_classes": num_classes + 1}
-    if arch.startswith(("retinanet", "fcos")):
-        kwargs.update(min_size=size, max_size=size)
-    model = fn(**kwargs).eval()
-    if perturb:
-        with torch.no_grad():
-            for name, prm in model.head.named_parameters():
-                if "cls" in name or "classification" in name:
-                    prm.normal_(0.0, perturb)
-    return model, size
-
-
-def export_random_model(arch: str, out: Path, conf: float = 0.05, iou: float = 0.6, max_det: int = 100,
-                        raw_out: Path | None = None, model=None, img_size: int | None = None) -> Path:  # noqa: ANN001
-    """Export ``arch`` (random init) with the project's exporter to ``out`` (+ the raw graph to ``raw_out``)."""
-    from harmonic.contract import build_metadata
-    from harmonic.export.onnx_export import export_model
-
-    if model is None:
-        model, img_size = build_random_detector(arch)
-    tr = model.transform
-    meta = build_metadata(names=["a", "b", "c"], img_size=img_size, mean=tr.image_mean, std=tr.image_std,
-                          score_threshold=conf, iou_threshold=iou, max_det=max_det, model=arch, loss="baseline",
-                          checkpoint_sha256="random-init", graph="nms")
-    export_model(model, out, img_size=img_size, conf=conf, iou=iou, max_det=max_det, metadata=meta, overwrite=True)
-    if raw_out is not None:
-        export_model(model, raw_out, img_size=img_size, conf=conf, iou=iou, max_det=max_det, raw=True,
-                     metadata=meta, overwrite=True)
-    return out
 
 
 def rss_mb() -> float:
@@ -145,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     engine = Path(args.engine) if args.engine else work / f"{args.arch}.onnx"
     if not engine.exists():
         print(f"exporting a random-init {args.arch} to {engine} (in a subprocess) ...", flush=True)
-        code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_infer; "
-                f"bench_infer.export_random_model({args.arch!r}, __import__('pathlib').Path({str(engine)!r}))")
+        code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
+                "from harmonic.experiments.benchmarks import export_random_model; "
+                f"export_random_model({args.arch!r}, __import__('pathlib').Path({str(engine)!r}))")
         subprocess.run([sys.executable, "-c", code], check=True)
     folder = Path(args.images) if args.images else work / "images"
     if not args.images:

@@ -23,11 +23,15 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_backends import agreement, backend_infer, eager_infer, eager_reference, finish  # noqa: E402
 
 from harmonic.data.images import decode_image  # noqa: E402
+from harmonic.experiments.benchmarks import (  # noqa: E402
+    agreement,
+    backend_infer,
+    eager_infer,
+    eager_reference,
+    finish,
+)
 from harmonic.runtime import open_backend  # noqa: E402
 from harmonic.runtime.postprocess import coco_results, unletterbox  # noqa: E402
 from harmonic.runtime.preprocess import prepare_image, to_batch  # noqa: E402

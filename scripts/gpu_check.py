@@ -22,6 +22,7 @@ the test suite and a CPU machine use it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -38,11 +39,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import gpu_bundle  # noqa: E402
 
 from harmonic.errors import HarmonicError  # noqa: E402
+from harmonic.experiments import bundle  # noqa: E402
 
 #: one detector per family: the small variants a GPU run sizes (RetinaNet, FCOS, SSD, Faster R-CNN)
 FAMILIES = {"retinanet": "retinanet_resnet18_fpn", "fcos": "fcos_resnet18_fpn",
@@ -194,24 +193,24 @@ def step_environment(ctx: Ctx) -> dict[str, Any]:
 
 
 def step_bundle(ctx: Ctx) -> dict[str, Any]:
-    res = gpu_bundle.activate(Path(ctx.args.bundle), ctx.out / "site")
+    res = bundle.activate(Path(ctx.args.bundle), ctx.out / "site")
     import importlib
 
     for module in ("onnxslim", "pycocotools.cocoeval"):
         importlib.import_module(module)  # an ImportError fails the step (export/evaluation need them)
     ctx.say(f"unpacked {res['unpacked'] or 'nothing'}; already here: {res['already_here'] or 'nothing'}")
     return {**res, "checkpoint": ctx.manifest.get("checkpoint", {}).get("file"),
-            "bundle_mib": round(gpu_bundle.folder_bytes(Path(ctx.args.bundle)) / 2**20, 2)}
+            "bundle_mib": round(bundle.folder_bytes(Path(ctx.args.bundle)) / 2**20, 2)}
 
 
 def step_data(ctx: Ctx) -> dict[str, Any]:
     quick = ctx.args.quick
     d = ctx.out / "data"
     if quick:
-        demo = gpu_bundle.generate_data(d / "demo", num_train=16, num_val=8)
+        demo = bundle.generate_data(d / "demo", num_train=16, num_val=8)
     else:
-        demo = gpu_bundle.generate_data(d / "demo")  # exactly the data the bundle's checkpoint was trained on
-    small = gpu_bundle.generate_data(d / "small", num_train=8 if quick else 96, num_val=4 if quick else 8)
+        demo = bundle.generate_data(d / "demo")  # exactly the data the bundle's checkpoint was trained on
+    small = bundle.generate_data(d / "small", num_train=8 if quick else 96, num_val=4 if quick else 8)
     ctx.state.update(demo_yaml=demo, small_yaml=small, val_images=d / "demo" / "images" / "val",
                      train_images=d / "demo" / "images" / "train")
     n_val = len(list(ctx.state["val_images"].iterdir()))
@@ -368,22 +367,20 @@ def step_amp_train(ctx: Ctx) -> dict[str, Any]:
 def step_resume(ctx: Ctx) -> dict[str, Any]:
     """train() with AMP for one epoch, stopped; resumed from last.pt for the second (per family)."""
     from harmonic.training.checkpoint import load_checkpoint
-    from harmonic.training.cli import get_args_parser, train
+    from harmonic.training.config import TrainConfig
     from harmonic.training.logging_utils import read_jsonl
+    from harmonic.training.trainer import train
 
     res = {}
     for family, name in FAMILIES.items():
         run = ctx.out / "resume" / family
-        base = ["--data", str(small_data(ctx)), "--model", name, "--epochs", "2", "--batch-size",
-                "2" if ctx.args.quick else "8", "--out", str(run), "--device", ctx.device, "--workers", "0",
-                "--max-iters-per-epoch", "2" if ctx.args.quick else "6", "--val-every", "0", "--log-every", "1"]
-        if ctx.args.quick:
-            base += ["--img-size", "128"]
-        if ctx.cuda:
-            base.append("--amp")
-        train(get_args_parser().parse_args(base), stop_after_epoch=0)
+        quick = ctx.args.quick
+        cfg = TrainConfig(data=small_data(ctx), model=name, epochs=2, batch_size=2 if quick else 8, out=run,
+                          device=ctx.device, workers=0, max_iters_per_epoch=2 if quick else 6, val_every=0,
+                          log_every=1, img_size=128 if quick else None, amp=ctx.cuda)
+        train(cfg, stop_after_epoch=0)
         first = load_checkpoint(run / "last.pt")
-        out = train(get_args_parser().parse_args([*base, "--resume", str(run / "last.pt")]))
+        out = train(dataclasses.replace(cfg, resume=run / "last.pt"))
         last = load_checkpoint(run / "last.pt")
         starts = [r for r in read_jsonl(run / "log.jsonl") if r.get("type") == "start"]
         tag = family
@@ -418,9 +415,9 @@ def step_demo_train(ctx: Ctx) -> dict[str, Any]:
     """The demo recipe (harmonic demo's: 7 epochs, HarmonicDet loss) trained on this device: time and AP."""
     if ctx.args.quick:
         raise Skip("--quick: the demo recipe is not trained")
-    from harmonic.experiments.demo import DEMO_MODEL_OPTIONS
+    from harmonic.experiments.recipe import DEMO_MODEL_OPTIONS
 
-    r = gpu_bundle.RECIPE
+    r = bundle.RECIPE
     run = ctx.out / "demo_train"
     cmd = ["train/run.py", "--data", ctx.state["demo_yaml"], "--out", run, "--model", r["model"], "--loss", r["loss"],
            "--epochs", 7, "--img-size", r["img_size"], "--batch-size", r["batch_size"], "--optimizer", r["optimizer"],
@@ -687,8 +684,7 @@ def ap_of(ctx: Ctx, dets: list[Any], infos: list[Any]) -> float:
 
 def step_ort(ctx: Ctx) -> dict[str, Any]:
     """ONNX Runtime CPU: the provider that actually ran, parity and AP against PyTorch on the carried checkpoint."""
-    from bench_backends import agreement, backend_infer, eager_infer, eager_reference
-
+    from harmonic.experiments.benchmarks import agreement, backend_infer, eager_infer, eager_reference
     from harmonic.export.metadata import read_metadata
     from harmonic.runtime import open_backend
     from harmonic.training.checkpoint import model_from_checkpoint
@@ -726,8 +722,7 @@ def step_ort_cuda(ctx: Ctx) -> dict[str, Any]:
         raise Skip("onnxruntime has no CUDAExecutionProvider (a CPU build; onnxruntime-gpu is not installed)")
     if "onnx" not in ctx.state or "batches" not in ctx.state:
         raise Skip("no exported graph / ORT CPU reference")
-    from bench_backends import agreement, backend_infer
-
+    from harmonic.experiments.benchmarks import agreement, backend_infer
     from harmonic.runtime import open_backend
 
     with open_backend(ctx.state["onnx"], provider="cuda", device="cuda:0") as be:
@@ -765,8 +760,7 @@ def step_trt(ctx: Ctx, kind: str) -> dict[str, Any]:
         raise Skip(f"tensorrt does not import ({exc})") from None
     if "onnx" not in ctx.state or "batches" not in ctx.state:
         raise Skip("no exported graph / ORT reference")
-    from bench_backends import agreement, backend_infer
-
+    from harmonic.experiments.benchmarks import agreement, backend_infer
     from harmonic.export.tensorrt import build_engine
     from harmonic.runtime import open_backend
 
@@ -835,9 +829,9 @@ def preflight(args: argparse.Namespace) -> tuple[dict[str, Any], Path, list[str]
         left_out = [r for r in required if r not in wanted]
         if left_out:
             raise HarmonicError(f"--require {','.join(left_out)}: not in --steps, so it would always be skipped")
-    manifest = gpu_bundle.check_bundle(Path(args.bundle))
+    manifest = bundle.check_bundle(Path(args.bundle))
     ckpt = Path(args.checkpoint) if args.checkpoint else Path(args.bundle) / manifest["checkpoint"]["file"]
-    gpu_bundle.check_checkpoint(ckpt)
+    bundle.check_checkpoint(ckpt)
     return manifest, ckpt, required, wanted
 
 
@@ -897,40 +891,57 @@ def _run(args: argparse.Namespace, manifest: dict[str, Any], ckpt: Path, require
     ctx.state["t_start"] = t_start
     records: list[dict[str, Any]] = []
     for k, st in enumerate(STEPS, 1):
-        rec: dict[str, Any] = {"step": st.name, "what": st.what}
         print(f"[{k:>2}/{len(STEPS)}] {st.name:<17} {st.what}", flush=True)
-        t0 = time.perf_counter()
-        ctx.checks = []
-        need = NEEDS.get(st.name)
-        try:
-            if wanted is not None and st.name not in wanted:
-                raise Skip("not in --steps")
-            if st.needs_cuda and not cuda:
-                raise Skip("no CUDA device" if args.device != "cpu" else "--device cpu")
-            if need and next((r["status"] for r in records if r["step"] == need), None) != "ok":
-                raise Skip(f"needs {need}, which did not pass")
-            if time.perf_counter() - t_start > args.budget_s:
-                raise Skip(f"--budget-s {args.budget_s:.0f} s spent")
-            result = st.fn(ctx) or {}
-            failed = [c for c in ctx.checks if not c["pass"]]
-            rec.update(status="failed" if failed else "ok", result=result)
-            if failed:
-                rec["error"] = "; ".join(f"{c['check']}: {c['value']} (needs {c['op']} {c['threshold']})"
-                                         for c in failed)
-        except Skip as exc:
-            rec.update(status="skipped", reason=str(exc))
-        except Exception as exc:  # noqa: BLE001 - a failed step is reported, the others still run
-            rec.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
-            with open(ctx.log, "a") as f:
-                f.write(traceback.format_exc())
-        if rec["status"] == "skipped" and st.name in required:
-            rec.update(status="failed", error=f"required (--require) but skipped: {rec.pop('reason')}")
-        rec["checks"] = ctx.checks
-        rec["seconds"] = round(time.perf_counter() - t0, 1)
+        rec = run_step(ctx, st, records, required, wanted, t_start)
         records.append(rec)
         extra = rec.get("reason") or rec.get("error") or f"{sum(c['pass'] for c in ctx.checks)} checks passed"
         print(f"        {rec['status']:>7} {st.name:<17} {rec['seconds']:6.1f} s  {extra}", flush=True)
     seconds = time.perf_counter() - t_start
+    summary = write_summary(ctx, records, required, ckpt, seconds)
+    print(summary_line(records, seconds, cuda) + f"  ({out / 'gpu_check.json'})", flush=True)
+    return 0 if summary["ok"] else 1
+
+
+def run_step(ctx: Ctx, st: Step, records: list[dict[str, Any]], required: list[str], wanted: list[str] | None,
+             t_start: float) -> dict[str, Any]:
+    """Run one step (or skip it: not wanted, no CUDA, what it needs did not pass, budget spent): its record,
+    ``status`` ok / skipped / failed with its checks and seconds; a failure's traceback goes to the log."""
+    rec: dict[str, Any] = {"step": st.name, "what": st.what}
+    t0 = time.perf_counter()
+    ctx.checks = []
+    need = NEEDS.get(st.name)
+    try:
+        if wanted is not None and st.name not in wanted:
+            raise Skip("not in --steps")
+        if st.needs_cuda and not ctx.cuda:
+            raise Skip("no CUDA device" if ctx.args.device != "cpu" else "--device cpu")
+        if need and next((r["status"] for r in records if r["step"] == need), None) != "ok":
+            raise Skip(f"needs {need}, which did not pass")
+        if time.perf_counter() - t_start > ctx.args.budget_s:
+            raise Skip(f"--budget-s {ctx.args.budget_s:.0f} s spent")
+        result = st.fn(ctx) or {}
+        failed = [c for c in ctx.checks if not c["pass"]]
+        rec.update(status="failed" if failed else "ok", result=result)
+        if failed:
+            rec["error"] = "; ".join(f"{c['check']}: {c['value']} (needs {c['op']} {c['threshold']})"
+                                     for c in failed)
+    except Skip as exc:
+        rec.update(status="skipped", reason=str(exc))
+    except Exception as exc:  # noqa: BLE001 - a failed step is reported, the others still run
+        rec.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+        with open(ctx.log, "a") as f:
+            f.write(traceback.format_exc())
+    if rec["status"] == "skipped" and st.name in required:
+        rec.update(status="failed", error=f"required (--require) but skipped: {rec.pop('reason')}")
+    rec["checks"] = ctx.checks
+    rec["seconds"] = round(time.perf_counter() - t0, 1)
+    return rec
+
+
+def write_summary(ctx: Ctx, records: list[dict[str, Any]], required: list[str], ckpt: Path,
+                  seconds: float) -> dict[str, Any]:
+    """``<out>/gpu_check.json``: device, versions, mode, thresholds, every step's record, what was not verified."""
+    args, cuda = ctx.args, ctx.cuda
     env = next((r.get("result", {}) for r in records if r["step"] == "environment"), {})
     summary = {
         "device": env.get("gpu") or ("cpu" if not cuda else None), "versions": {**(env.get("versions") or {}), **versions()},
@@ -944,9 +955,8 @@ def _run(args: argparse.Namespace, manifest: dict[str, Any], ckpt: Path, require
     }
     from harmonic.atomic import write_text
 
-    write_text(out / "gpu_check.json", json.dumps(summary, indent=2, default=str) + "\n")
-    print(summary_line(records, seconds, cuda) + f"  ({out / 'gpu_check.json'})", flush=True)
-    return 0 if summary["ok"] else 1
+    write_text(ctx.out / "gpu_check.json", json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
 
 
 if __name__ == "__main__":

@@ -17,10 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from harmonic.data.dataset_file import DatasetConfig
 from harmonic.data.images import decode_image
 from harmonic.data.letterbox import letterbox, letterbox_boxes
-from harmonic.data.readers import ImageRecord, read_split
+from harmonic.data.readers import ImageRecord
 from harmonic.data.transforms import apply_transforms, build_train_transforms
 from harmonic.errors import HarmonicError
 
@@ -77,18 +76,3 @@ def collate(batch: Sequence[tuple[torch.Tensor, Target]]) -> tuple[torch.Tensor,
     """``[(image[3, S, S], target), ...]`` -> ``(images[B, 3, S, S], [target, ...])``."""
     images, targets = zip(*batch)
     return torch.stack(images), list(targets)
-
-
-def build_datasets(config: DatasetConfig, img_size: int, augment: bool = True,
-                   train_split: str = "train", val_split: str = "val"
-                   ) -> tuple[DetectionDataset, DetectionDataset, list[ImageRecord]]:
-    """``(train_ds, val_ds, val_records)`` for a loaded ``dataset.yaml``; ``val_records`` are in original pixels."""
-    for split in (train_split, val_split):
-        if split not in config.splits:
-            raise HarmonicError(f"{config.path}: no split {split!r} (has {', '.join(config.splits)})")
-    tr, va = config.splits[train_split], config.splits[val_split]
-    train_records = read_split(tr, config.names)
-    val_records = read_split(va, config.names)
-    train_ds = DetectionDataset(train_records, tr.images, img_size, train=True, augment=augment)
-    val_ds = DetectionDataset(val_records, va.images, img_size, train=False)
-    return train_ds, val_ds, val_records

@@ -4,6 +4,7 @@
 Tables 3–5: which of its terms buys what) and ``scripts/reproduce.py`` (the demo's comparison on a
 real dataset) all call :func:`harmonic.experiments.runner.run_experiment`.
 
-Modules: ``runner`` (stages as subprocesses, exactly as a user runs them), ``stats`` (paired
-bootstrap over validation images), ``pictures`` (figures), ``report`` (REPORT.md / ABLATION.md).
+Modules: ``runner`` (stages as subprocesses, exactly as a user runs them), ``recipe`` (the flags and
+pre-flight checks demo and ablate share), ``stats`` (paired bootstrap over validation images),
+``pictures`` (figures), ``report`` (REPORT.md / ABLATION.md).
 """

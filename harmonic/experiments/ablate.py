@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from harmonic.errors import HarmonicError
 from harmonic.experiments import pictures, report
-from harmonic.experiments.demo import add_recipe_args, calibration_table, prepare
+from harmonic.experiments.recipe import add_recipe_args, prepare
 from harmonic.experiments.runner import BASELINE, Variant, run_experiment
 from harmonic.experiments.stats import metrics, paired_bootstrap_arms, run_data_from_dir
 
@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = parse_variants(args.variants)
     seed_counts = parse_seed_counts(args.variants, args.seeds)
     t0 = time.perf_counter()
-    out, data_yaml, device, recipe = prepare(args)
+    out, data_yaml, device, recipe = prepare(args, num_variants=len(variants))
     from harmonic.models import model_info
 
     variants = [for_family(v, model_info(recipe.model).family) for v in variants]
@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "resampled too where there are two or more (a one-seed variant's interval holds the baseline's seed "
         "variation, not its own).", "",
         "Mean score of the true positives per IoU bin (the evaluation split; mean over seeds):", "",
-        calibration_table(reports), "", f"![calibration]({cal.name})", "",
+        report.calibration_table(reports), "", f"![calibration]({cal.name})", "",
         "Mean score of the training positives per IoU bin, per epoch (seed 0 of each variant): compressed "
         "scores show as lines bunched far below 1.", "", f"![score per IoU bin]({bins.name})", "",
         "The paper's Fig. 4 per variant (seed 0): mean 1+β_r, 1+β_c and AIC over positives per epoch.", "",

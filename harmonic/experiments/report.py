@@ -212,3 +212,24 @@ def ablation_table(per_variant: Mapping[str, Sequence[Mapping[str, float]]],
 def write_markdown(path: Path, lines: Sequence[str]) -> Path:
     """Write ``lines`` atomically (a temporary file renamed into place)."""
     return atomic.write_text(path, "\n".join(lines) + "\n")
+
+
+def calibration_table(reports: dict[str, list[dict]]) -> str:
+    """Markdown: mean true-positive score per IoU bin, one row per model (mean over seeds), with counts."""
+    rows, bins = [], None
+    for label, runs in reports.items():
+        cals = [(r.get("ranking") or {}).get("calibration") for r in runs]
+        cals = [c for c in cals if c and c.get("bins")]
+        if not cals:
+            continue
+        bins = cals[0]["bins"]
+        cells = []
+        for k in range(len(bins)):
+            vals = [c["mean_score"][k] for c in cals if c["mean_score"][k] is not None]
+            n = sum(c["count"][k] for c in cals)
+            cells.append(f"{sum(vals) / len(vals):.3f} (n={n})" if vals else f"n/a (n={n})")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    if bins is None:
+        return "(no calibration in the reports)"
+    head = "| model | " + " | ".join(f"IoU {lo:.1f}–{hi:.1f}" for lo, hi in bins) + " |"
+    return "\n".join([head, "|---|" + "---|" * len(bins), *rows])

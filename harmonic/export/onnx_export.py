@@ -259,13 +259,9 @@ def load_for_export(
     from harmonic.contract import build_metadata
     from harmonic.export.metadata import file_sha256
     from harmonic.models.registry import family_of
+    from harmonic.models.spec import check_operating_point
 
-    if conf is not None and not 0.0 <= conf < 1.0:
-        raise HarmonicError(f"--conf {conf} must be in [0, 1)")
-    if iou is not None and not 0.0 < iou <= 1.0:
-        raise HarmonicError(f"--iou {iou} must be in (0, 1]")
-    if max_det is not None and max_det < 1:
-        raise HarmonicError(f"--max-det {max_det} must be >= 1")
+    check_operating_point(conf, iou, max_det, flags=True)
     if batch is not None and batch < 1:
         raise HarmonicError(f"--batch {batch} must be >= 1 or 'dynamic'")
     path = Path(checkpoint)

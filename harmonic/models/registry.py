@@ -26,6 +26,7 @@ from harmonic.models.spec import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ModelSpec,
+    check_operating_point,
 )
 
 #: the detector families; family ``f`` is the module ``harmonic.models.f``, which defines ``FAMILY``
@@ -115,17 +116,6 @@ def _check_common(name: str, num_classes: int, loss: str, img_size: int | None,
     if int(size) != size or size < info.stride or size % info.stride:
         raise HarmonicError(f"model {name}: img_size must be a positive multiple of {info.stride} (got {size})")
     return info, int(size)
-
-
-def check_operating_point(score_threshold: float, iou_threshold: float, max_det: int) -> tuple[float, float, int]:
-    """Validated ``(score_threshold, iou_threshold, max_det)`` or ``HarmonicError``."""
-    if not 0.0 <= float(score_threshold) < 1.0:
-        raise HarmonicError(f"score threshold {score_threshold}: must be in [0, 1)")
-    if not 0.0 < float(iou_threshold) <= 1.0:
-        raise HarmonicError(f"NMS IoU threshold {iou_threshold}: must be in (0, 1]")
-    if int(max_det) != max_det or max_det < 1:
-        raise HarmonicError(f"max detections {max_det}: must be a positive integer")
-    return float(score_threshold), float(iou_threshold), int(max_det)
 
 
 def build_detector(

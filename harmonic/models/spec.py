@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from harmonic.errors import HarmonicError
+
 # Bump when the checkpoint layout changes incompatibly.
 FORMAT_VERSION = 1
 CHECKPOINT_FORMAT = "harmonicdet-checkpoint"
@@ -16,6 +18,32 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_SCORE_THRESHOLD = 0.001
 DEFAULT_IOU_THRESHOLD = 0.6
 DEFAULT_MAX_DET = 100
+
+# The one operating-point check, worded after the spec's fields or after the flags (export's own
+# wording, kept): score threshold in [0, 1), NMS IoU threshold in (0, 1], max_det a positive integer.
+_OPERATING_POINT_ERRORS = {
+    False: ("score threshold {}: must be in [0, 1)", "NMS IoU threshold {}: must be in (0, 1]",
+            "max detections {}: must be a positive integer"),
+    True: ("--conf {} must be in [0, 1)", "--iou {} must be in (0, 1]", "--max-det {} must be >= 1"),
+}
+
+
+def check_operating_point(score_threshold: float | None, iou_threshold: float | None, max_det: int | None,
+                          *, flags: bool = False) -> tuple[float | None, float | None, int | None]:
+    """Validated ``(score_threshold, iou_threshold, max_det)`` as ``(float, float, int)``, or ``HarmonicError``.
+
+    A ``None`` (not given: the caller takes a default or the checkpoint's) passes through unchecked.
+    ``flags``: word the error after ``--conf/--iou/--max-det`` instead of the spec's fields.
+    """
+    score_msg, iou_msg, max_det_msg = _OPERATING_POINT_ERRORS[flags]
+    if score_threshold is not None and not 0.0 <= float(score_threshold) < 1.0:
+        raise HarmonicError(score_msg.format(score_threshold))
+    if iou_threshold is not None and not 0.0 < float(iou_threshold) <= 1.0:
+        raise HarmonicError(iou_msg.format(iou_threshold))
+    if max_det is not None and (int(max_det) != max_det or max_det < 1):
+        raise HarmonicError(max_det_msg.format(max_det))
+    return (None if score_threshold is None else float(score_threshold),
+            None if iou_threshold is None else float(iou_threshold), None if max_det is None else int(max_det))
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Training: the loop, checkpoints, distributed launch [torch].
 
-Public API: ``train(args) -> dict``, ``train_one_epoch(...)``, ``evaluate_model(...)``,
+Public API: ``train(config) -> dict`` (a ``TrainConfig``), ``train_one_epoch(...)``, ``evaluate_model(...)``,
 ``get_args_parser()``; checkpoints in ``harmonic.training.checkpoint``.
 """
 
@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 _LAZY = {
-    "train": "harmonic.training.cli",
+    "train": "harmonic.training.trainer",
+    "TrainConfig": "harmonic.training.config",
     "get_args_parser": "harmonic.training.cli",
     "main": "harmonic.training.cli",
     "train_one_epoch": "harmonic.training.loop",

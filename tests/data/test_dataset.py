@@ -6,9 +6,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
 from harmonic.data import synth  # noqa: E402
-from harmonic.data.dataset import DetectionDataset, build_datasets, collate  # noqa: E402
+from harmonic.data.dataset import DetectionDataset, collate  # noqa: E402
 from harmonic.data.dataset_file import load_dataset_config  # noqa: E402
-from harmonic.data.readers import ImageRecord  # noqa: E402
+from harmonic.data.readers import ImageRecord, read_split  # noqa: E402
 from harmonic.data.transforms import apply_transforms, build_train_transforms  # noqa: E402
 from harmonic.errors import HarmonicError  # noqa: E402
 
@@ -100,10 +100,13 @@ def test_missing_and_corrupt_images(tmp_path):
         DetectionDataset([ImageRecord(1, "size.png", 10, 10)], tmp_path, 32, train=False)[0]
 
 
-def test_build_datasets_from_synth(tmp_path):
+def test_datasets_from_synth(tmp_path):
     torch.manual_seed(0)
     cfg = load_dataset_config(synth.generate(tmp_path, 3, 2, img_size=64, workers=1))
-    train_ds, val_ds, val_records = build_datasets(cfg, 48)
+    tr, va = cfg.splits["train"], cfg.splits["val"]
+    val_records = read_split(va, cfg.names)
+    train_ds = DetectionDataset(read_split(tr, cfg.names), tr.images, 48, train=True, augment=True)
+    val_ds = DetectionDataset(val_records, va.images, 48, train=False)
     assert len(train_ds) == 3 and len(val_ds) == 2 and len(val_records) == 2
     assert train_ds.augment and not val_ds.augment
     images, targets = collate([val_ds[0], val_ds[1]])

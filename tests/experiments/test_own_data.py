@@ -135,7 +135,7 @@ def test_bad_data_or_options_fail_in_seconds_before_training(tmp_path, capsys, c
 def test_disk_space_check(tmp_path, monkeypatch):
     import shutil as sh
 
-    from harmonic.experiments.demo import check_disk_space
+    from harmonic.experiments.recipe import check_disk_space
 
     recipe = Recipe(model="m", epochs=1, img_size=64, batch_size=2, optimizer="adamw")
     monkeypatch.setattr(sh, "disk_usage", lambda p: sh._ntuple_diskusage(10 << 30, (10 << 30) - (1 << 29), 1 << 29))

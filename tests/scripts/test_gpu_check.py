@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from harmonic.experiments.bundle import activate, check_bundle
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -82,7 +84,7 @@ def test_make_bundle_writes_a_checked_manifest(tiny_bundle):
     assert manifest["total_bytes"] == gb.folder_bytes(bundle) <= gb.LIMIT_BYTES
     assert manifest["checkpoint"]["model"] == "fcos_resnet10s_fpn" and manifest["checkpoint"]["img_size"] == 128
     assert manifest["checkpoint"]["sha256"] == gb.sha256(bundle / "demo.pt")
-    assert gb.check_bundle(bundle)["checkpoint"]["file"] == "demo.pt"
+    assert check_bundle(bundle)["checkpoint"]["file"] == "demo.pt"
     import torch
 
     ckpt = torch.load(bundle / "demo.pt", weights_only=True)  # weights only: no optimizer state carried
@@ -164,7 +166,7 @@ def test_activate_unpacks_only_what_does_not_import(tmp_path, monkeypatch):
                 "sha256": gb.sha256(w)} for w in (whl, np_whl)]
     (bundle / "manifest.json").write_text(json.dumps({"wheels": entries}))
     monkeypatch.setattr(sys, "path", list(sys.path))
-    res = gb.activate(bundle, tmp_path / "site")
+    res = activate(bundle, tmp_path / "site")
     assert res == {"unpacked": ["hd_fake_pkg_q7"], "already_here": ["numpy"]}
     import importlib.metadata as md
 

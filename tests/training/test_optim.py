@@ -56,7 +56,7 @@ def test_adamw_and_unknown():
 
 def test_parse_key_values_yaml_scalars():
     from harmonic.errors import HarmonicError
-    from harmonic.training.cli import parse_key_values
+    from harmonic.training.config import parse_key_values
 
     assert parse_key_values(["anchor_size=16", "head-norm=gn", "detach_factors=true", "alpha=1.5"], "--x") == {
         "anchor_size": 16, "head_norm": "gn", "detach_factors": True, "alpha": 1.5}

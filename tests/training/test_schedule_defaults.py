@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from harmonic.errors import HarmonicError
-from harmonic.training.cli import MAX_WARMUP, resolve_optimizer, warmup_iters, warn_short_schedule
+from harmonic.training.trainer import MAX_WARMUP, resolve_optimizer, warmup_iters, warn_short_schedule
 
 
 def test_warmup_is_a_capped_share_of_the_run():

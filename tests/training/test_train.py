@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from harmonic.errors import HarmonicError
-from harmonic.training import cli as train_cli
+from harmonic.training import trainer
 from harmonic.training.checkpoint import load_checkpoint, model_from_checkpoint
 from harmonic.training.cli import main, train
 from harmonic.training.logging_utils import read_jsonl
@@ -119,7 +119,7 @@ def test_nan_loss_keeps_previous_checkpoint(synth_yaml, tmp_path, monkeypatch):
     train(make_args(synth_yaml, out, "--max-iters-per-epoch", "2", "--val-every", "0", epochs=2),
           stop_after_epoch=0)
     before = (out / "last.pt").read_bytes()
-    build = train_cli._build_model
+    build = trainer._build_model
 
     def poisoned(*a, **kw):
         model, spec = build(*a, **kw)
@@ -134,7 +134,7 @@ def test_nan_loss_keeps_previous_checkpoint(synth_yaml, tmp_path, monkeypatch):
         model.forward = fwd
         return model, spec
 
-    monkeypatch.setattr(train_cli, "_build_model", poisoned)
+    monkeypatch.setattr(trainer, "_build_model", poisoned)
     with pytest.raises(HarmonicError, match=r"non-finite loss at epoch 1, iteration 0 .*image ids \[\d+, \d+\]"):
         train(make_args(synth_yaml, out, "--max-iters-per-epoch", "2", "--val-every", "0",
                         "--resume", str(out / "last.pt"), epochs=2))

@@ -1,0 +1,165 @@
+"""Helpers the benchmark scripts (``scripts/bench_*.py``) and ``scripts/gpu_check.py`` share: generated
+JPEGs, random-init torchvision detectors and their export, the eager reference a graph is checked
+against, per-backend inference on prepared batches and the agreement between two backends.
+
+Importing this module does not import torch (the functions that need it import it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from harmonic.boxes import box_iou
+from harmonic.runtime.pipeline import run_engine
+from harmonic.runtime.postprocess import Detections, split_outputs
+
+ARCH_SIZES = {"ssdlite320_mobilenet_v3_large": 320, "retinanet_resnet50_fpn": 320, "fcos_resnet50_fpn": 320}
+
+
+def generate_jpegs(folder: Path, n: int, seed: int = 0, size: tuple[int, int] = (640, 480)) -> list[Path]:
+    """``n`` JPEGs of coloured shapes on a textured background (about camera-sized: 640x480 by default)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    paths = []
+    base = rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8)
+    for i in range(n):
+        p = folder / f"{i:05d}.jpg"
+        paths.append(p)
+        if p.exists():
+            continue
+        img = cv2.resize(np.roll(base, i, axis=1), (w, h), interpolation=cv2.INTER_LINEAR)
+        for _ in range(int(rng.integers(2, 6))):
+            c = tuple(int(v) for v in rng.integers(0, 255, 3))
+            x, y, r = int(rng.integers(0, w)), int(rng.integers(0, h)), int(rng.integers(15, 90))
+            if rng.random() < 0.5:
+                cv2.circle(img, (x, y), r, c, -1)
+            else:
+                cv2.rectangle(img, (x - r, y - r), (x + r, y + r), c, -1)
+        cv2.imwrite(str(p), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return paths
+
+
+def build_random_detector(arch: str, num_classes: int = 3, perturb: float = 0.0):
+    """A randomly initialised torchvision detector (no downloads): ``(model, img_size)``.
+
+    ``perturb``: re-draw the classification head's weights with std ``perturb`` (SSDlite's
+    random init scores every anchor the same, so rankings would be arbitrary ties).
+    """
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    size = ARCH_SIZES.get(arch, 320)
+    fn = getattr(torchvision.models.detection, arch)
+    kwargs = {"weights": None, "weights_backbone": None, "num_classes": num_classes + 1}
+    if arch.startswith(("retinanet", "fcos")):
+        kwargs.update(min_size=size, max_size=size)
+    model = fn(**kwargs).eval()
+    if perturb:
+        with torch.no_grad():
+            for name, prm in model.head.named_parameters():
+                if "cls" in name or "classification" in name:
+                    prm.normal_(0.0, perturb)
+    return model, size
+
+
+def export_random_model(arch: str, out: Path, conf: float = 0.05, iou: float = 0.6, max_det: int = 100,
+                        raw_out: Path | None = None, model=None, img_size: int | None = None) -> Path:  # noqa: ANN001
+    """Export ``arch`` (random init) with the project's exporter to ``out`` (+ the raw graph to ``raw_out``)."""
+    from harmonic.contract import build_metadata
+    from harmonic.export.onnx_export import export_model
+
+    if model is None:
+        model, img_size = build_random_detector(arch)
+    tr = model.transform
+    meta = build_metadata(names=["a", "b", "c"], img_size=img_size, mean=tr.image_mean, std=tr.image_std,
+                          score_threshold=conf, iou_threshold=iou, max_det=max_det, model=arch, loss="baseline",
+                          checkpoint_sha256="random-init", graph="nms")
+    export_model(model, out, img_size=img_size, conf=conf, iou=iou, max_det=max_det, metadata=meta, overwrite=True)
+    if raw_out is not None:
+        export_model(model, raw_out, img_size=img_size, conf=conf, iou=iou, max_det=max_det, raw=True,
+                     metadata=meta, overwrite=True)
+    return out
+
+
+def eager_reference(model: Any, graph: Path, size: int, conf: float, iou: float, max_det: int) -> Any:
+    """``model`` as ``harmonic.export.verify`` checks the graph against: the graph's operating point and
+    NMS candidate cap, and the background logit column (RetinaNet/FCOS column 0, which the graph
+    drops) switched off, so eager and the graph rank the same classes."""
+    from harmonic.export.metadata import read_metadata
+    from harmonic.export.verify import reference_detector
+
+    cap = read_metadata(graph).get("nms_topk")
+    return reference_detector(model, size, conf, iou, max_det, nms_topk=int(cap) if cap else None)
+
+
+def conv_gflop(model: Any, size: int) -> float:
+    """Convolution GFLOP (2 x multiply-adds) of one ``size x size`` image through ``model`` (eval).
+
+    Convolutions are >95 % of these detectors' arithmetic, so GFLOP/s per backend says how
+    close each one runs to the machine's FP32 rate.
+    """
+    import torch
+
+    total = [0]
+
+    def hook(mod: Any, _inp: Any, out: Any) -> None:
+        total[0] += 2 * out.numel() * mod.weight[0].numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        with torch.inference_mode():
+            model([torch.rand(3, size, size)])
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0] / 1e9
+
+
+def eager_infer(model: Any, batch: np.ndarray) -> list[Detections]:
+    """PyTorch eager on ``batch[B, 3, S, S]``: torchvision's own post-processing; labels = class + 1."""
+    import torch
+
+    with torch.inference_mode():
+        outs = model(list(torch.from_numpy(batch)))
+    return [Detections(o["boxes"].numpy().astype(np.float32), o["scores"].numpy().astype(np.float32),
+                       o["labels"].numpy().astype(np.int64) - 1) for o in outs]
+
+
+def backend_infer(backend: Any) -> Any:
+    def run(batch: np.ndarray) -> list[Detections]:
+        return split_outputs(run_engine(backend, batch), batch.shape[0])
+    return run
+
+
+def agreement(ref: list[Detections], got: list[Detections], score_min: float = 0.0) -> tuple[float, float]:
+    """Share of ``ref`` detections (score >= score_min) matched in ``got`` (same class, IoU >= 0.95), mean |dscore|."""
+    matched, total, diffs = 0, 0, []
+    for r, g in zip(ref, got):
+        keep = r.scores >= score_min
+        rb, rs, rc = r.boxes[keep], r.scores[keep], r.classes[keep]
+        total += len(rs)
+        if not len(rs) or not len(g):
+            continue
+        iou = box_iou(rb, g.boxes)
+        iou[rc[:, None] != g.classes[None, :]] = 0
+        best = iou.argmax(1)
+        ok = iou[np.arange(len(rs)), best] >= 0.95
+        matched += int(ok.sum())
+        diffs += np.abs(rs[ok] - g.scores[best[ok]]).tolist()
+    return (matched / total if total else float("nan")), (float(np.mean(diffs)) if diffs else float("nan"))
+
+
+def finish(rows: list[dict[str, Any]], json_path: str | None, opened: list[Any]) -> int:
+    """Write ``rows`` to ``json_path`` (if given), close the backends; the script's exit code."""
+    if json_path:
+        Path(json_path).write_text(json.dumps(rows, indent=2, default=float))
+    for be in opened:
+        be.close()
+    return 0

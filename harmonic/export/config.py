@@ -1,0 +1,54 @@
+"""What ``harmonic export`` runs, typed: :class:`ExportConfig`, built from the flags at the edge.
+
+``harmonic.export.cli.get_args_parser`` takes its defaults from here. Torch-free (``--onnx`` repositories
+are written without torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """One field per flag of ``harmonic export`` (same name, same default). ``conf``/``iou``/``max_det``/
+    ``img_size`` left ``None`` are the checkpoint's; the export states the ones it used in the metadata."""
+
+    checkpoint: str | None = None
+    out: str | None = None
+    img_size: int | None = None
+    max_det: int | None = None
+    conf: float | None = None
+    iou: float | None = None
+    opset: int = 17
+    nms_topk: int | None = None
+    int8: bool = False
+    calib: str | None = None
+    calib_count: int = 64
+    batch: str = "dynamic"
+    raw: str | None = None  # "" = the default path <out>.raw.onnx
+    verify_images: str | None = None
+    no_verify: bool = False
+    overwrite: bool = False
+    engine: str | None = None
+    fp16: bool = False
+    workspace: float = 4.0
+    min_batch: int = 1
+    opt_batch: int = 1
+    max_batch: int = 8
+    timing_cache: str | None = None
+    # the Triton model repository (harmonic.export.triton_repo reads these)
+    triton_repo: str | None = None
+    onnx: str | None = None
+    triton_name: str = "harmonicdet"
+    triton_max_batch: int | None = None
+    triton_instances: int = 1
+    triton_kind: str = "cpu"
+    triton_queue_delay_us: int = 100
+    triton_python_twin: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ExportConfig:
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
