@@ -57,7 +57,11 @@ IMAGE_SUFFIXES = COMMON_IMAGE_SUFFIXES + (".jp2", ".pgm", ".ppm", ".pbm", ".pnm"
 FORMAT_KEY = "harmonic.format"
 #: the schema's name and version; a graph without it is not ours (the runtime falls back, Triton refuses it)
 METADATA_FORMAT = "harmonicdet-onnx"
-_INT_KEYS = frozenset({"img_size", "max_det", "max_batch"})
+FORMAT_VERSION_KEY = "harmonic.format_version"
+#: the schema version :func:`build_metadata` writes; a file without the key is version 1 (exports
+#: made before the key existed); a reader refuses a newer one (:func:`check_format_version`)
+METADATA_VERSION = 1
+_INT_KEYS = frozenset({"img_size", "max_det", "max_batch", FORMAT_VERSION_KEY})
 _FLOAT_KEYS = frozenset({"score_threshold", "iou_threshold"})
 _JSON_KEYS = frozenset({"names", "mean", "std", "versions", "profile", "fp16", "category_ids"})
 
@@ -98,6 +102,7 @@ def build_metadata(
     ``category_ids`` (the dataset's id of each class) when they are not ``index + 1``."""
     meta: dict[str, Any] = {
         FORMAT_KEY: METADATA_FORMAT,
+        FORMAT_VERSION_KEY: str(METADATA_VERSION),
         "names": json.dumps(list(names)),
         "img_size": str(int(img_size)),
         "input_range": "0-1",
@@ -144,6 +149,18 @@ def decode_metadata(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_format_version(meta: dict[str, Any], path: str | Path) -> None:
+    """Refuse metadata (raw or decoded) of a newer schema than this code reads, one line naming ``path``."""
+    raw = meta.get(FORMAT_VERSION_KEY, 1)
+    try:
+        version = int(raw)
+    except (TypeError, ValueError):
+        raise HarmonicError(f"{path}: {FORMAT_VERSION_KEY} {raw!r} is not a version number") from None
+    if version > METADATA_VERSION:
+        raise HarmonicError(f"{path}: metadata version {version} is newer than this HarmonicDet reads "
+                            f"({METADATA_VERSION}); upgrade harmonic or export the model again with this one")
+
+
 def is_ours(meta: dict[str, Any]) -> bool:
     """Whether ``meta`` carries this schema (:data:`FORMAT_KEY` = :data:`METADATA_FORMAT`)."""
     return meta.get(FORMAT_KEY) == METADATA_FORMAT
@@ -178,4 +195,5 @@ def read_sidecar(engine: str | Path) -> dict[str, Any] | None:
         raise HarmonicError(f"{path}: unreadable engine sidecar ({exc})") from exc
     if not isinstance(raw, dict):
         raise HarmonicError(f"{path}: engine sidecar is not a JSON object")
+    check_format_version(raw, path)
     return decode_metadata(raw)

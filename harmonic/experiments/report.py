@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from harmonic import atomic
+from harmonic.runtime.backends.base import cpu_name
 
 # (label, metric key of harmonic.experiments.stats.METRICS, scale); stats.METRICS says which way is better
 ROWS: list[tuple[str, str, float]] = [
@@ -33,17 +34,6 @@ SHORT = {"tp_spearman": "ρ TP", "tp_kendall": "τ TP", "tp_spearman_cls": "ρ T
          "aic": "AIC pooled", "regret": "regret"}
 # the floors a converged demo detector must reach (AP50 and AP in %)
 FLOORS = {"AP50": 60.0, "AP": 35.0}
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux ``/proc/cpuinfo``), else ``platform.processor()`` or the machine type."""
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_line(device: str) -> str:

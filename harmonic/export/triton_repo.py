@@ -31,7 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harmonic.contract import OUTPUT_DTYPES, OUTPUT_NAMES, is_ours, output_shapes, sidecar_path
+from harmonic.contract import (
+    OUTPUT_DTYPES,
+    OUTPUT_NAMES,
+    check_format_version,
+    is_ours,
+    output_shapes,
+    sidecar_path,
+)
 from harmonic.errors import HarmonicError
 
 log = logging.getLogger(__name__)
@@ -107,6 +114,7 @@ def read_graph(path: str | Path) -> GraphInfo:
     if not is_ours(meta):
         raise HarmonicError(f"{path}: no HarmonicDet metadata (harmonic.format); the repository needs the names, "
                             "input size and K it carries (export with: harmonic export --checkpoint best.pt ...)")
+    check_format_version(meta, path)
     if meta.get("graph", "nms") != "nms":
         raise HarmonicError(f"{path}: a raw-head graph ({meta.get('graph')!r}); serve the NMS graph")
     inputs = sess.get_inputs()
@@ -142,6 +150,7 @@ def read_engine(path: str | Path) -> EngineInfo:
         trt = str(data.get("tensorrt") or data.get("versions", {}).get("tensorrt"))
     except (ValueError, KeyError, TypeError) as exc:
         raise HarmonicError(f"{side}: not an engine sidecar ({type(exc).__name__}: {exc})") from None
+    check_format_version(data, side)
     return EngineInfo(path, profile, trt, str(data.get("gpu", "unknown")), str(data.get("compute_capability", "unknown")),
                       bool(data.get("fp16", False)))
 

@@ -105,6 +105,7 @@ def test_graph_contents_metadata_and_raw(tmp_path, make_detector):
     assert batch_dim.dim_param and not batch_dim.dim_value  # symbolic batch
     meta = read_metadata(out)
     assert meta["harmonic.format"] == "harmonicdet-onnx" and meta["graph"] == "nms"
+    assert meta["harmonic.format_version"] == "1"
     assert meta["img_size"] == "96" and meta["input_range"] == "0-1" and meta["max_det"] == str(K)
     assert read_metadata(raw)["graph"] == "raw"
     assert "NonMaxSuppression" not in [n.op_type for n in onnx.load(str(raw)).graph.node]

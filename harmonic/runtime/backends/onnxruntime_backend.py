@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from harmonic.contract import FORMAT_KEY, decode_metadata
+from harmonic.contract import FORMAT_KEY, check_format_version, decode_metadata
 from harmonic.errors import HarmonicError
 from harmonic.runtime.backends.base import Backend, InputSpec, cpu_name, fallback_metadata
 
@@ -100,6 +100,7 @@ class OnnxRuntimeBackend(Backend):
         self.input_spec = InputSpec(inp.name, shape, "float32")
         self.output_names = [o.name for o in self.session.get_outputs()]
         raw = dict(self.session.get_modelmeta().custom_metadata_map)
+        check_format_version(raw, self.path)
         meta = decode_metadata(raw)
         if "img_size" not in meta or FORMAT_KEY not in meta:
             meta = {**meta, **fallback_metadata(self.path, shape, img_size or meta.get("img_size"))}
