@@ -40,6 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harmonic.contract import FORMAT_KEY, METADATA_FORMAT, sidecar_path  # noqa: E402
 from harmonic.errors import HarmonicError  # noqa: E402
 from harmonic.experiments import bundle  # noqa: E402
 
@@ -599,8 +600,8 @@ def step_trt_backend_cuda(ctx: Ctx) -> dict[str, Any]:
     engine.write_bytes(b"FAKE-PLAN")
     cc = ".".join(map(str, torch.cuda.get_device_capability(0)))
     fake = fake_tensorrt_for_cuda(cudart, S, K)
-    (folder / "m.engine.json").write_text(json.dumps({
-        "harmonic.format": "harmonicdet-onnx", "names": ["a", "b", "c"], "img_size": S, "graph": "nms",
+    sidecar_path(engine).write_text(json.dumps({
+        FORMAT_KEY: METADATA_FORMAT, "names": ["a", "b", "c"], "img_size": S, "graph": "nms",
         "score_threshold": 0.001, "tensorrt": fake.__version__, "gpu": torch.cuda.get_device_name(0),
         "compute_capability": cc, "profile": {"min": 1, "opt": 2, "max": 4}}))
     saved = sys.modules.get("tensorrt")
@@ -769,7 +770,7 @@ def step_trt(ctx: Ctx, kind: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     build_engine(src, engine, fp16=kind == "fp16", int8=kind == "int8", profile=(1, 8, 8), overwrite=True)
     build_s = time.perf_counter() - t0
-    side = json.loads(engine.with_name(engine.name + ".json").read_text())
+    side = json.loads(sidecar_path(engine).read_text())
     ctx.check("sidecar precision", side.get("precision"), "==", kind)
     size = int(side["img_size"])
     layers = inspect_engine(trt, engine, 8, size)
