@@ -10,6 +10,10 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 
+from harmonic.export.triton_repo import RepoOptions
+
+_REPO = RepoOptions()  # the repository's defaults are the --triton-* flags' defaults
+
 
 @dataclass(frozen=True)
 class ExportConfig:
@@ -42,12 +46,12 @@ class ExportConfig:
     # the Triton model repository (harmonic.export.triton_repo reads these)
     triton_repo: str | None = None
     onnx: str | None = None
-    triton_name: str = "harmonicdet"
-    triton_max_batch: int | None = None
-    triton_instances: int = 1
-    triton_kind: str = "cpu"
-    triton_queue_delay_us: int = 100
-    triton_python_twin: bool = False
+    triton_name: str = _REPO.name
+    triton_max_batch: int | None = _REPO.max_batch
+    triton_instances: int = _REPO.instances
+    triton_kind: str = _REPO.kind
+    triton_queue_delay_us: int = _REPO.queue_delay_us
+    triton_python_twin: bool = _REPO.python_twin
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ExportConfig:
