@@ -233,8 +233,10 @@ def positive_stats(
 ) -> dict[str, Tensor]:
     """Detached logging stats over positives: mean ``1+beta_r``, ``1+beta_c``, AIC, count.
 
-    Computed the same way for both losses (the baseline logs the factors it would have had,
-    with ``config``'s ``alpha``), so the paper's Fig. 4 can be drawn for every run. AIC is
+    A loss with ``harmonic_factors`` logs the factors it applies (:func:`loss_factors`: the
+    constant of ``factor_mode="constant"``, ``1+exp(-cls)`` for ``beta_c="exp_ce"``); a loss
+    without them (the baseline, QFL) logs the paper's ``1+exp(-L_loc)``, ``1+p`` it would have had,
+    with ``config``'s ``alpha``, so the paper's Fig. 4 can be drawn for every run. AIC is
     ``mean |score - IoU|`` on the ranking score. Means over zero positives are reported as 0.
     """
     num = terms.cls_loss.numel()
@@ -245,7 +247,10 @@ def positive_stats(
         return {"stat_factor_r": zero, "stat_factor_c": zero, "stat_aic": zero, "stat_num_pos": zero.clone(), **bins}
     if loc is None:
         loc = localisation_loss(terms, config)
-    factor_r, factor_c = harmonic_factors(terms.p_true.detach().float(), loc.detach().float())
+    if config.harmonic_factors:  # the factors this variant applies (constant, exp(-cls), ...)
+        factor_r, factor_c = (f.float() for f in loss_factors(terms, config, loc.detach()))
+    else:  # a loss without factors logs the paper's, the ones it would have had
+        factor_r, factor_c = harmonic_factors(terms.p_true.detach().float(), loc.detach().float())
     return {
         "stat_factor_r": factor_r.mean(),
         "stat_factor_c": factor_c.mean(),

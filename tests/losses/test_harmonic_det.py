@@ -269,3 +269,18 @@ def test_loc_gradient_carries_classification_factor():
     # d/dloc = -exp(-loc) * cls + 1 + exp(-cls)
     assert loc.grad.item() == pytest.approx(-math.exp(-0.3) * 0.5 + 1 + math.exp(-0.5))
     assert cls.grad.item() == pytest.approx(1 + math.exp(-0.3) - math.exp(-0.5) * 0.3)
+
+
+@pytest.mark.parametrize("options, factor_r, factor_c", [
+    ({"factor_mode": "constant", "constant_factor": 1.5}, lambda loc, c: 1.5, lambda p, c: 1.5),
+    ({"beta_c": "exp_ce"}, lambda loc, c: 1 + math.exp(-loc), lambda p, c: 1 + math.exp(-c)),
+    ({"harmonic_factors": False}, lambda loc, c: 1 + math.exp(-loc), lambda p, c: 1 + p),
+])
+def test_logged_factors_are_the_variants_own(options, factor_r, factor_c):
+    """Fig. 4 logs the factors each variant applies: the constant, ``1+exp(-cls)``; a loss without
+    factors logs the paper's (what it would have had)."""
+    terms, _, _ = _terms()
+    out = HarmonicDetLoss(HarmonicConfig(**options))(terms)
+    loc = [b + 1.5 * (1 + i) ** 0.8 * (1 - i) for b, i in zip(B, IOUS)]
+    assert out["stat_factor_r"].item() == pytest.approx(sum(factor_r(lo, c) for lo, c in zip(loc, C)) / 2, rel=1e-5)
+    assert out["stat_factor_c"].item() == pytest.approx(sum(factor_c(p, c) for p, c in zip(P, C)) / 2, rel=1e-5)
