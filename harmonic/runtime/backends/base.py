@@ -156,22 +156,40 @@ def fallback_metadata(path: Path, input_shape: tuple[int, ...], img_size: int | 
     return {"img_size": int(img_size), "graph": "nms"}
 
 
-def open_backend(path: str | Path, **opts: Any) -> Backend:
-    """Open ``path`` with the backend its suffix names (``.onnx`` -> ONNX Runtime, ``.engine/.plan/.trt`` -> TensorRT).
+#: backend name -> (module, class); ``auto`` picks one from the file suffix (:func:`backend_for`).
+BACKENDS: dict[str, tuple[str, str]] = {
+    "onnxruntime": ("harmonic.runtime.backends.onnxruntime_backend", "OnnxRuntimeBackend"),
+    "tensorrt": ("harmonic.runtime.backends.tensorrt_backend", "TensorRTBackend"),
+}
+
+
+def backend_for(path: str | Path, backend: str = "auto") -> str:
+    """The backend that opens ``path``: ``backend`` itself, or for ``auto`` the one its suffix names
+    (``.onnx`` -> ``onnxruntime``, ``.engine/.plan/.trt`` -> ``tensorrt``). One line naming the problem
+    for an unknown backend or file type."""
+    path = Path(path)
+    if backend != "auto":
+        if backend not in BACKENDS:
+            raise HarmonicError(f"--backend {backend!r}: unknown; choose from auto, {', '.join(BACKENDS)}")
+        return backend
+    suffix = path.suffix.lower()
+    if suffix in ONNX_SUFFIXES:
+        return "onnxruntime"
+    if suffix in ENGINE_SUFFIXES:
+        return "tensorrt"
+    raise HarmonicError(f"{path}: unknown model file type {suffix!r}; expected .onnx or "
+                        f"{'/'.join(ENGINE_SUFFIXES)}")
+
+
+def open_backend(path: str | Path, backend: str = "auto", **opts: Any) -> Backend:
+    """Open ``path`` with ``backend`` (``auto``: the one its suffix names, :func:`backend_for`).
 
     ``opts`` go to the backend: ``provider`` (cpu|cuda|tensorrt), ``device`` (``cpu`` or
     ``cuda:N``), ``threads``, ``img_size`` (only used when the file has no metadata),
     ``max_batch`` (TensorRT: buffers are allocated for this batch).
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in ONNX_SUFFIXES:
-        module, cls = "harmonic.runtime.backends.onnxruntime_backend", "OnnxRuntimeBackend"
-    elif suffix in ENGINE_SUFFIXES:
-        module, cls = "harmonic.runtime.backends.tensorrt_backend", "TensorRTBackend"
-    else:
-        raise HarmonicError(f"{path}: unknown model file type {suffix!r}; expected .onnx or "
-                            f"{'/'.join(ENGINE_SUFFIXES)}")
+    module, cls = BACKENDS[backend_for(path, backend)]
     if not path.is_file():
         raise HarmonicError(f"{path}: model file not found")
     return getattr(importlib.import_module(module), cls)(path, **opts)
