@@ -34,8 +34,10 @@ def evaluate(ground_truth: Any, detections: Any, candidates: Any = None, score_m
             or a list of ``ImageRecord`` (then ``names`` is required).
         detections: COCO results (``category_id`` = the ground truth's own ids, bbox xywh px): a list of
             dicts, a json path, or columns ``{"image_id"[N], "category_id"[N], "bbox"[N, 4], "score"[N]}``.
-        candidates: pre-NMS boxes in the same format; enables the NMS regret metric.
-        score_min: consistency and regret use boxes with score >= this.
+        candidates: pre-NMS boxes in the same format, taken as given (no score floor): what the
+            graph's NMS saw; enables the NMS-cluster ranking and the regret metric.
+        score_min: the pooled consistency metrics and the regret's kept boxes use detections with
+            score >= this (the true-positive and NMS-cluster ranking metrics use no floor).
         names: class names; a COCO ground truth's categories must be among them (they order ``per_class``).
         iou_thresholds_voc: IoU thresholds of the paper's VOC-style AP (Table 1).
         return_pairs: add ``report["pairs"] = {"score": [...], "iou": [...]}`` for every scored
@@ -70,7 +72,7 @@ def evaluate(ground_truth: Any, detections: Any, candidates: Any = None, score_m
     scored_dets = dets.select(scored)
     iou = detection_ious(gt, scored_dets)
     report["consistency"] = consistency_metrics(scored_dets.score, iou)
-    report["ranking"] = ranking_metrics(gt, dets, cands, score_min)
+    report["ranking"] = ranking_metrics(gt, dets, cands)
     report["regret"] = nms_regret(gt, dets, cands, score_min) if cands is not None else None
     report["counts"] = {
         "images": int(len(gt.image_ids)),

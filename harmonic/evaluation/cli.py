@@ -23,10 +23,12 @@ def get_eval_parser() -> argparse.ArgumentParser:
                         "sibling)")
     p.add_argument("--split", default=None, help="split of a dataset.yaml (same as DATA.yaml:SPLIT)")
     p.add_argument("--detections", required=True, help="kept detections, COCO results json")
-    p.add_argument("--candidates", default=None, help="pre-NMS candidates, COCO results json (NMS regret)")
+    p.add_argument("--candidates", default=None, help="pre-NMS candidates, COCO results json: every box the graph's NMS saw, taken as given "
+                        "(NMS-cluster ranking and regret)")
     p.add_argument("--names", nargs="+", default=None,
                    help="class names (map a COCO file's categories to index+1 by name)")
-    p.add_argument("--score-min", type=float, default=0.05, help="score floor for consistency and regret")
+    p.add_argument("--score-min", type=float, default=0.05, help="score floor of the kept detections for the pooled consistency metrics and the "
+                        "regret (default 0.05)")
     p.add_argument("--out", default=None, help="write the report JSON here (pairs go to a .pairs.npz beside it)")
     p.add_argument("--plot", default=None, help="write the score-IoU scatter PNG here")
     return p

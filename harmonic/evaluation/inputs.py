@@ -274,9 +274,9 @@ def load_detections(detections: Any, gt: GroundTruth, what: str = "detections") 
     nan_box = ~np.isfinite(bbox).all(axis=1)
     if nan_box.any():
         problems.append(f"{int(nan_box.sum())} with a NaN/inf bbox")
-    neg_box = ~nan_box & (bbox < 0).any(axis=1)
+    neg_box = ~nan_box & (bbox[:, 2:] < 0).any(axis=1)
     if neg_box.any():
-        problems.append(f"{int(neg_box.sum())} with a negative bbox coordinate or size")
+        problems.append(f"{int(neg_box.sum())} with a negative bbox width or height")
     nan_score = ~np.isfinite(score)
     if nan_score.any():
         problems.append(f"{int(nan_score.sum())} with a NaN/inf score")
@@ -286,4 +286,25 @@ def load_detections(detections: Any, gt: GroundTruth, what: str = "detections") 
     if problems:
         raise HarmonicError(f"{source}: " + "; ".join(problems) + f" (of {n} {what})")
     boxes = np.concatenate([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]], axis=1)
+    boxes, bbox = _clip_to_images(boxes, bbox, pos, gt, source, what)
     return Detections(img_i, cat_i, boxes, bbox, score, source)
+
+
+def _clip_to_images(boxes: np.ndarray, bbox: np.ndarray, pos: np.ndarray, gt: GroundTruth, source: str,
+                    what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Clip ``boxes[N, 4]`` (xyxy) to their image (``pos[N]``: its position in ``gt.image_ids``; an image
+    without a recorded size is clipped at 0 only) and warn once with the count of boxes that were
+    partly outside: another detector's unclipped output is scored, not refused. Returns xyxy and xywh."""
+    sizes = {int(im["id"]): (float(im.get("width") or np.inf), float(im.get("height") or np.inf))
+             for im in gt.dataset.get("images", [])}
+    wh = np.array([sizes.get(int(i), (np.inf, np.inf)) for i in gt.image_ids], np.float64).reshape(-1, 2)
+    if not len(boxes) or not len(wh):
+        return boxes, bbox
+    limit = np.concatenate([wh[pos], wh[pos]], axis=1)
+    clipped = np.clip(boxes, 0.0, limit)
+    outside = (clipped != boxes).any(axis=1)
+    if not outside.any():
+        return boxes, bbox
+    log.warning("%s: %d of %d %s partly outside their image, clipped to it", source, int(outside.sum()),
+                len(boxes), what)
+    return clipped, np.concatenate([clipped[:, :2], clipped[:, 2:] - clipped[:, :2]], axis=1)

@@ -10,7 +10,10 @@ user ranking detections actually live:
   Kendall between their score and IoU, pooled and as a mean over classes;
 - **NMS ranking** (:func:`nms_ranking`): per object, its pre-NMS candidates (same class,
   IoU >= 0.5 with it): is the top-scored one within ``margin`` IoU of the best one (the box NMS
-  keeps is the top-scored one), and the within-object rank correlation of score and IoU;
+  keeps is the top-scored one), and the within-object rank correlation of score and IoU. The
+  candidates are taken as given, with no score floor of their own: they should be what the graph's
+  NMS saw (its score threshold, ``harmonic.experiments.runner.write_candidates``), so the metric
+  depends on the order of the scores only, not on their scale;
 - **calibration** (:func:`calibration`): mean score of the true positives per IoU bin.
 
 numpy + scipy only (no torch): it runs wherever ``harmonic eval`` runs.
@@ -43,8 +46,10 @@ class TruePositives:
 @dataclass
 class NmsObjects:
     """One row per non-ignored object: ``image`` int64[G] image position, ``num_candidates`` int64[G]
-    (IoU >= the threshold), ``top_ok`` bool[G] (top-scored candidate within the margin of the best),
-    ``rho`` float64[G] within-object Spearman (NaN with < 3 candidates or constant inputs)."""
+    (IoU >= the threshold), ``top_ok`` float64[G] in [0, 1] (1 when the top-scored candidate is within
+    the margin of the best; with candidates tied at the top score, the share of them that is: the
+    expected outcome of an arbitrary tie-break), ``rho`` float64[G] within-object Spearman (NaN with
+    < 3 candidates or constant inputs)."""
 
     image: np.ndarray
     num_candidates: np.ndarray
@@ -92,7 +97,9 @@ def match_true_positives(gt: GroundTruth, dets: Detections, iou_threshold: float
 
     Per (image, class): detections by decreasing score (stable, as pycocotools), the first
     ``max_dets``; each matches the still-unmatched object it overlaps most with IoU >= the
-    threshold. Detections that only overlap crowd boxes are neither matched nor counted.
+    threshold, and among objects it overlaps equally the last one in annotation order (pycocotools
+    keeps a later object whose IoU equals the best so far). Detections that only overlap crowd boxes
+    are neither matched nor counted.
     """
     gt_groups, gboxes = _gt_groups(gt)
     dkeys = group_keys(dets.image_id, dets.category_id, gt.image_ids, gt.category_ids)
@@ -107,7 +114,7 @@ def match_true_positives(gt: GroundTruth, dets: Detections, iou_threshold: float
         taken = np.zeros(len(gidx), bool)
         for d in range(len(idx)):
             row = np.where(taken, -1.0, ious[d])
-            g = int(np.argmax(row))
+            g = len(row) - 1 - int(np.argmax(row[::-1]))  # the last of equal best IoUs, as pycocotools
             if row[g] >= iou_threshold:
                 taken[g] = True
                 image.append(key // n_cat)
@@ -128,23 +135,24 @@ def _spearman(score: np.ndarray, iou: np.ndarray) -> float:
         return float(stats.spearmanr(score, iou).statistic)
 
 
-def nms_ranking(gt: GroundTruth, candidates: Detections, score_min: float = 0.05, min_iou: float = 0.5,
+def nms_ranking(gt: GroundTruth, candidates: Detections, min_iou: float = 0.5,
                 margin: float = 0.05) -> NmsObjects:
     """Per non-ignored object, how its pre-NMS candidates' scores rank them by IoU.
 
-    A candidate counts for an object when it has the object's class, score >= ``score_min`` and
-    IoU >= ``min_iou`` with it. ``top_ok``: the top-scored candidate's IoU is within ``margin`` of
-    the best candidate's (true when it has one candidate); ``rho``: Spearman of score and IoU over
-    the object's candidates.
+    A candidate counts for an object when it has the object's class and IoU >= ``min_iou`` with it;
+    every candidate given counts (no score floor: pass what the NMS saw). ``top_ok``: the share of
+    the candidates tied at the top score whose IoU is within ``margin`` of the best candidate's (1 or
+    0 without a tie; 1 with one candidate); ``rho``: Spearman of score and IoU over the object's
+    candidates (ties get average ranks).
     """
     gt_groups, gboxes = _gt_groups(gt)
     keep = ~gt.ann_crowd
     obj_image = np.searchsorted(gt.image_ids, gt.ann_image[keep]).astype(np.int64)
     n = int(keep.sum())
     num = np.zeros(n, np.int64)
-    top_ok = np.zeros(n, bool)
+    top_ok = np.zeros(n, np.float64)
     rho = np.full(n, np.nan)
-    cand = candidates.select(candidates.score >= score_min)
+    cand = candidates
     ckeys = group_keys(cand.image_id, cand.category_id, gt.image_ids, gt.category_ids)
     for key, idx in _groups(ckeys).items():
         gidx = gt_groups.get(key)
@@ -159,8 +167,8 @@ def nms_ranking(gt: GroundTruth, candidates: Detections, score_min: float = 0.05
             if k == 0:
                 continue
             q, s = ious[j][mask], scores[mask]
-            top = int(np.argmax(s))
-            top_ok[g] = q[top] >= q.max() - margin
+            top = s == s.max()
+            top_ok[g] = float(np.mean(q[top] >= q.max() - margin))
             rho[g] = _spearman(s, q)
     return NmsObjects(obj_image, num, top_ok, rho)
 
@@ -195,8 +203,7 @@ def _corr(score: np.ndarray, iou: np.ndarray) -> tuple[float | None, float | Non
     return (rho if np.isfinite(rho) else None), (tau if np.isfinite(tau) else None)
 
 
-def ranking_metrics(gt: GroundTruth, dets: Detections, candidates: Detections | None = None,
-                    score_min: float = 0.05) -> dict:
+def ranking_metrics(gt: GroundTruth, dets: Detections, candidates: Detections | None = None) -> dict:
     """The report's ``ranking`` section (JSON-serialisable).
 
     ``true_positives``: ``spearman``, ``kendall`` (pooled), ``spearman_class_mean``,
@@ -220,7 +227,7 @@ def ranking_metrics(gt: GroundTruth, dets: Detections, candidates: Detections | 
         "kendall_class_mean": float(np.mean(ts)) if ts else None,
         "count": int(tp.score.size), "iou_threshold": 0.5, "per_class": per_class}}
     if candidates is not None:
-        objs = nms_ranking(gt, candidates, score_min)
+        objs = nms_ranking(gt, candidates)
         el = objs.eligible
         finite = el & np.isfinite(objs.rho)
         out["nms"] = {"top1_share": float(objs.top_ok[el].mean()) if el.any() else None,

@@ -23,7 +23,7 @@ def _regret_parts(gt: GroundTruth, kept: Detections, candidates: Detections, sco
     keep = ~gt.ann_crowd
     boxes = gt.ann_boxes[keep]
     gkeys = group_keys(gt.ann_image[keep], gt.ann_category[keep], gt.image_ids, gt.category_ids)
-    cand = candidates.select(candidates.score >= score_min)
+    cand = candidates  # what the NMS saw: no score floor of their own
     dets = kept.select(kept.score >= score_min)
     best_cand = best_iou(gkeys, boxes, group_keys(cand.image_id, cand.category_id, gt.image_ids,
                                                   gt.category_ids), cand.boxes)
@@ -36,8 +36,8 @@ def nms_regret(gt: GroundTruth, kept: Detections, candidates: Detections, score_
                min_iou: float = 0.5, margin: float = 0.05) -> dict:
     """Regret over non-ignored GT objects, from kept detections and pre-NMS candidates.
 
-    An object ``g`` counts when some same-class candidate with score >= ``score_min`` has
-    IoU(g) >= ``min_iou``; it is regretted when that best candidate IoU exceeds the best IoU
+    An object ``g`` counts when some same-class candidate (every candidate given: pass what the NMS
+    saw) has IoU(g) >= ``min_iou``; it is regretted when that best candidate IoU exceeds the best IoU
     of a kept detection (score >= ``score_min``, same class; 0 if none overlaps) by more
     than ``margin``. Returns ``{rate, mean_iou_lost, num_objects, num_regret}`` (rate and
     mean_iou_lost None when undefined: no such object, no regretted object).

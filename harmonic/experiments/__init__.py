@@ -5,6 +5,7 @@ Tables 3–5: which of its terms buys what) and ``scripts/reproduce.py`` (the de
 real dataset) all call :func:`harmonic.experiments.runner.run_experiment`.
 
 Modules: ``runner`` (stages as subprocesses, exactly as a user runs them), ``recipe`` (the flags and
-pre-flight checks demo and ablate share), ``stats`` (paired bootstrap over validation images),
+pre-flight checks demo and ablate share), ``stats`` (per-run metrics, image resamples and
+seed-paired intervals), ``design`` (the statistical design: which contrasts get a verdict),
 ``pictures`` (figures), ``report`` (REPORT.md / ABLATION.md).
 """

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from harmonic import atomic
+from harmonic.experiments.stats import MIN_COUNT
 from harmonic.runtime.backends.base import cpu_name
 
 # (label, metric key of harmonic.experiments.stats.METRICS, scale); stats.METRICS says which way is better
@@ -25,9 +26,8 @@ ROWS: list[tuple[str, str, float]] = [
     ("Kendall pooled", "kendall", 1), ("AIC = mean abs(score − IoU), pooled", "aic", 1),
     ("NMS regret rate", "regret", 1),
 ]
-# the ablation's columns (a subset) and the deltas it gives with intervals
+# the ablation's columns (a subset)
 ABLATION_KEYS = ("tp_spearman", "nms_top1", "nms_rho", "AP", "AP50", "AP75", "AP90", "spearman", "regret")
-ABLATION_DELTAS = (("tp_spearman", "ρ TP", 1), ("nms_top1", "NMS top-1", 1), ("AP", "AP", 100))
 # short labels for the ablation table's columns
 SHORT = {"tp_spearman": "ρ TP", "tp_kendall": "τ TP", "tp_spearman_cls": "ρ TP class-mean",
          "nms_top1": "NMS top-1", "nms_rho": "NMS ρ", "spearman": "ρ pooled", "kendall": "τ pooled",
@@ -51,34 +51,48 @@ def _digits(scale: float) -> int:
     return 2 if scale == 100 else 3
 
 
-def delta_table(boot: Mapping[str, Mapping], labels: tuple[str, str] = ("Baseline", "HarmonicDet"),
-                per_seed: Mapping[str, Sequence[Mapping[str, float]]] | None = None) -> str:
-    """Markdown table: both models, the delta, its 95 % bootstrap interval and the verdict per metric.
+def _interval(row: Mapping, scale: float, d: int) -> str:
+    if row.get("lo") is None:
+        return "n/a" if row.get("delta") is None or row.get("n", 0) >= MIN_COUNT else f"none (n < {MIN_COUNT})"
+    return f"[{_fmt(row['lo'], scale, d, True)}, {_fmt(row['hi'], scale, d, True)}]"
 
-    ``per_seed`` (variant label -> per-seed metric dicts) adds mean ± std over seeds to each cell.
+
+def delta_table(rows: Mapping[str, Mapping], labels: tuple[str, str] = ("Baseline", "HarmonicDet"),
+                per_seed: Mapping[str, Sequence[Mapping[str, float]]] | None = None) -> str:
+    """Markdown table of one contrast (``labels[1] − labels[0]``): per metric the eligible count, both
+    arms, the delta, its 95 % interval, what the interval holds and the design's verdict.
+
+    ``rows`` are :func:`harmonic.experiments.stats.compare` rows with
+    :func:`harmonic.experiments.design.apply_design`'s verdicts (``a`` = ``labels[1]``,
+    ``b`` = ``labels[0]``); ``per_seed`` (label -> per-seed metric dicts) adds ± std over seeds.
     """
-    head = (f"| metric | {labels[0]} | {labels[1]} | Δ ({labels[1]} − {labels[0]}) | 95 % CI of Δ | "
-            f"significant? |")
-    lines = [head, "|---|---|---|---|---|---|"]
+    head = (f"| metric | n | {labels[0]} | {labels[1]} | Δ ({labels[1]} − {labels[0]}) | 95 % CI of Δ | "
+            "interval holds | verdict |")
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
     for label, key, scale in ROWS:
-        b = boot.get(key)
-        if b is None:
+        r = rows.get(key)
+        if r is None:
             continue
         d = _digits(scale)
         cells = []
-        for which, name in ((labels[0], "baseline"), (labels[1], "harmonic")):
-            cell = _fmt(b[name], scale, d)
+        for which, name in ((labels[0], "b"), (labels[1], "a")):
+            cell = _fmt(r[name], scale, d)
             if per_seed and len(per_seed.get(which, ())) > 1:
-                vals = np.array([r.get(key, np.nan) for r in per_seed[which]], dtype=np.float64)
+                vals = np.array([x.get(key, np.nan) for x in per_seed[which]], dtype=np.float64)
                 vals = vals[np.isfinite(vals)]
                 if vals.size > 1:
                     cell += f" ± {vals.std() * scale:.{d}f}"
             cells.append(cell)
-        ci = "n/a" if b["lo"] is None else f"[{_fmt(b['lo'], scale, d, True)}, {_fmt(b['hi'], scale, d, True)}]"
-        verdict = ("no" if not b["significant"] else
-                   ("yes, better" if b["better"] else "yes, worse"))
-        lines.append(f"| {label} | {cells[0]} | {cells[1]} | {_fmt(b['delta'], scale, d, True)} | {ci} | {verdict} |")
+        name = f"**{label}**" if r.get("confirmatory") else label
+        lines.append(f"| {name} | {r.get('n', 'n/a')} | {cells[0]} | {cells[1]} | {_fmt(r['delta'], scale, d, True)} | "
+                     f"{_interval(r, scale, d)} | {_holds(r)} | {r.get('verdict', 'exploratory')} |")
     return "\n".join(lines)
+
+
+def _holds(row: Mapping) -> str:
+    if row.get("lo") is None:
+        return "–"
+    return "seeds and images" if row.get("noise") == "seeds+images" else "image noise only"
 
 
 def per_seed_table(per_seed: Mapping[str, Sequence[Mapping[str, float]]]) -> str:
@@ -101,12 +115,21 @@ def floor_failures(per_seed: Mapping[str, Sequence[Mapping[str, float]]]) -> dic
     return out
 
 
-def verdict_paragraph(boot: Mapping[str, Mapping], seeds: int, floors_missed: Mapping[str, Sequence[str]],
+def _sentence(row: Mapping, what: str, labels: tuple[str, str], scale: float) -> str:
+    d = _digits(scale)
+    text = (f"{what}: {labels[0]} {scale * row['b']:.{d}f} → {labels[1]} {scale * row['a']:.{d}f} "
+            f"(Δ {scale * row['delta']:+.{d}f}, 95 % CI {_interval(row, scale, d)}")
+    if row.get("significant"):
+        return text + f"): {'better' if row['better'] else 'worse'}, Holm-adjusted p = {row['p_holm']:.3g}."
+    if row.get("p_holm") is not None:
+        return text + f"): no difference shown (Holm-adjusted p = {row['p_holm']:.3g})."
+    return text + ")."
+
+
+def verdict_paragraph(rows: Mapping[str, Mapping], seeds: int, floors_missed: Mapping[str, Sequence[str]],
                       labels: tuple[str, str] = ("the baseline", "HarmonicDet"), split: str = "test") -> str:
-    """The report's first paragraph: in plain words, what held and what did not."""
-    better = [label for label, key, *_ in ROWS if boot.get(key, {}).get("significant") and boot[key]["better"]]
-    worse = [label for label, key, *_ in ROWS
-             if boot.get(key, {}).get("significant") and boot[key]["better"] is False]
+    """The report's first paragraph: the design's verdicts on the primary and secondary metric, then AP
+    (exploratory), in plain words. ``rows``: one contrast's rows with verdicts (see :func:`delta_table`)."""
     parts = []
     missed = {name: m for name, m in floors_missed.items() if m}
     if missed:
@@ -116,25 +139,22 @@ def verdict_paragraph(boot: Mapping[str, Mapping], seeds: int, floors_missed: Ma
                      + ". Differences between under-trained detectors say little about trained ones.")
     else:
         parts.append(f"Both detectors converged (AP50 ≥ {FLOORS['AP50']:.0f} and AP ≥ {FLOORS['AP']:.0f}).")
-    for key, what, scale in (("tp_spearman", "Do scores rank true positives by IoU? Spearman over true "
-                                             "positives", 1),
-                             ("nms_top1", "Does NMS keep the best box? Share of objects whose top-scored "
-                                          "candidate is within 0.05 IoU of the best", 1),
-                             ("AP", "COCO AP", 100)):
-        b = boot.get(key, {})
-        if b.get("delta") is None:
+    for key, what, scale in (("tp_spearman", "Primary: do scores rank true positives by IoU? Spearman over "
+                                             "true positives", 1),
+                             ("nms_top1", "Secondary: does NMS keep the best box? Share of objects whose "
+                                          "top-scored candidate is within 0.05 IoU of the best", 1),
+                             ("AP", "Exploratory: COCO AP", 100)):
+        r = rows.get(key, {})
+        if r.get("delta") is None:
             continue
-        d = 2 if scale == 100 else 3
-        parts.append(f"{what}: {labels[0]} {scale * b['baseline']:.{d}f} → {labels[1]} "
-                     f"{scale * b['harmonic']:.{d}f} (Δ {scale * b['delta']:+.{d}f}, 95 % CI "
-                     + ("n/a" if b["lo"] is None else f"[{scale * b['lo']:+.{d}f}, {scale * b['hi']:+.{d}f}]")
-                     + ("), a real difference." if b.get("significant") else "), not distinguishable from noise."))
-    parts.append(f"Significantly better with {labels[1]}: " + (", ".join(better) if better else "nothing") + ". "
-                 + "Significantly worse: " + (", ".join(worse) if worse else "nothing") + ".")
-    parts.append(f"Intervals: paired bootstrap over the {split} images, {seeds} seed(s)"
-                 + (" with the seeds resampled as well, so training-to-training variation is inside them."
-                    if seeds > 1 else
-                    "; one seed does not show training-to-training variation: use `--seeds 3`."))
+        parts.append(_sentence(r, what, labels, scale))
+    if seeds > 1:
+        parts.append(f"Intervals: {seeds} seeds paired by seed (same initial weights and data order) on the "
+                     f"{split} images; they hold training-to-training and image variation. Verdicts only for "
+                     "the primary and secondary metric (Holm over both); every other metric is exploratory.")
+    else:
+        parts.append(f"Intervals: bootstrap over the {split} images of one seed; they hold image noise only, not "
+                     "training-to-training variation, so no difference gets a verdict: use `--seeds 3`.")
     return " ".join(parts)
 
 
@@ -159,44 +179,55 @@ def latency_table(benches: Mapping[str, dict]) -> str:
 
 
 def ablation_table(per_variant: Mapping[str, Sequence[Mapping[str, float]]],
-                   versus_baseline: Mapping[str, Mapping[str, Mapping]] | None = None) -> str:
-    """ABLATION.md's table: one row per variant, mean ± std over seeds of every metric.
-
-    ``versus_baseline[variant][metric]`` (bootstrap results against the baseline) adds the deltas of
-    :data:`ABLATION_DELTAS` (true-positive ρ, NMS top-1 share, AP) with their 95 % intervals.
-    """
+                   counts: Mapping[str, Sequence[Mapping[str, int]]] | None = None) -> str:
+    """ABLATION.md's table: one row per variant, mean ± std over seeds of :data:`ABLATION_KEYS`, and
+    (``counts``: per variant, per seed, :func:`harmonic.experiments.stats.counts`) the eligible count of
+    the two confirmatory metrics (smallest over seeds)."""
     keys = [r for key in ABLATION_KEYS for r in ROWS if r[1] == key]
-    head = "| variant | " + " | ".join(SHORT.get(key, label) for label, key, _ in keys) + " |"
-    extra = ""
-    if versus_baseline:
-        head += "".join(f" Δ {name} vs baseline [95 % CI] |" for _, name, _ in ABLATION_DELTAS)
-        extra = "---|" * len(ABLATION_DELTAS)
-    lines = [head, "|---|" + "---|" * len(keys) + extra]
+    head = "| variant | seeds | " + " | ".join(SHORT.get(key, label) for label, key, _ in keys) + " |"
+    lines = [head, "|---|---|" + "---|" * len(keys)]
     for variant, rows in per_variant.items():
         cells = []
         for _, key, scale in keys:
             vals = np.array([r.get(key, np.nan) for r in rows], dtype=np.float64)
             vals = vals[np.isfinite(vals)]
             d = _digits(scale)
-            cells.append("n/a" if not vals.size else f"{vals.mean() * scale:.{d}f}"
-                         + (f" ± {vals.std() * scale:.{d}f}" if vals.size > 1 else ""))
-        row = f"| {variant} | " + " | ".join(cells) + " |"
-        if versus_baseline:
-            vb = versus_baseline.get(variant)
-            for key, _, scale in ABLATION_DELTAS:
-                b = (vb or {}).get(key)
-                if not b or b["lo"] is None:
-                    row += " – |"
-                    continue
-                d = _digits(scale)
-                star = " *" if b["significant"] else ""
-                row += (f" {_fmt(b['delta'], scale, d, True)} [{_fmt(b['lo'], scale, d, True)}, "
-                        f"{_fmt(b['hi'], scale, d, True)}]{star} |")
-        lines.append(row)
-    note = "\nAP columns in %, mean ± std over seeds"
-    if versus_baseline:
-        note += "; * = the 95 % paired-bootstrap interval excludes 0"
-    return "\n".join(lines) + note + "."
+            cell = "n/a" if not vals.size else (f"{vals.mean() * scale:.{d}f}"
+                                                + (f" ± {vals.std() * scale:.{d}f}" if vals.size > 1 else ""))
+            if counts and key in CONTRAST_COLUMNS[:2] and counts.get(variant):
+                cell += f" (n={min(c[key] for c in counts[variant])})"
+            cells.append(cell)
+        lines.append(f"| {variant} | {len(rows)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\nAP columns in %, mean ± std over seeds; n = eligible items (fewest over seeds)."
+
+
+# the contrast table's metrics: the two confirmatory ones, then AP (exploratory)
+CONTRAST_COLUMNS = ("tp_spearman", "nms_top1", "AP")
+
+
+def contrast_table(results: Mapping[str, Mapping[str, Mapping]]) -> str:
+    """Markdown: one row per contrast (label -> :func:`harmonic.experiments.stats.compare` rows with
+    verdicts): paired seeds, then per metric of :data:`CONTRAST_COLUMNS` the delta, its 95 % interval
+    (and n) and the verdict; ``*`` marks a difference the design calls significant."""
+    head = "| contrast | seeds | " + " | ".join(f"Δ {SHORT.get(k, k)} [95 % CI] | verdict" for k in CONTRAST_COLUMNS) + " |"
+    lines = [head, "|---|---|" + "---|---|" * len(CONTRAST_COLUMNS)]
+    for label, rows in results.items():
+        first = rows.get(CONTRAST_COLUMNS[0], {})
+        seeds = first.get("seeds", "?")
+        cells = [f"{seeds}" + ("" if seeds != 1 else " (image noise only)")]
+        for key in CONTRAST_COLUMNS:
+            r = rows.get(key)
+            scale = 100 if key.startswith("AP") else 1
+            if r is None or r.get("delta") is None:
+                cells += ["n/a", "–"]
+                continue
+            d = _digits(scale)
+            star = " *" if r.get("significant") else ""
+            cells += [f"{_fmt(r['delta'], scale, d, True)} {_interval(r, scale, d)}{star} (n={r.get('n')})",
+                      r.get("verdict", "exploratory")]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + ("\n* = significant under the design (Holm within a family, families in order); "
+                                "AP is exploratory; a one-seed contrast's interval holds image noise only.")
 
 
 def write_markdown(path: Path, lines: Sequence[str]) -> Path:

@@ -381,6 +381,9 @@ def _train_progress(log_path: Path) -> tuple[int | None, int | None]:
 
 
 RESUME_HINT = "rerun the same command to go on: finished stages are reused"
+# The definition of the candidates and of the evaluation's metrics: part of those stages' keys, so a
+# run folder made under an earlier definition re-runs them (and only them).
+EVAL_VERSION = 2
 
 
 def run_stage(cmd: Sequence[Any], name: str, log_file: Path, train_log: Path | None = None,
@@ -426,12 +429,16 @@ def run_stage(cmd: Sequence[Any], name: str, log_file: Path, train_log: Path | N
 
 
 def write_candidates(raw_onnx: Path, images_dir: Path, annotations: Path, out_json: Path,
-                     score_min: float = 0.05, batch: int = 8) -> int:
-    """Run the raw (pre-NMS) graph with ONNX Runtime and write every candidate with score >= ``score_min``.
+                     batch: int = 8) -> int:
+    """Run the raw (pre-NMS) graph with ONNX Runtime and write every candidate the graph's NMS sees.
 
-    The candidates are the boxes NMS chose among; ``harmonic eval --candidates`` turns them into
-    the NMS regret rate. Images are read and letterboxed by the deploy side's own pre-processing.
-    Returns the number of candidates.
+    A candidate is an (anchor, class) pair scoring at least the graph's own score threshold (its
+    metadata ``score_threshold``, the exported operating point's ``conf``), the floor the NMS inside
+    the graph applies, so the NMS-cluster metrics see the same boxes NMS chose among, whatever the
+    scale of the scores. The graph's per-level candidate budget (e.g. the top 1000 per FPN level) is
+    not reproduced: where it binds, lower-scored candidates the NMS never saw are written too, and a
+    warning counts the images with more candidates than the NMS graph's cap. Images are read and
+    letterboxed by the deploy side's own pre-processing. Returns the number of candidates.
     """
     import onnxruntime as ort
 
@@ -446,6 +453,10 @@ def write_candidates(raw_onnx: Path, images_dir: Path, annotations: Path, out_js
     size = int(meta["img_size"])
     # the dataset's own category id of each class (metadata "category_ids"), else index + 1
     cat_ids = json.loads(meta["category_ids"]) if meta.get("category_ids") else None
+    score_min = float(meta.get("score_threshold", 0.0))
+    nms_graph = Path(raw_onnx).with_suffix("").with_suffix(".onnx")  # model.raw.onnx -> model.onnx
+    cap = _nms_topk(nms_graph)
+    over_cap = 0
     out_names = [o.name for o in sess.get_outputs()]
     results: list[dict] = []
     images = gt["images"]
@@ -467,6 +478,7 @@ def write_candidates(raw_onnx: Path, images_dir: Path, annotations: Path, out_js
         outs = dict(zip(out_names, sess.run(None, {inp.name: np.stack(arrays)})))
         for im, info, boxes, scores in zip(chunk, infos, outs["boxes"], outs["scores"]):  # [A,4], [A,C]
             a_idx, c_idx = np.nonzero(scores >= score_min)
+            over_cap += cap is not None and a_idx.size > cap
             if not a_idx.size:
                 continue
             xywh = xyxy_to_xywh(unletterbox_boxes(boxes[a_idx], info))
@@ -474,13 +486,27 @@ def write_candidates(raw_onnx: Path, images_dir: Path, annotations: Path, out_js
                 results.append({"image_id": im["id"], "category_id": int(cat_ids[c]) if cat_ids else int(c) + 1,
                                 "bbox": [round(float(x), 2), round(float(y), 2), round(float(w), 2),
                                          round(float(h), 2)],
-                                "score": round(float(s), 5)})
+                                "score": float(f"{s:.7g}")})  # float32's precision: no ties made here
     if images and skipped == len(images):
         raise HarmonicError(f"{images_dir}: none of the {len(images)} image(s) could be read for the candidates")
     if skipped:
         log.warning("candidates: %d of %d image(s) unreadable and skipped", skipped, len(images))
+    if over_cap:
+        log.warning("candidates: %d image(s) have more candidates than the NMS graph's cap of %d; the graph's "
+                    "NMS saw only its top ones", over_cap, cap)
     atomic.write_text(out_json, json.dumps(results))
     return len(results)
+
+
+def _nms_topk(nms_graph: Path) -> int | None:
+    """The ``nms_topk`` cap an exported NMS graph records in its metadata (None when absent or unreadable)."""
+    try:
+        import onnxruntime as ort
+
+        meta = ort.InferenceSession(str(nms_graph), providers=["CPUExecutionProvider"]).get_modelmeta()
+        return int(meta.custom_metadata_map["nms_topk"])
+    except Exception:  # noqa: BLE001 - the cap only sharpens a warning
+        return None
 
 
 def run_variant(variant: Variant, seed: int, recipe: Recipe, data_yaml: Path, eval_images: Path,
@@ -556,12 +582,13 @@ def run_variant(variant: Variant, seed: int, recipe: Recipe, data_yaml: Path, ev
         except HarmonicError as exc:
             raise HarmonicError(f"{exc}; {hint}") from None
         tqdm.write(f"  candidates {tag}: {n} pre-NMS boxes, {time.perf_counter() - t0:.0f} s")
-    stage("candidates", stage_key("candidates", file_fingerprint(raw_path), eval_fp), [cand], candidates)
+    stage("candidates", stage_key("candidates", EVAL_VERSION, file_fingerprint(raw_path), eval_fp), [cand],
+          candidates)
 
     eval_cmd = [sys.executable, "-m", "harmonic", "eval", "--annotations", eval_annotations,
                 "--detections", infer_out / "detections.json", "--candidates", cand,
                 "--out", run_dir / "report.json", "--plot", run_dir / "score_iou.png"]
-    stage("eval", stage_key("eval", [str(c) for c in eval_cmd[3:]], file_fingerprint(infer_out / "detections.json"),
+    stage("eval", stage_key("eval", EVAL_VERSION, [str(c) for c in eval_cmd[3:]], file_fingerprint(infer_out / "detections.json"),
                             file_fingerprint(cand), file_fingerprint(eval_annotations)),
           [run_dir / "report.json"],
           lambda: run_stage(eval_cmd, f"evaluate {tag}", logs / "eval.log", hint=hint))

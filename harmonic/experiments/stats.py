@@ -1,12 +1,18 @@
-"""Paired bootstrap over validation images: is HarmonicDet − baseline a real difference or noise?
+"""Is one arm − another a real difference or noise? Seed-paired intervals over seeds and images.
 
 A run's evaluation is reduced once to per-image pieces (``RunData``): pycocotools' per-image
 matches for AP, every scored detection's (score, IoU) for the consistency metrics, every object's
-NMS-regret flag. A bootstrap resample of the validation images is then a vector of image
+NMS-regret flag. A bootstrap resample of the evaluation images is then a vector of image
 multiplicities ``w[I]``; each metric is recomputed with those weights, which is the same as
 evaluating on the resampled image list (an image drawn twice counts twice; detections with exactly
-equal scores are the one exception, as pycocotools orders ties by image). Both models are
-evaluated on the *same* resamples, so image-to-image difficulty cancels in the delta.
+equal scores are the one exception, as pycocotools orders ties by image). Every run is evaluated on
+the *same* resamples (:func:`image_replicates`), so image-to-image difficulty cancels in a contrast.
+
+Arms are compared seed by seed (:func:`compare`, :func:`seed_paired_interval`): seed ``s`` of both
+arms shares the initial weights and the data order, the per-seed differences give the
+training-to-training variation with each run's image noise counted once, and the image resamples
+give only what the seeds share. Which contrasts get a verdict is the statistical design's
+(:mod:`harmonic.experiments.design`).
 
 numpy + scipy + pycocotools only (no torch): it runs wherever ``harmonic eval`` runs.
 """
@@ -28,6 +34,9 @@ from harmonic.evaluation.ranking import NmsObjects, TruePositives, spearman_kend
 REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
 IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 VOC_THRS = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+# a metric over fewer eligible items (counts()) gets no interval
+MIN_COUNT = 30
 
 # metric name -> higher is better? The ranking metrics first (harmonic.evaluation.ranking): true
 # positives' Spearman/Kendall (pooled and mean over classes), the NMS-cluster share and correlation;
@@ -140,7 +149,7 @@ def run_data(ground_truth: Any, detections: Any, candidates: Any = None, score_m
         cands = load_detections(candidates, gt, "candidates")
         eligible, flag, obj_image = regret_flags(gt, dets, cands, score_min)
         regret_image = np.searchsorted(gt.image_ids, obj_image).astype(np.int64)
-        nms = nms_ranking(gt, cands, score_min)
+        nms = nms_ranking(gt, cands)
     else:
         eligible = flag = np.zeros(0, bool)
         regret_image = np.zeros(0, np.int64)
@@ -222,100 +231,166 @@ def _ranking(data: RunData, w: np.ndarray) -> dict[str, float]:
     return out
 
 
-def paired_bootstrap(baseline: Sequence[RunData], harmonic: Sequence[RunData], resamples: int = 1000,
-                     seed: int = 0, level: float = 0.95) -> dict[str, dict[str, float | bool | None]]:
-    """95 % confidence intervals of ``mean_seeds(harmonic) − mean_seeds(baseline)`` per metric.
+def counts(data: RunData) -> dict[str, int]:
+    """How many eligible items each metric of :data:`METRICS` is computed over, for one run.
 
-    ``baseline[s]``/``harmonic[s]`` are seed ``s``'s runs on the same evaluation images. Each
-    resample draws I images with replacement (seeded) and recomputes every run on them; with two
-    or more seeds it also draws, per arm, S seeds with replacement; the delta of the (drawn) seed
-    means is taken per resample, and the interval is its percentiles.
-
-    Returns ``{metric: {"baseline", "harmonic", "delta", "lo", "hi", "significant", "better"}}``:
-    point values on the full set (seed means), the interval, whether it excludes 0, and
-    whether the delta's direction is an improvement (None when not significant).
+    AP: the non-ignored objects; ρ/τ TP: the true positives; NMS top-1: objects with two or more
+    candidates; NMS ρ: those with a defined within-object correlation; pooled metrics: the scored
+    detections overlapping an object; regret: the objects it is defined for.
     """
-    return paired_bootstrap_arms(baseline, {"harmonic": harmonic}, resamples, seed, level)["harmonic"]
+    objects = int(sum(int(c.npig.sum()) for c in data.categories))
+    tp = int(data.tp.score.size) if data.tp is not None else 0
+    nms = data.nms
+    eligible = int(nms.eligible.sum()) if nms is not None else 0
+    finite = int((nms.eligible & np.isfinite(nms.rho)).sum()) if nms is not None else 0
+    out = {m: objects for m in METRICS if m.startswith("AP")}
+    out.update(tp_spearman=tp, tp_kendall=tp, tp_spearman_cls=tp, nms_top1=eligible, nms_rho=finite,
+               spearman=int(data.pair_score.size), kendall=int(data.pair_score.size),
+               aic=int(data.pair_score.size), regret=int(data.regret_eligible.sum()))
+    return out
 
 
-def paired_bootstrap_arms(baseline: Sequence[RunData], arms: Mapping[str, Sequence[RunData]],
-                          resamples: int = 1000, seed: int = 0,
-                          level: float = 0.95) -> dict[str, dict[str, dict[str, float | bool | None]]]:
-    """:func:`paired_bootstrap` of every arm against the same baseline, on the same resamples.
+@dataclass
+class Replicates:
+    """One run's metrics on the full evaluation set (``point``), on ``B`` image resamples shared by every
+    run of the analysis (``boot[metric]`` float64[B], NaN where undefined), and the eligible counts."""
 
-    Images are resampled jointly for all runs (paired); with two or more seeds, the baseline's seeds
-    and the arm's seeds are resampled as well, independently of each other.
+    point: dict[str, float]
+    boot: dict[str, np.ndarray]
+    counts: dict[str, int]
 
-    The baseline is evaluated once per resample, not once per arm; when no arm has more seeds than
-    the baseline, each arm's result equals ``paired_bootstrap(baseline, arms[name], resamples, seed, level)``.
-    """
-    arms = dict(arms)
-    if not baseline or any(len(runs) < 1 for runs in arms.values()):
-        raise HarmonicError("paired bootstrap needs at least one baseline run and one run of each arm")
-    all_runs = [*baseline, *(d for runs in arms.values() for d in runs)]
-    sizes = {d.num_images for d in all_runs}
+
+def _check_same_images(runs: Sequence[RunData]) -> int:
+    sizes = {d.num_images for d in runs}
     if len(sizes) != 1:
-        raise HarmonicError(f"paired bootstrap: runs were evaluated on different image sets ({sorted(sizes)})")
-    ids = [d.image_ids for d in all_runs if d.image_ids is not None]
+        raise HarmonicError(f"runs were evaluated on different image sets ({sorted(sizes)} images)")
+    ids = [d.image_ids for d in runs if d.image_ids is not None]
     if any(not np.array_equal(ids[0], other) for other in ids[1:]):
-        raise HarmonicError("paired bootstrap: runs were evaluated on different image ids "
-                            "(the same number of images, not the same images)")
+        raise HarmonicError("runs were evaluated on different image ids (the same number of images, not the "
+                            "same images)")
+    return sizes.pop()
+
+
+def image_replicates(arms: Mapping[str, Sequence[RunData]], resamples: int = 1000,
+                     seed: int = 0) -> dict[str, list[Replicates]]:
+    """Every run of every arm on the same ``resamples`` bootstrap resamples of the evaluation images.
+
+    ``arms[name][s]`` is seed ``s``'s run. A resample draws I images with replacement (seeded) as
+    multiplicities ``w[I]``; each metric is recomputed with them (:func:`metrics`). Seeds are never
+    resampled: seed-to-seed variation enters through :func:`seed_paired_interval`.
+    """
+    runs = [d for rs in arms.values() for d in rs]
+    if not runs or any(len(rs) < 1 for rs in arms.values()):
+        raise HarmonicError("an analysis needs at least one run of each arm")
     if resamples < 1:
-        raise HarmonicError(f"paired bootstrap: resamples must be >= 1, got {resamples}")
-    n = sizes.pop()
+        raise HarmonicError(f"resamples must be >= 1, got {resamples}")
+    n = _check_same_images(runs)
     rng = np.random.default_rng(seed)
-
-    def seed_mean(runs: Sequence[RunData], w: np.ndarray | None, pick: np.ndarray | None = None) -> dict[str, float]:
-        rows = [metrics(r, w) for r in runs]
-        if pick is not None:
-            rows = [rows[i] for i in pick]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return {m: float(np.nanmean([row[m] for row in rows])) for m in METRICS}
-
-    # With 2+ seeds the seeds are resampled too, so training-to-training variation is inside the
-    # interval: the baseline's and the arm's independently (different arms' trainings are independent
-    # draws), from streams of their own so that the image resamples are the same as with one seed and,
-    # as long as no arm has more seeds than the baseline, each arm's result does not depend on which
-    # other arms are compared in the same call. An arm with one seed has no seed variation to resample
-    # (the baseline's is still inside the interval).
-    seed_rngs = (np.random.default_rng([seed, 1]), np.random.default_rng([seed, 2]))
-    most = max([len(baseline), *(len(runs) for runs in arms.values())])
-
-    def pick(u: np.ndarray, count: int) -> np.ndarray | None:
-        return np.minimum((u[:count] * count).astype(np.int64), count - 1) if count > 1 else None
-
-    point_b = seed_mean(baseline, None)
-    points = {name: seed_mean(runs, None) for name, runs in arms.items()}
-    deltas = {name: {m: np.empty(resamples) for m in METRICS} for name in arms}
-    for b in range(resamples):
-        w = np.bincount(rng.integers(0, n, n), minlength=n)
-        u_base, u_arm = seed_rngs[0].random(most), seed_rngs[1].random(most)
-        mb = seed_mean(baseline, w, pick(u_base, len(baseline)))
-        for name, runs in arms.items():
-            mh = seed_mean(runs, w, pick(u_arm, len(runs)))
-            for m in METRICS:
-                deltas[name][m][b] = mh[m] - mb[m]
-    return {name: _intervals(point_b, points[name], deltas[name], resamples, level) for name in arms}
+    weights = [np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)]
+    out: dict[str, list[Replicates]] = {}
+    for name, rs in arms.items():
+        out[name] = []
+        for d in rs:
+            rows = [metrics(d, w) for w in weights]
+            out[name].append(Replicates(metrics(d), {m: np.array([r[m] for r in rows], np.float64) for m in METRICS},
+                                        counts(d)))
+    return out
 
 
-def _intervals(point_b: dict[str, float], point_h: dict[str, float], deltas: dict[str, np.ndarray],
-               resamples: int, level: float) -> dict[str, dict[str, float | bool | None]]:
-    """Per metric: point values, the delta, its percentile interval and the verdict."""
-    alpha = (1.0 - level) / 2.0
-    out: dict[str, dict[str, float | bool | None]] = {}
+@dataclass
+class Interval:
+    """A contrast ``a − b`` and its interval. ``noise`` says what the interval holds: ``"seeds+images"``
+    (seed-paired, :func:`seed_paired_interval`) or ``"images only"`` (one seed: training-to-training
+    variation is not in it). ``p`` is the two-sided p-value of ``delta = 0`` (None for images only)."""
+
+    delta: float
+    lo: float | None
+    hi: float | None
+    p: float | None
+    df: float | None
+    seeds: int
+    noise: str
+
+
+def seed_paired_interval(a: np.ndarray, b: np.ndarray, boot_a: np.ndarray, boot_b: np.ndarray,
+                         level: float = 0.95) -> Interval:
+    """Interval of the mean over seeds of ``a − b`` for arms paired by seed (same initialisation and data
+    order), evaluated on the same images.
+
+    Args:
+        a, b: float64[S] each seed's metric on the evaluation set (seed ``s`` of both arms).
+        boot_a, boot_b: float64[S, B] the same on ``B`` image resamples shared by all runs.
+
+    With ``S >= 2`` the per-seed differences ``D_s`` carry each pair's training noise and its own image
+    noise, so their sample variance ``s²`` estimates both, counted once. What they share, the arms'
+    systematic difference on these particular images, cancels in ``s²``: it is estimated as the
+    bootstrap covariance of ``D_s`` and ``D_s'`` (``s != s'``; >= 0). The variance of the mean is
+    ``V = s²/S + C`` and the interval ``mean ± t(df) sqrt(V)`` with ``df = (S−1) V/(s²/S)``: ``S−1``
+    when the seeds carry all the variance, more as the image part ``C`` (estimated from hundreds of
+    images) grows. Satterthwaite's ``(S−1)(V/(s²/S))²`` under-covers with three seeds (``s²`` has two
+    degrees of freedom and a small draw of it inflates ``df`` just when the interval needs its tail);
+    ``tests/experiments/test_stats_coverage.py`` measures both. With ``S = 1`` the interval is the
+    bootstrap percentile interval of ``D`` over images only, ``p`` None.
+    """
+    from scipy import stats as sps
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    d = a - b
+    dstar = np.asarray(boot_a, np.float64) - np.asarray(boot_b, np.float64)  # [S, B]
+    dstar = dstar[:, np.isfinite(dstar).all(axis=0)]
+    s = d.size
+    delta = float(d.mean())
+    alpha = 1.0 - level
+    if s < 2:
+        if dstar.shape[1] < 10:
+            return Interval(delta, None, None, None, None, s, "images only")
+        lo, hi = (float(v) for v in np.quantile(dstar[0], [alpha / 2, 1 - alpha / 2]))
+        return Interval(delta, lo, hi, None, None, s, "images only")
+    seed_var = float(d.var(ddof=1)) / s
+    shared = 0.0
+    if dstar.shape[1] >= 10:
+        cov = np.cov(dstar)
+        shared = max(0.0, float((cov.sum() - np.trace(cov)) / (s * (s - 1))))
+    var = seed_var + shared
+    if var <= 0.0:
+        return Interval(delta, delta, delta, 1.0 if delta == 0 else 0.0, float("inf"), s, "seeds+images")
+    df = float("inf") if seed_var == 0 else (s - 1) * var / seed_var
+    half = float(sps.t.ppf(1 - alpha / 2, df)) * np.sqrt(var)
+    p = float(2 * sps.t.sf(abs(delta) / np.sqrt(var), df))
+    return Interval(delta, delta - half, delta + half, p, df, s, "seeds+images")
+
+
+def compare(a: Sequence[Replicates], b: Sequence[Replicates], level: float = 0.95,
+            min_count: int = MIN_COUNT) -> dict[str, dict[str, Any]]:
+    """Every metric's contrast ``a − b`` over the seeds both arms ran (seed ``s`` with seed ``s``).
+
+    Returns ``{metric: {"a", "b", "delta", "lo", "hi", "p", "df", "seeds", "noise", "n",
+    "higher_better"}}``: the arms' means over the paired seeds, the :class:`Interval`, and ``n`` the
+    smallest eligible count over the runs involved (:func:`counts`). A metric over fewer than
+    ``min_count`` eligible items gets no interval (``lo``/``hi``/``p`` None). Verdicts are the
+    design's (:mod:`harmonic.experiments.design`), not this function's.
+    """
+    s = min(len(a), len(b))
+    if s < 1:
+        raise HarmonicError("a contrast needs at least one run of each arm")
+    a, b = list(a)[:s], list(b)[:s]
+    out: dict[str, dict[str, Any]] = {}
     for m, higher_better in METRICS.items():
-        d = deltas[m][np.isfinite(deltas[m])]
-        delta = point_h[m] - point_b[m]
-        if d.size < max(10, resamples // 2) or not np.isfinite(delta):
-            out[m] = {"baseline": _num(point_b[m]), "harmonic": _num(point_h[m]), "delta": _num(delta),
-                      "lo": None, "hi": None, "significant": False, "better": None}
-            continue
-        lo, hi = (float(v) for v in np.quantile(d, [alpha, 1.0 - alpha]))
-        significant = lo > 0 or hi < 0
-        out[m] = {"baseline": _num(point_b[m]), "harmonic": _num(point_h[m]), "delta": float(delta),
-                  "lo": lo, "hi": hi, "significant": bool(significant),
-                  "better": (bool((delta > 0) == higher_better) if significant else None)}
+        pa = np.array([r.point[m] for r in a])
+        pb = np.array([r.point[m] for r in b])
+        n = min(r.counts[m] for r in (*a, *b))
+        row: dict[str, Any] = {"a": _num(float(np.mean(pa))), "b": _num(float(np.mean(pb))), "n": n,
+                               "seeds": s, "higher_better": higher_better, "lo": None, "hi": None, "p": None,
+                               "df": None, "noise": "seeds+images" if s > 1 else "images only"}
+        if not (np.isfinite(pa).all() and np.isfinite(pb).all()):
+            row["delta"] = None
+        else:
+            iv = seed_paired_interval(pa, pb, np.stack([r.boot[m] for r in a]), np.stack([r.boot[m] for r in b]),
+                                      level)
+            row["delta"] = iv.delta
+            if n >= min_count:
+                row.update(lo=iv.lo, hi=iv.hi, p=iv.p, df=iv.df)
+        out[m] = row
     return out
 
 

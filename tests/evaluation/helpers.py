@@ -24,9 +24,11 @@ def make_gt(num_images: int = 6, per_image: int = 4, seed: int = 0, size: int = 
     return {"images": images, "annotations": anns, "categories": cats}
 
 
-def shifted(bbox: list[float], dx: float) -> list[float]:
+def shifted(bbox: list[float], dx: float, size: int = 128) -> list[float]:
+    """``bbox`` moved by ``dx`` along x, to the left where moving right would leave the ``size`` px image
+    (the evaluation clips such boxes; the IoU with the original is the same either way)."""
     x, y, w, h = bbox
-    return [x + dx, y, w, h]
+    return [x + dx if x + dx + w <= size else x - dx, y, w, h]
 
 
 def iou_of_shift(w: float, dx: float) -> float:

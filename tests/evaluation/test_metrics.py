@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 
@@ -83,6 +84,12 @@ def test_crowd_ground_truth_is_not_matched_for_consistency():
     assert r["counts"]["gt_ignored"] == 1
 
 
+def _inside(bbox: list[float], size: int = 128) -> list[float]:
+    """``bbox`` (xywh) cut at the image's right and bottom edges, as a detector's clipped output."""
+    x, y, w, h = bbox
+    return [x, y, min(w, size - x), min(h, size - y)]
+
+
 def _noisy(gt: dict, seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
     dets = []
@@ -92,7 +99,7 @@ def _noisy(gt: dict, seed: int) -> list[dict]:
             j = rng.normal(0, 0.12, 4) * [w, h, w, h]
             dets.append({"image_id": a["image_id"], "category_id": int(rng.choice([a["category_id"], 1, 2, 3],
                                                                                     p=[0.7, 0.1, 0.1, 0.1])),
-                         "bbox": [max(x + j[0], 0), max(y + j[1], 0), w + j[2], h + j[3]],
+                         "bbox": _inside([max(x + j[0], 0), max(y + j[1], 0), w + j[2], h + j[3]]),
                          "score": float(rng.uniform(0.01, 1))})
     return dets
 
@@ -208,7 +215,7 @@ def test_empty_detections_give_zero_ap_and_na_consistency(tmp_path):
     (lambda d: d.update(image_id=999), "2 with an image_id not in the ground truth"),
     (lambda d: d.update(category_id=0), "2 with a category_id not in the ground truth"),
     (lambda d: d.update(bbox=[1, 2, float("nan"), 3]), "2 with a NaN/inf bbox"),
-    (lambda d: d.update(bbox=[1, 2, -3, 3]), "2 with a negative bbox coordinate or size"),
+    (lambda d: d.update(bbox=[1, 2, -3, 3]), "2 with a negative bbox width or height"),
     (lambda d: d.update(score=float("nan")), "2 with a NaN/inf score"),
     (lambda d: d.update(score=-0.2), "2 with a negative score"),
 ])
@@ -286,3 +293,22 @@ def test_dataset_yaml_ground_truth(tmp_path):
     r3 = evaluate(records, dets, names=NAMES)
     assert r3["coco"]["AP"] == pytest.approx(1.0)
     assert r3["consistency"]["aic"] == pytest.approx(0.3)
+
+
+def test_detections_partly_outside_the_image_are_clipped_and_counted(caplog):
+    """Another detector's unclipped output is scored, not refused: clipped to the image, with a counted warning."""
+    import logging
+
+    gt = make_gt(num_images=2)
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": list(a["bbox"]), "score": 0.5}
+            for a in gt["annotations"]]
+    x, y, w, h = dets[0]["bbox"]
+    dets[0]["bbox"] = [-5.0, y, x + w + 5.0, h]  # starts 5 px left of the image, same right edge
+    dets[1]["bbox"] = [120.0, 120.0, 30.0, 30.0]  # runs past the 128 px image's corner
+    with caplog.at_level(logging.WARNING):
+        r = evaluate(copy.deepcopy(gt), dets)
+    assert "2 of 8 detections partly outside their image, clipped to it" in caplog.text
+    clipped = copy.deepcopy(dets)
+    clipped[0]["bbox"] = [0.0, y, x + w, h]
+    clipped[1]["bbox"] = [120.0, 120.0, 8.0, 8.0]
+    assert r["coco"]["AP"] == pytest.approx(evaluate(copy.deepcopy(gt), clipped)["coco"]["AP"], abs=1e-12)

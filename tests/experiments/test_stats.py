@@ -9,7 +9,7 @@ import pytest
 
 from harmonic.errors import HarmonicError
 from harmonic.evaluation import evaluate
-from harmonic.experiments.stats import metrics, paired_bootstrap, run_data
+from harmonic.experiments.stats import compare, counts, image_replicates, metrics, run_data
 from tests.evaluation.helpers import make_gt
 
 
@@ -100,71 +100,63 @@ def test_weights_equal_duplicated_images(case):
     assert weighted["nms_rho"] == pytest.approx(rk["nms"]["within_spearman"], abs=1e-12)
 
 
+def _reps(arms, resamples=200, seed=0):
+    return image_replicates(arms, resamples=resamples, seed=seed)
+
+
 def test_identical_runs_give_a_zero_interval(case):
     gt, dets, cands = case
     a = run_data(copy.deepcopy(gt), dets, cands)
-    boot = paired_bootstrap([a], [a], resamples=200, seed=0)
-    for m in ("AP", "spearman", "aic", "regret"):
-        assert boot[m]["delta"] == 0.0
-        assert boot[m]["lo"] == 0.0 and boot[m]["hi"] == 0.0
-        assert boot[m]["significant"] is False and boot[m]["better"] is None
+    reps = _reps({"x": [a], "y": [a]})
+    rows = compare(reps["x"], reps["y"])
+    for m in ("AP", "spearman", "aic", "regret", "tp_spearman", "nms_top1"):
+        assert rows[m]["delta"] == 0.0 and rows[m]["seeds"] == 1 and rows[m]["noise"] == "images only"
+        if rows[m]["n"] >= 30:
+            assert rows[m]["lo"] == 0.0 and rows[m]["hi"] == 0.0 and rows[m]["p"] is None
 
 
-def test_a_clearly_better_model_is_significant_and_a_noisy_copy_is_not(case):
+def test_a_clearly_better_model_has_an_interval_above_zero_and_a_noisy_copy_does_not(case):
     gt, dets, cands = case
     base = run_data(copy.deepcopy(gt), dets, cands)
     better = run_data(copy.deepcopy(gt), _noisy_detections(gt, seed=2, quality=1.0, fp_rate=0.0), cands)
-    boot = paired_bootstrap([base], [better], resamples=300, seed=1)
-    assert boot["AP"]["delta"] > 0.1 and boot["AP"]["lo"] > 0 and boot["AP"]["better"] is True
-    assert boot["AP"]["lo"] <= boot["AP"]["delta"] <= boot["AP"]["hi"]
     reseeded = run_data(copy.deepcopy(gt), _noisy_detections(gt, seed=7), cands)
-    same_quality = paired_bootstrap([base], [reseeded], resamples=300, seed=1)
-    assert same_quality["AP"]["lo"] < 0 < same_quality["AP"]["hi"]
+    reps = _reps({"base": [base], "better": [better], "same": [reseeded]}, resamples=300, seed=1)
+    up = compare(reps["better"], reps["base"])["AP"]
+    assert up["delta"] > 0.1 and 0 < up["lo"] <= up["delta"] <= up["hi"]
+    assert up["a"] == pytest.approx(metrics(better)["AP"]) and up["b"] == pytest.approx(metrics(base)["AP"])
+    same = compare(reps["same"], reps["base"])["AP"]
+    assert same["lo"] < 0 < same["hi"]
     # seeded: the same call gives the same interval
-    again = paired_bootstrap([base], [better], resamples=300, seed=1)
-    assert again["AP"]["lo"] == boot["AP"]["lo"]
+    again = compare(_reps({"base": [base], "better": [better]}, resamples=300, seed=1)["better"],
+                    _reps({"base": [base], "better": [better]}, resamples=300, seed=1)["base"])["AP"]
+    assert again["lo"] == up["lo"] and again["hi"] == up["hi"]
 
 
-def test_bootstrap_rejects_mismatched_inputs(case):
+def test_every_run_sees_the_same_resamples_whatever_else_is_in_the_analysis(case):
+    gt, dets, cands = case
+    base = run_data(copy.deepcopy(gt), dets, cands)
+    other = run_data(copy.deepcopy(gt), _noisy_detections(gt, seed=7), cands)
+    alone = _reps({"base": [base]}, resamples=50, seed=3)["base"][0]
+    together = _reps({"other": [other], "base": [base]}, resamples=50, seed=3)["base"][0]
+    for m in ("AP", "tp_spearman", "nms_top1"):
+        np.testing.assert_array_equal(alone.boot[m], together.boot[m])
+        assert alone.point[m] == metrics(base)[m]
+
+
+def test_replicates_reject_mismatched_inputs(case):
     gt, dets, cands = case
     a = run_data(copy.deepcopy(gt), dets, cands)
-    with pytest.raises(HarmonicError, match="at least one"):
-        paired_bootstrap([a], [])
+    with pytest.raises(HarmonicError, match="at least one run"):
+        image_replicates({"a": [a], "b": []})
     small = make_gt(num_images=3, per_image=2, seed=5)
     b = run_data(small, _noisy_detections(small, 1))
     with pytest.raises(HarmonicError, match="different image sets"):
-        paired_bootstrap([a], [b])
+        image_replicates({"a": [a], "b": [b]})
+    with pytest.raises(HarmonicError, match="resamples must be >= 1"):
+        image_replicates({"a": [a]}, resamples=0)
 
 
-def test_many_arms_share_the_baseline_and_equal_one_arm_at_a_time(case):
-    from harmonic.experiments.stats import paired_bootstrap_arms
-
-    gt, dets, cands = case
-    base = run_data(copy.deepcopy(gt), dets, cands)
-    a = run_data(copy.deepcopy(gt), _noisy_detections(gt, seed=7), cands)
-    b = run_data(copy.deepcopy(gt), _noisy_detections(gt, seed=2, quality=1.0, fp_rate=0.0), cands)
-    both = paired_bootstrap_arms([base], {"a": [a], "b": [b]}, resamples=100, seed=3)
-    assert both["a"] == paired_bootstrap([base], [a], resamples=100, seed=3)
-    assert both["b"] == paired_bootstrap([base], [b], resamples=100, seed=3)
-
-
-def test_seed_resampling_puts_training_variance_inside_the_interval(case):
-    """Two arms of equal quality whose seeds differ a lot: with seeds resampled the interval widens."""
-    gt, dets, cands = case
-    runs = [run_data(copy.deepcopy(gt), _noisy_detections(gt, seed=s, quality=q), cands)
-            for s, q in ((11, 1.0), (12, 5.0), (13, 1.0), (14, 5.0))]
-    base, arm = runs[:2], runs[2:]  # each arm: one good seed and one poor seed
-    boot = paired_bootstrap(base, arm, resamples=300, seed=0)
-    image_only = [paired_bootstrap([b], [a], resamples=300, seed=0)["AP"] for b, a in zip(base, arm)]
-    width = boot["AP"]["hi"] - boot["AP"]["lo"]
-    assert boot["AP"]["lo"] < 0 < boot["AP"]["hi"]
-    assert width > 1.5 * max(r["hi"] - r["lo"] for r in image_only)
-    # the point estimate is still the difference of the seed means
-    mean = lambda rs: np.mean([metrics(r)["AP"] for r in rs])  # noqa: E731
-    assert boot["AP"]["delta"] == pytest.approx(mean(arm) - mean(base), abs=1e-12)
-
-
-def test_bootstrap_rejects_runs_on_different_image_ids(case):
+def test_replicates_reject_runs_on_different_image_ids(case):
     gt, dets, cands = case
     a = run_data(copy.deepcopy(gt), dets, cands)
     other = copy.deepcopy(gt)
@@ -175,25 +167,49 @@ def test_bootstrap_rejects_runs_on_different_image_ids(case):
         ann["image_id"] = shift[ann["image_id"]]
     b = run_data(other, [{**d, "image_id": shift[d["image_id"]]} for d in dets])
     with pytest.raises(HarmonicError, match="different image ids"):
-        paired_bootstrap([a], [b])
+        image_replicates({"a": [a], "b": [b]})
 
 
-def test_arms_may_have_fewer_seeds_than_the_baseline(case):
-    """ABLATION.md runs 3 seeds of a few variants and 1 of the others: the delta is of the seed means."""
-    from harmonic.experiments.stats import paired_bootstrap_arms
+def test_seeds_are_paired_and_their_variation_widens_the_interval(case):
+    """Two arms of equal quality whose seeds differ a lot: seed s is compared with seed s, and the
+    seed-paired interval is wider than either seed's image-only interval."""
+    gt, dets, cands = case
+    runs = [run_data(copy.deepcopy(gt), _noisy_detections(gt, seed=s, quality=q), cands)
+            for s, q in ((11, 1.0), (12, 5.0), (13, 5.0), (14, 1.0))]
+    base, arm = runs[:2], runs[2:]  # seed 0: good baseline vs poor arm; seed 1: the other way round
+    reps = _reps({"base": base, "arm": arm}, resamples=300)
+    both = compare(reps["arm"], reps["base"])["AP"]
+    assert both["seeds"] == 2 and both["noise"] == "seeds+images" and both["p"] is not None
+    per_seed = [metrics(a)["AP"] - metrics(b)["AP"] for a, b in zip(arm, base)]
+    assert both["delta"] == pytest.approx(np.mean(per_seed), abs=1e-12)
+    assert both["lo"] < 0 < both["hi"]
+    single = [compare([reps["arm"][s]], [reps["base"][s]])["AP"] for s in (0, 1)]
+    assert all(r["noise"] == "images only" and r["p"] is None for r in single)
+    assert both["hi"] - both["lo"] > 1.5 * max(r["hi"] - r["lo"] for r in single)
 
+
+def test_arms_are_compared_on_the_seeds_both_ran(case):
+    """A one-seed arm against a three-seed baseline: seed 0 against seed 0, an interval over images only."""
     gt, dets, cands = case
     base = [run_data(copy.deepcopy(gt), _noisy_detections(gt, seed=s), cands) for s in (21, 22, 23)]
     one = run_data(copy.deepcopy(gt), _noisy_detections(gt, seed=2, quality=1.0, fp_rate=0.0), cands)
-    three = [one, run_data(copy.deepcopy(gt), _noisy_detections(gt, seed=24), cands), base[0]]
-    both = paired_bootstrap_arms(base, {"one": [one], "three": three}, resamples=100, seed=4)
-    mean = lambda rs: np.mean([metrics(r)["AP"] for r in rs])  # noqa: E731
-    assert both["one"]["AP"]["delta"] == pytest.approx(metrics(one)["AP"] - mean(base), abs=1e-12)
-    assert both["three"]["AP"]["delta"] == pytest.approx(mean(three) - mean(base), abs=1e-12)
-    # each arm's interval does not depend on the other arms in the call (nor on their seed counts)
-    assert both["one"] == paired_bootstrap(base, [one], resamples=100, seed=4)
-    assert both["three"] == paired_bootstrap(base, three, resamples=100, seed=4)
-    two = paired_bootstrap_arms(base, {"one": [one], "two": three[:2]}, resamples=100, seed=4)
-    assert two["one"] == both["one"]
-    # an ablation of the baseline alone has no arm to compare: no error, nothing to report
-    assert paired_bootstrap_arms(base, {}, resamples=10, seed=4) == {}
+    reps = _reps({"base": base, "one": [one]}, resamples=100, seed=4)
+    row = compare(reps["one"], reps["base"])["AP"]
+    assert row["seeds"] == 1 and row["noise"] == "images only" and row["p"] is None
+    assert row["delta"] == pytest.approx(metrics(one)["AP"] - metrics(base[0])["AP"], abs=1e-12)
+    assert row["b"] == pytest.approx(metrics(base[0])["AP"])
+
+
+def test_counts_and_no_interval_below_thirty_eligible(case):
+    gt, dets, cands = case
+    a = run_data(copy.deepcopy(gt), dets, cands)
+    c = counts(a)
+    rep = evaluate(copy.deepcopy(gt), dets, cands)
+    assert c["AP"] == len(gt["annotations"]) == 48
+    assert c["tp_spearman"] == rep["ranking"]["true_positives"]["count"]
+    assert c["nms_top1"] == rep["ranking"]["nms"]["num_eligible"]
+    assert c["regret"] == rep["regret"]["num_objects"]
+    b = run_data(copy.deepcopy(gt), _noisy_detections(gt, seed=7), cands)
+    reps = _reps({"a": [a], "b": [b]}, resamples=50)
+    assert compare(reps["a"], reps["b"], min_count=c["AP"] + 1)["AP"]["lo"] is None
+    assert compare(reps["a"], reps["b"], min_count=c["AP"])["AP"]["lo"] is not None
