@@ -84,3 +84,30 @@ def test_unknown_variant_exit_2(capsys, tmp_path):
     rc = main(["ablate", "--variants", "baseline,bogus", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "bogus" in err[0]
+
+
+def test_candidates_are_what_the_graphs_nms_sees(tmp_path):
+    """Every (box, class) pair scoring at least the raw graph's own score threshold, whatever the scale."""
+    import json
+
+    from harmonic.data.images import decode_image
+    from harmonic.data.letterbox import letterbox
+    from harmonic.experiments.runner import write_candidates
+    from tests.runtime.runtime_graphs import BOXES, NAMES, W, make_graph, write_images
+
+    raw = make_graph(tmp_path / "model.raw.onnx", raw=True, score_threshold=0.02)
+    paths = write_images(tmp_path / "images", 3, seed=4)
+    gt = {"images": [{"id": i + 1, "file_name": p.name, "width": 10, "height": 10} for i, p in enumerate(paths)],
+          "annotations": [], "categories": [{"id": k + 1, "name": n} for k, n in enumerate(NAMES)]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    n = write_candidates(raw, tmp_path / "images", tmp_path / "gt.json", tmp_path / "cands.json")
+    cands = json.loads((tmp_path / "cands.json").read_text())
+    scores = []
+    for p in paths:  # the graph's scores: the letterboxed image's channel means times W
+        lb, _ = letterbox(decode_image(p), 64)
+        s = (lb.reshape(-1, 3).mean(0) / 255.0)[:, None] * W  # [C, A]
+        scores += s[s >= 0.02].tolist()
+    assert n == len(cands) == len(scores) and BOXES.shape[0] == W.shape[1]
+    assert sorted(c["score"] for c in cands) == pytest.approx(sorted(scores), rel=1e-4)  # float32 means
+    low = sum(1 for s in scores if s < 0.05)
+    assert low > 0 and sum(1 for c in cands if c["score"] < 0.05) == low  # no floor of 0.05 any more
