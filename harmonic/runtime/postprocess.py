@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,7 +190,9 @@ def class_name(c: int, names: Sequence[str] | None) -> str:
     return names[c] if names is not None and 0 <= c < len(names) else f"class{c}"
 
 
+@functools.lru_cache(maxsize=1024)
 def _color(c: int) -> tuple[int, int, int]:
+    """A fixed colour per class (drawing a frame's boxes asks for it once per box: cached)."""
     rng = np.random.default_rng(c * 7919 + 17)
     r, g, b = (int(v) for v in rng.integers(64, 256, 3))
     return r, g, b

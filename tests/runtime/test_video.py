@@ -257,3 +257,54 @@ def test_stream_api_errors(nms_graph, tmp_path):
         list(stream)
         with pytest.raises(HarmonicError, match="iterated once"):
             list(stream)
+
+
+def _silent_server(send: bytes | None = None):
+    """A TCP server that accepts and then says nothing (``send``: sends that much of a reply, then hangs)."""
+    import socket
+    import time
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(5)
+    held = []
+
+    def serve() -> None:
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            held.append(c)
+            if send is not None:
+                c.recv(65536)
+                c.sendall(send)
+            time.sleep(0.01)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv, held
+
+
+def test_a_url_that_does_not_answer_or_hangs_mid_stream(nms_graph, tmp_path):
+    from harmonic.runtime.video import VideoReader, VideoSource
+
+    srv, held = _silent_server()
+    try:
+        with pytest.raises(HarmonicError, match="no stream answers there within 1.5 s"):
+            VideoReader(VideoSource("url", f"http://127.0.0.1:{srv.getsockname()[1]}/x.mp4"), open_timeout_s=1.5)
+    finally:
+        srv.close()
+    data = write_video(tmp_path / "clip.avi", 30).read_bytes()
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: video/x-msvideo\r\nContent-Length: %d\r\n\r\n" % len(data)
+    srv, held = _silent_server(head + data[: len(data) // 2])  # half the video, then silence
+    try:
+        reader = VideoReader(VideoSource("url", f"http://127.0.0.1:{srv.getsockname()[1]}/clip.avi"),
+                             open_timeout_s=5, read_timeout_s=1.5)
+        with Detector(nms_graph) as det:
+            got = [item.index for item, _ in det.run_frames(reader)]
+    finally:
+        srv.close()
+        for c in held:
+            c.close()
+    assert 0 < len(got) < 30 and got == list(range(len(got)))
+    assert reader.stats.stopped == f"the stream stopped after {len(got)} frame(s)"
