@@ -168,7 +168,7 @@ class Detector:
         def dropped(n: int) -> None:
             stats.dropped += n
 
-        frames = reader.frames(stride, pace=realtime and reader.source.kind != "camera")
+        frames = reader.frames(stride, pace=realtime and reader.source.kind == "file")  # a live source paces itself
         batches = iter_frame_batches(frames, lambda img: self.runner.load_array(img, True), batch,
                                      assemble=self.runner.assemble, realtime=realtime, on_drop=dropped)
         for item, d in run_batches(self.runner, batches, self.conf, stats):

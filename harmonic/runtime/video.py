@@ -257,10 +257,10 @@ class VideoReader:
                     continue
                 self.stats.decoded += 1
                 ts = self._timestamp(index)
-                if pace:
+                if pace:  # never more than a second at once: a damaged timestamp must not stall the run
                     delay = (ts - ts0) - (time.perf_counter() - t_wall0)
                     if delay > 0:
-                        time.sleep(delay)
+                        time.sleep(min(delay, 1.0))
                 live_start = t1 if self.source.live else t0
                 yield Frame(index, img, ts, live_start, t1 - t0 if not self.source.live else 0.0)
         finally:
