@@ -8,6 +8,8 @@ finished so far are kept in both files; frames that fail to decode are skipped a
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,7 @@ def run_video(cfg: InferConfig, det: Any, reader: VideoReader, fourcc: str | Non
     sink = None
     if cfg.save_video:
         fps = (reader.fps or DEFAULT_FPS) / cfg.vid_stride
-        sink = VideoSink(cfg.save_video, fourcc or "mp4v", fps, (reader.width, reader.height))
+        sink = DrawingSink(VideoSink(cfg.save_video, fourcc or "mp4v", fps, (reader.width, reader.height)))
     lines = JsonLinesWriter(out / "detections.jsonl")
     stats = RunStats()
     t0 = time.perf_counter()
@@ -47,7 +49,7 @@ def run_video(cfg: InferConfig, det: Any, reader: VideoReader, fourcc: str | Non
         for item, d in det.run_frames(reader, batch, cfg.vid_stride, cfg.realtime, stats):
             lines.write(frame_record(item.index, item.timestamp, d))
             if sink is not None:
-                sink.write(d.draw(item.image))
+                sink.put(item.image, d)
     finally:  # the frames finished so far are kept, whatever ended the run
         wrote = lines.close()
         if sink is not None:
@@ -71,3 +73,40 @@ def run_video(cfg: InferConfig, det: Any, reader: VideoReader, fourcc: str | Non
         print(bench_mod.format_video(report))
         print(f"wrote {out / 'bench.json'}")
     return 0
+
+
+class DrawingSink:
+    """Draws the boxes and encodes the video in a thread of its own, behind a bounded queue, so drawing
+    and encoding frame i overlap the engine on frame i + 1. :meth:`close` writes what is queued and
+    finishes the file; an error of the writer thread is raised by the next :meth:`put` or :meth:`close`."""
+
+    def __init__(self, sink: VideoSink, queued: int = 4) -> None:
+        self.sink = sink
+        self.q: queue.Queue = queue.Queue(maxsize=queued)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="harmonic-video-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self.q.get()
+            if job is None:
+                return
+            if self.error is None:
+                try:
+                    frame, det = job
+                    self.sink.write(det.draw(frame))
+                except BaseException as exc:  # handed to the run's thread
+                    self.error = exc
+
+    def put(self, frame: Any, det: Any) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put((frame, det))
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+        self.sink.close()
+        if self.error is not None:
+            raise self.error
