@@ -118,3 +118,137 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"end-to-end / engine-only: {100 * e2e_tp / eng_tp:.0f}%   "
                      "(decode/preprocess are summed worker time, overlapped with the engine)")
     return "\n".join(lines)
+
+
+def json_default(o: Any) -> Any:
+    """``json.dumps`` ``default`` for numpy scalars and arrays."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def local_report(backend: Backend, engine: str, batch: int, warmup: int, iters: int, stats: Any,
+                 first_batch: np.ndarray) -> dict[str, Any]:
+    """``bench.json`` of a local run over images: pipeline stages, end to end and engine-only."""
+    report: dict[str, Any] = {
+        "backend": backend.name, "device": backend.device, "engine": engine,
+        "batch": batch, "img_size": backend.img_size, "warmup": warmup, "iters": iters,
+        "versions": library_versions(backend),
+        "note": "engine_only = backend.infer on one ready batch in a loop (no decode/pre/post); "
+                "end_to_end throughput = files in -> detections out through the pipeline / wall time; "
+                "end_to_end latency per batch = its first decode start -> its detections out (includes "
+                "the prefetch queue); decode/preprocess = summed worker time of the batch's images, "
+                "overlapped with the engine; times in ms",
+        "end_to_end": end_to_end(stats.timings, stats.wall, stats.processed),
+        "engine_only": engine_only(backend, first_batch, warmup=min(warmup, 2), iters=iters),
+    }
+    e2e_tp, eng_tp = report["end_to_end"].get("throughput_img_s"), report["engine_only"]["throughput_img_s"]
+    report["end_to_end_over_engine_only"] = e2e_tp / eng_tp if e2e_tp and eng_tp else None
+    return report
+
+
+def served_report(runner: Any, url: str | None, batch: int, warmup: int, stats: Any,
+                  before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """``bench.json`` of a run against a served model: client-side request latency, throughput and the
+    batches the server's dynamic batcher formed."""
+    from harmonic.runtime.triton_client import server_batches
+
+    m = runner.model
+    lat = [t for _, t in stats.requests]
+    processed = stats.processed
+    return {
+        "backend": runner.name, "url": url, "model": m.name,
+        "model_kind": "end_to_end" if m.end_to_end else "graph", "batch": batch,
+        "concurrency": runner.concurrency, "warmup": warmup, "img_size": m.img_size or m.params.get("img_size"),
+        "versions": runner.versions,
+        "note": "client side: latency per request = send -> outputs decoded (the file is read, and for a graph "
+                "model decoded and letterboxed, beforehand in the decode threads); throughput = images / wall "
+                "time with --concurrency requests in flight; server = batches its dynamic batcher formed; "
+                "times in ms",
+        "end_to_end": {"images": processed, "requests": len(stats.requests), "wall_s": stats.wall,
+                       "throughput_img_s": processed / stats.wall if stats.wall > 0 else None,
+                       "latency_ms_per_request": summarize(lat),
+                       "latency_ms_per_image": summarize([t / n for n, t in stats.requests])},
+        "server": server_batches(before, after),
+    }
+
+
+def format_served(report: dict[str, Any]) -> str:
+    e2e, sv = report["end_to_end"], report["server"]
+    lr = e2e["latency_ms_per_request"]
+    return (f"triton {report['model']} batch {report['batch']} concurrency {report['concurrency']}: "
+            f"{e2e['throughput_img_s'] or 0:.1f} img/s; latency/request p50 {lr.get('p50', 0):.2f} "
+            f"p90 {lr.get('p90', 0):.2f} p99 {lr.get('p99', 0):.2f} ms; server batches "
+            f"{sv['executions_by_batch_size']} (mean {sv['mean_batch'] or 0:.2f})")
+
+
+def video_report(runner: Any, source: str, batch: int, stride: int, realtime: bool, warmup: int, iters: int,
+                 stats: Any, read: Any, first_batch: np.ndarray | None) -> dict[str, Any]:
+    """``bench.json`` of a video / camera / stream run: frames per second and per-frame latency end to end
+    and engine-only, and the frames dropped or lost to damage."""
+    e2e = end_to_end(stats.timings, stats.wall, stats.processed)
+    fps = e2e.get("throughput_img_s")
+    report: dict[str, Any] = {
+        "backend": runner.name, "device": runner.device, "source": source, "batch": batch, "vid_stride": stride,
+        "realtime": realtime, "img_size": runner.img_size, "warmup": warmup, "iters": iters,
+        "versions": {**_base_versions(), **runner.versions},
+        "note": "end_to_end = frames in (decode start; a live frame: its arrival) -> detections out, through the "
+                "read-ahead queue; fps = frames processed / wall time; engine_only = the engine on one ready "
+                "batch in a loop (no decode/pre/post); times in ms",
+        "frames": {"processed": stats.processed, "dropped": stats.dropped, "corrupt": read.corrupt,
+                   "decoded": read.decoded, "stopped": read.stopped},
+        "end_to_end": {"fps": fps, "wall_s": stats.wall, "latency_ms_per_frame": summarize(stats.latencies),
+                       "stages": e2e.get("stages", {})},
+    }
+    eng = runner.engine_only(_full_batch(first_batch, batch), min(warmup, 2), iters) \
+        if first_batch is not None else None
+    if eng is not None:
+        report["engine_only"] = {"fps": eng["throughput_img_s"], "latency_ms_per_frame": eng["latency_ms_per_image"],
+                                 "latency_ms_per_batch": eng["latency_ms_per_batch"], "iters": eng["iters"]}
+        report["end_to_end_over_engine_only"] = fps / eng["throughput_img_s"] if fps and eng["throughput_img_s"] \
+            else None
+    else:
+        report["requests"] = {"n": len(stats.requests), "latency_ms": summarize([t for _, t in stats.requests])}
+    return report
+
+
+def _base_versions() -> dict[str, str]:
+    import cv2
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__}
+
+
+def _full_batch(first: np.ndarray | None, batch: int) -> np.ndarray | None:
+    """The first batch of a run, its rows repeated up to ``batch`` (a short video's only batch may be partial)."""
+    if first is None or first.shape[0] >= batch or first.dtype == np.object_:
+        return first
+    reps = -(-batch // first.shape[0])
+    return np.concatenate([first] * reps)[:batch]
+
+
+def format_video(report: dict[str, Any]) -> str:
+    """The printed benchmark of a video run."""
+    fr, e2e, eng = report["frames"], report["end_to_end"], report.get("engine_only")
+    lines = [f"backend {report['backend']} on {report['device']}  batch {report['batch']}  "
+             f"img {report['img_size']}  source {report['source']}",
+             "versions: " + ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items()), "",
+             f"{'per frame':<28}{'p50':>9}{'p90':>9}{'p99':>9}   (ms)"]
+
+    def row(label: str, s: dict[str, float] | None) -> None:
+        if s and s.get("n"):
+            lines.append(f"{label:<28}" + "".join(f"{s[k]:>9.2f}" for k in ("p50", "p90", "p99")))
+
+    row("end-to-end latency", e2e.get("latency_ms_per_frame"))
+    if eng:
+        row("engine-only", eng.get("latency_ms_per_frame"))
+    lines.append("")
+    lines.append(f"frames: {fr['processed']} processed, {fr['dropped']} dropped, {fr['corrupt']} corrupt")
+    if e2e.get("fps"):
+        lines.append(f"fps end-to-end (frames in -> detections out): {e2e['fps']:9.1f}")
+    if eng and eng.get("fps"):
+        lines.append(f"fps engine-only (one ready batch in a loop):   {eng['fps']:9.1f}")
+    if report.get("end_to_end_over_engine_only"):
+        lines.append(f"end-to-end / engine-only: {100 * report['end_to_end_over_engine_only']:.0f}%")
+    return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,14 +18,43 @@ from harmonic.data.letterbox import LetterboxInfo, unletterbox_boxes
 
 @dataclass
 class Detections:
-    """Detections of one image: ``boxes[N, 4]`` x1,y1,x2,y2 float32, ``scores[N]``, ``classes[N]`` int 0-based."""
+    """Detections of one image: ``boxes[N, 4]`` x1,y1,x2,y2 float32, ``scores[N]`` float32, ``classes[N]``
+    int64 0-based, sorted by decreasing score as the graph returns them.
+
+    ``model_names`` / ``model_category_ids`` are the model's tables (class index -> name, -> the
+    dataset's category id); :class:`harmonic.runtime.detector.Detector` fills them, and
+    :attr:`names`, :attr:`category_ids`, :meth:`to_coco` and :meth:`draw` read them.
+    """
 
     boxes: np.ndarray
     scores: np.ndarray
     classes: np.ndarray
+    model_names: Sequence[str] | None = None
+    model_category_ids: Sequence[int] | None = None
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
+
+    @property
+    def names(self) -> list[str]:
+        """The class name of each detection (``class<i>`` where the model has no names)."""
+        return [class_name(int(c), self.model_names) for c in self.classes.tolist()]
+
+    @property
+    def category_ids(self) -> np.ndarray:
+        """``int64[N]``: the dataset's category id of each detection (default ``class + 1``)."""
+        if self.model_category_ids is None:
+            return self.classes.astype(np.int64) + 1
+        table = np.asarray(self.model_category_ids, dtype=np.int64)
+        return table[self.classes.astype(np.int64)]
+
+    def to_coco(self, image_id: int, file_name: str | None = None) -> list[dict[str, Any]]:
+        """COCO results entries (``bbox`` x, y, w, h) with the dataset's category ids (:func:`coco_results`)."""
+        return coco_results(self, image_id, file_name, self.model_category_ids)
+
+    def draw(self, image: np.ndarray, rgb: bool = False) -> np.ndarray:
+        """A copy of ``image[H, W, 3]`` uint8 (BGR, or RGB with ``rgb=True``) with the labelled boxes drawn."""
+        return draw_detections(image, self, self.model_names, bgr=not rgb)
 
 
 def raw_to_nms_outputs(boxes: np.ndarray, scores: np.ndarray, score_threshold: float,
@@ -121,6 +151,23 @@ def unletterbox(det: Detections, info: LetterboxInfo) -> Detections:
     return Detections(unletterbox_boxes(det.boxes, info), det.scores, det.classes)
 
 
+def refine(det: Detections, iou: float | None = None, max_det: int | None = None) -> Detections:
+    """A stricter operating point on a graph's output: class-aware NMS at ``iou`` over the detections
+    the graph kept (one box suppresses another of its class with IoU > ``iou``), then the top ``max_det``.
+
+    The graph's own NMS has already run at its threshold, so an ``iou`` above it changes nothing.
+    """
+    keep: np.ndarray | None = None
+    if iou is not None and len(det) > 1:
+        keep = np.sort(topk_batched_nms(det.boxes, det.scores, det.classes, iou, len(det)))
+    if max_det is not None:
+        idx = keep if keep is not None else np.arange(len(det))
+        keep = idx[: max(0, int(max_det))]
+    if keep is None:
+        return det
+    return Detections(det.boxes[keep], det.scores[keep], det.classes[keep], det.model_names, det.model_category_ids)
+
+
 def coco_results(det: Detections, image_id: int, file_name: str | None = None,
                  category_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """COCO results entries: ``category_id = category_ids[class]`` (the dataset's own ids; default
@@ -143,19 +190,22 @@ def class_name(c: int, names: Sequence[str] | None) -> str:
     return names[c] if names is not None and 0 <= c < len(names) else f"class{c}"
 
 
+@functools.lru_cache(maxsize=1024)
 def _color(c: int) -> tuple[int, int, int]:
+    """A fixed colour per class (drawing a frame's boxes asks for it once per box: cached)."""
     rng = np.random.default_rng(c * 7919 + 17)
     r, g, b = (int(v) for v in rng.integers(64, 256, 3))
     return r, g, b
 
 
-def draw_detections(img: np.ndarray, det: Detections, names: Sequence[str] | None = None) -> np.ndarray:
-    """Draw labelled boxes on a copy of ``img[H, W, 3]`` uint8 RGB (boxes in its pixels)."""
+def draw_detections(img: np.ndarray, det: Detections, names: Sequence[str] | None = None,
+                    bgr: bool = False) -> np.ndarray:
+    """Draw labelled boxes on a copy of ``img[H, W, 3]`` uint8 RGB (``bgr=True``: BGR; boxes in its pixels)."""
     out = np.ascontiguousarray(img.copy())
     thick = max(1, round(max(out.shape[:2]) / 400))
     scale = max(0.35, max(out.shape[:2]) / 1200)
     for (x1, y1, x2, y2), s, c in zip(det.boxes.tolist(), det.scores.tolist(), det.classes.tolist()):
-        color = _color(int(c))
+        color = _color(int(c))[::-1] if bgr else _color(int(c))
         p1, p2 = (int(round(x1)), int(round(y1))), (int(round(x2)), int(round(y2)))
         cv2.rectangle(out, p1, p2, color, thick, cv2.LINE_AA)
         label = f"{class_name(int(c), names)} {s:.2f}"

@@ -13,16 +13,21 @@ import numpy as np
 from harmonic.data.letterbox import PAD_VALUE, LetterboxInfo, letterbox, letterbox_params
 
 
-def prepare_image(img: np.ndarray, size: int,
-                  orig_size: tuple[int, int] | None = None) -> tuple[np.ndarray, LetterboxInfo]:
-    """``[H, W, 3]`` uint8 RGB -> letterboxed ``[3, S, S]`` uint8 (CHW) and its :class:`LetterboxInfo`.
+def prepare_image(img: np.ndarray, size: int, orig_size: tuple[int, int] | None = None,
+                  bgr: bool = False) -> tuple[np.ndarray, LetterboxInfo]:
+    """``[H, W, 3]`` uint8 RGB -> letterboxed ``[3, S, S]`` uint8 RGB (CHW) and its :class:`LetterboxInfo`.
 
     ``orig_size`` ``(w, h)``: ``img`` is a scaled-down decode of an image that size;
-    the geometry (and so the info) is that of the original.
+    the geometry (and so the info) is that of the original. ``bgr``: ``img`` is BGR (as OpenCV
+    decodes a video frame); it is letterboxed as it is and its channels are swapped on the small
+    result, which gives exactly the pixels of converting first (resizing treats each channel alike).
     """
     if orig_size is None or tuple(orig_size) == (img.shape[1], img.shape[0]):
         boxed, info = letterbox(img, size)
-        return np.ascontiguousarray(boxed.transpose(2, 0, 1)), info
+        chw = boxed.transpose(2, 0, 1)
+        return np.ascontiguousarray(chw[::-1] if bgr else chw), info
+    if bgr:
+        raise ValueError("prepare_image: orig_size is for scaled-down RGB decodes only")
     info, (new_w, new_h) = letterbox_params(int(orig_size[0]), int(orig_size[1]), size)
     if (new_w, new_h) != (img.shape[1], img.shape[0]):
         interp = cv2.INTER_AREA if new_w < img.shape[1] else cv2.INTER_LINEAR

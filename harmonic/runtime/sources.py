@@ -1,4 +1,5 @@
-"""``--images DIR|GLOB|FILE...`` -> a sorted list of image files (paths only: images are read later)."""
+"""``--source``: image files, folders and globs (a sorted list of paths; images are read later), or one
+video file, camera index or stream URL (:mod:`harmonic.runtime.video`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harmonic.contract import IMAGE_SUFFIXES
 from harmonic.errors import HarmonicError
@@ -125,3 +127,28 @@ def expand_sources(specs: Sequence[str | Path], listed: Sequence[str] | None = N
     if not out.paths:
         raise HarmonicError(f"no images found in --images {' '.join(str(s) for s in specs)}")
     return out
+
+
+def video_spec(specs: Sequence[str | int | Path]) -> Any:
+    """The one :class:`~harmonic.runtime.video.VideoSource` ``specs`` name, or ``None`` when they are all
+    image files, folders or globs; a video among other sources is a :class:`HarmonicError`."""
+    from harmonic.runtime.video import video_source
+
+    found = [(s, video_source(s)) for s in specs]
+    videos = [v for _, v in found if v is not None]
+    if videos and len(found) > 1:
+        raise HarmonicError(f"--source {videos[0].label}: a video, camera or stream is the only source of a run "
+                            f"(got {len(found)} sources)")
+    return videos[0] if videos else None
+
+
+def open_source(source: Any, open_timeout_s: float = 10.0) -> tuple[Any, ImageList | None]:
+    """``(VideoReader, None)`` for a video, camera or stream, ``(None, ImageList)`` for image files,
+    folders and globs (``source``: one of them or a list)."""
+    specs = list(source) if isinstance(source, (list, tuple)) else [source]
+    spec = video_spec(specs)
+    if spec is not None:
+        from harmonic.runtime.video import VideoReader
+
+        return VideoReader(spec, open_timeout_s=open_timeout_s), None
+    return None, expand_sources([str(s) for s in specs])

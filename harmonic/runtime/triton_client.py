@@ -1,15 +1,16 @@
-"""``harmonic infer --triton URL --model NAME``: query a model a Triton Inference Server serves.
+"""A model a Triton Inference Server serves, as a runner behind the one run loop.
 
 Torch-free; ``tritonclient`` (``pip install "harmonicdet[triton]"``) is imported only here.
 The model's config is read from the server: a model with a BYTES input is an
 end-to-end model (``harmonic export --triton-repo`` writes ``NAME_e2e``: encoded files
-in, detections in original pixels out, no client-side pre-processing); a model with a
-float32 ``[3, S, S]`` input is the exported graph (the client decodes and letterboxes
-with :mod:`harmonic.runtime.preprocess` and un-letterboxes the boxes). Requests carry
-``--batch`` images each and ``--concurrency`` of them are in flight at once; the
-server's dynamic batcher merges concurrent requests. The outputs are the local
-``infer``'s: ``detections.json``, ``report.json`` (with ``--annotations``) and
-``bench.json`` (client-side latency percentiles and throughput, with ``--bench``).
+in, detections in original pixels out, no client-side pre-processing; frames in memory
+are sent as lossless PNG); a model with a float32 ``[3, S, S]`` input is the exported graph
+(the client decodes and letterboxes with :mod:`harmonic.runtime.preprocess` and
+un-letterboxes the boxes). :class:`TritonRunner` is that model behind
+:func:`harmonic.runtime.runners.run_batches`, so ``infer --triton URL --model NAME``,
+``Detector("grpc://host:port/NAME")`` and a local model share one run: requests carry
+``--batch`` images each, ``--concurrency`` of them are in flight at once (the server's
+dynamic batcher merges them), and an image the server refuses is skipped and counted.
 """
 
 from __future__ import annotations
@@ -19,21 +20,24 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from harmonic.contract import OUTPUT_NAMES
-from harmonic.data.images import ImageDecodeError, decode_image
+from harmonic.contract import OUTPUT_NAMES, decode_metadata
+from harmonic.data.images import ImageDecodeError
+from harmonic.data.letterbox import LetterboxInfo
 from harmonic.errors import HarmonicError, RunFailure
-from harmonic.runtime.postprocess import Detections, split_outputs, unletterbox
+from harmonic.runtime.postprocess import Detections, refine, split_outputs, unletterbox
 from harmonic.runtime.preprocess import prepare_image, to_batch
+from harmonic.runtime.runners import Runner, RunResult
 
 log = logging.getLogger("harmonic.infer")
 INSTALL = 'pip install "harmonicdet[triton]"'
+#: URL schemes of a Triton server
+SCHEMES = ("http", "grpc")
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -141,6 +145,8 @@ class TritonSession:
         self.model_name = model
         self.timeout_s = timeout_s
         self._local = threading.local()
+        self._clients: list[Any] = []
+        self._clients_lock = threading.Lock()
         client = self.client()
         try:
             live = client.is_server_live()
@@ -168,6 +174,8 @@ class TritonSession:
                 c = self.client_mod.InferenceServerClient(self.address, connection_timeout=self.timeout_s,
                                                           network_timeout=self.timeout_s)
             self._local.client = c
+            with self._clients_lock:
+                self._clients.append(c)
         return c
 
     def model_names(self) -> list[str]:
@@ -201,12 +209,162 @@ class TritonSession:
         return {n: res.as_numpy(n) for n in OUTPUT_NAMES}
 
     def close(self) -> None:
-        c = getattr(self._local, "client", None)
-        if c is not None:
+        """Close every thread's client."""
+        with self._clients_lock:
+            clients, self._clients = self._clients, []
+        for c in clients:
             try:
                 c.close()
             except Exception:  # noqa: BLE001 - closing a dead connection
                 pass
+
+
+def is_triton_url(model: Any) -> bool:
+    """Whether ``model`` names a served model (``http://`` or ``grpc://``) rather than a model file."""
+    return isinstance(model, str) and model.split("://", 1)[0].lower() in SCHEMES and "://" in model
+
+
+def split_model_url(url: str, model_name: str | None = None) -> tuple[str, str]:
+    """``grpc://host:port/NAME`` (or ``.../v2/models/NAME``) -> ``("grpc://host:port", "NAME")``;
+    ``model_name`` names the model where the URL does not."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "http", url
+    address, _, path = rest.partition("/")
+    parts = [q for q in path.split("/") if q]
+    if len(parts) >= 3 and parts[:2] == ["v2", "models"]:
+        parts = parts[2:3]
+    if len(parts) > 1:
+        raise HarmonicError(f"{url}: expected {scheme}://host:port/MODEL")
+    name = model_name or (parts[0] if parts else None)
+    if not name:
+        raise HarmonicError(f"{url}: name the served model: {scheme}://host:port/MODEL")
+    return f"{scheme}://{address}", name
+
+
+class TritonRunner(Runner):
+    """A served model behind :func:`~harmonic.runtime.runners.run_batches`: ``concurrency`` requests in
+    flight, a failed multi-image request retried image by image (so one image the server refuses is the
+    only one skipped), a lost server a :class:`RunFailure`. ``iou`` / ``max_det`` refine the served
+    model's output (:func:`~harmonic.runtime.postprocess.refine`)."""
+
+    def __init__(self, session: Any, concurrency: int = 1, iou: float | None = None,
+                 max_det: int | None = None) -> None:
+        self.session = session
+        self.model = session.model
+        self.concurrency = max(1, int(concurrency))
+        self.name = f"triton-{getattr(session, 'protocol', 'http')}"
+        self.device = f"{session.url} ({self.model.name})"
+        self.img_size = self.model.img_size
+        self.metadata = decode_metadata(dict(self.model.params))
+        self.iou, self.max_det = iou, max_det
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return _versions()
+
+    def default_batch(self) -> int:
+        return 1
+
+    def check_batch(self, batch: int) -> None:
+        m = self.model
+        if batch > m.largest_request:
+            raise HarmonicError(f"--batch {batch}: model {m.name} takes at most {m.largest_request} image(s) per "
+                                f"request (max_batch_size {m.max_batch})")
+
+    def load_path(self, path: Path, fast_decode: bool = False, keep: str | None = None) -> tuple:
+        from harmonic.data.images import decode_image
+
+        t0 = time.perf_counter()
+        if self.model.end_to_end:  # the server decodes: send the file as it is
+            try:
+                data = Path(path).read_bytes()
+            except OSError as exc:
+                raise ImageDecodeError(f"{path}: cannot read ({exc.strerror or exc})") from None
+            image = None
+            if keep is not None:
+                image = _order(decode_image(path), keep)
+            return data, None, time.perf_counter() - t0, 0.0, t0, image
+        img = decode_image(path)
+        t1 = time.perf_counter()
+        chw, info = prepare_image(img, int(self.model.img_size or 0))
+        return chw, info, t1 - t0, time.perf_counter() - t1, t0, _order(img, keep) if keep else None
+
+    def load_array(self, img: np.ndarray, bgr: bool) -> tuple[Any, LetterboxInfo | None]:
+        if not self.model.end_to_end:
+            return prepare_image(img, int(self.model.img_size or 0), bgr=bgr)
+        import cv2
+
+        ok, buf = cv2.imencode(".png", img if bgr else cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        if not ok:
+            raise HarmonicError("image: OpenCV cannot encode it as PNG for the server")
+        return buf.tobytes(), None
+
+    def load_encoded(self, data: bytes, label: str) -> tuple[Any, LetterboxInfo | None]:
+        if self.model.end_to_end:
+            if not data:
+                raise ImageDecodeError(f"{label}: empty bytes")
+            return bytes(data), None
+        return super().load_encoded(data, label)
+
+    def assemble(self, payloads: list[Any]) -> np.ndarray:
+        m = self.model
+        if m.end_to_end:
+            return np.array([[d] for d in payloads], dtype=np.object_)
+        arr = to_batch(payloads)
+        if m.max_batch == 0 and m.fixed_batch and arr.shape[0] < m.fixed_batch:
+            arr = np.concatenate([arr, np.zeros((m.fixed_batch - arr.shape[0], *arr.shape[1:]), np.float32)])
+        return arr
+
+    def run(self, array: np.ndarray, infos: list[LetterboxInfo | None], conf: float | None) -> RunResult:
+        n = len(infos)
+        t0 = time.perf_counter()
+        try:
+            outs = self.session.infer(array)
+        except Exception as exc:  # the server's error for this request (e.g. an undecodable image)
+            if _server_gone(exc):
+                raise RunFailure(f"--triton {self.session.url}: lost the server ({_first_line(exc)})") from None
+            if n == 1:
+                return RunResult([f"the server refused it ({_first_line(exc)})"], time.perf_counter() - t0)
+            parts = [self.run(self._row(array, i), [infos[i]], conf) for i in range(n)]
+            return RunResult([d for p in parts for d in p.dets], sum(p.engine_s for p in parts),
+                             sum(p.post_s for p in parts), None, [r for p in parts for r in p.requests])
+        t1 = time.perf_counter()
+        dets: list[Detections | str] = []
+        for d, info in zip(split_outputs(outs, n, conf), infos):
+            if self.iou is not None or self.max_det is not None:
+                d = refine(d, self.iou, self.max_det)
+            dets.append(d if info is None else unletterbox(d, info))
+        return RunResult(dets, t1 - t0, time.perf_counter() - t1, None, [(n, t1 - t0)])
+
+    def _row(self, array: np.ndarray, i: int) -> np.ndarray:
+        """The request for input ``i`` alone (padded to a fixed batch)."""
+        row = array[i:i + 1]
+        if not self.model.end_to_end and self.model.max_batch == 0:
+            fixed = self.model.fixed_batch or 1
+            if row.shape[0] < fixed:
+                row = np.concatenate([row, np.zeros((fixed - 1, *row.shape[1:]), np.float32)])
+        return row
+
+    def statistics(self) -> dict[str, Any]:
+        """The server's statistics of the model, ``{}`` where it won't give them."""
+        try:
+            return self.session.statistics()
+        except Exception as exc:  # noqa: BLE001 - the figures of the run are still worth writing
+            log.warning("server statistics not read: %s", _first_line(exc))
+            return {}
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _order(rgb: np.ndarray, keep: str | None) -> np.ndarray | None:
+    import cv2
+
+    if keep is None:
+        return None
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if keep == "bgr" else rgb
 
 
 @dataclass
@@ -217,79 +375,33 @@ class RequestTiming:
     latency: float
 
 
-def _prepare(session: TritonSession, paths: Sequence[Path]) -> tuple[np.ndarray, list[Any]]:
-    """The request array for ``paths`` and what turns its outputs into original pixels (letterbox infos)."""
-    m = session.model
-    if m.end_to_end:
-        data = []
-        for p in paths:
-            try:
-                data.append(Path(p).read_bytes())
-            except OSError as exc:
-                raise ImageDecodeError(f"{p}: cannot read ({exc.strerror or exc})") from None
-        return np.array([[d] for d in data], dtype=np.object_), [None] * len(paths)
-    chws, infos = [], []
-    for p in paths:
-        chw, info = prepare_image(decode_image(p), int(m.img_size or 0))
-        chws.append(chw)
-        infos.append(info)
-    arr = to_batch(chws)
-    if m.max_batch == 0 and m.fixed_batch and arr.shape[0] < m.fixed_batch:
-        arr = np.concatenate([arr, np.zeros((m.fixed_batch - arr.shape[0], *arr.shape[1:]), np.float32)])
-    return arr, infos
-
-
-def _detections(session: TritonSession, outs: dict[str, np.ndarray], infos: list[Any],
-                conf: float | None) -> list[Detections]:
-    dets = split_outputs(outs, len(infos), conf)
-    return [d if info is None else unletterbox(d, info) for d, info in zip(dets, infos)]
-
-
-def infer_paths(session: TritonSession, paths: Sequence[Path], batch: int, concurrency: int,
+def infer_paths(session: Any, paths: Sequence[Path], batch: int, concurrency: int,
                 conf: float | None = None, timings: list[RequestTiming] | None = None
                 ) -> Iterator[tuple[int, Detections | str]]:
     """``(index, detections in original pixels)`` per image of ``paths`` in input order, or ``(index, reason)``
-    for an image that failed (unreadable here, or the server's error for it). ``batch`` images per request,
-    ``concurrency`` requests in flight; a failed multi-image request is retried image by image."""
-    chunks = [list(range(i, min(i + batch, len(paths)))) for i in range(0, len(paths), batch)]
-    lock = threading.Lock()
+    for an image that failed (unreadable here, or the server's error for it): the one run loop
+    (:func:`~harmonic.runtime.runners.run_batches`) with a :class:`TritonRunner`."""
+    from harmonic.runtime.pipeline import RunStats, iter_batches
+    from harmonic.runtime.runners import run_batches
 
-    def one(idx: list[int]) -> list[tuple[int, Detections | str]]:
-        sel = [paths[i] for i in idx]
-        try:
-            arr, infos = _prepare(session, sel)
-        except ImageDecodeError as exc:
-            if len(idx) == 1:
-                return [(idx[0], str(exc))]
-            return [r for i in idx for r in one([i])]
-        t0 = time.perf_counter()
-        try:
-            outs = session.infer(arr)
-        except Exception as exc:  # the server's error for this request (e.g. an undecodable image)
-            if _server_gone(exc):
-                raise RunFailure(f"--triton {session.url}: lost the server ({_first_line(exc)})") from None
-            if len(idx) == 1:
-                return [(idx[0], f"{sel[0]}: the server refused it ({_first_line(exc)})")]
-            return [r for i in idx for r in one([i])]
-        dt = time.perf_counter() - t0
-        if timings is not None:
-            with lock:
-                timings.append(RequestTiming(len(idx), dt))
-        return list(zip(idx, _detections(session, outs, infos, conf)))
+    runner = TritonRunner(session, concurrency)
+    stats = RunStats()
+    batches = iter_batches(paths, int(runner.img_size or 0), batch, load=runner.load_path, assemble=runner.assemble)
+    done: dict[int, Detections | str] = {}
+    nxt = 0
 
-    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="harmonic-triton") as pool:
-        pending: list[Future] = []
-        it = iter(chunks)
-        for c in it:
-            pending.append(pool.submit(one, c))
-            if len(pending) >= 2 * concurrency:
-                break
-        while pending:
-            fut = pending.pop(0)
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.submit(one, nxt))
-            yield from fut.result()
+    def on_skip(s: Any) -> None:
+        done[s.index] = s.reason
+
+    for item, det in run_batches(runner, batches, conf, stats, on_skip):
+        done[item.index] = det
+        while nxt in done:
+            yield nxt, done.pop(nxt)
+            nxt += 1
+    for i in sorted(done):
+        yield i, done[i]
+    if timings is not None:
+        timings.extend(RequestTiming(n, t) for n, t in stats.requests)
 
 
 def _server_gone(exc: BaseException) -> bool:
@@ -299,7 +411,7 @@ def _server_gone(exc: BaseException) -> bool:
     return isinstance(exc, OSError) or "UNAVAILABLE" in status or "UNAVAILABLE" in str(exc)[:200]
 
 
-def _server_batches(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+def server_batches(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """Executions / inferences and the batch sizes the server formed between two statistics snapshots."""
     def stats(s: dict[str, Any]) -> dict[str, Any]:
         ms = (s.get("model_stats") or [{}])[0]
@@ -315,7 +427,7 @@ def _server_batches(before: dict[str, Any], after: dict[str, Any]) -> dict[str, 
 
 def check_args(args: Any) -> None:
     """``--triton`` / ``--model`` / ``--concurrency`` combinations (before any connection); ``args`` is the
-    infer CLI's :class:`~harmonic.runtime.cli.InferConfig` (or anything with its fields)."""
+    infer CLI's :class:`~harmonic.runtime.config.InferConfig` (or anything with its fields)."""
     if args.triton is None:
         if args.model is not None or args.concurrency is not None:
             raise HarmonicError(f"{'--model' if args.model is not None else '--concurrency'}: only used with --triton URL")
@@ -325,127 +437,13 @@ def check_args(args: Any) -> None:
     if not args.model:
         raise HarmonicError("--triton: needs --model NAME (the model in the server's repository)")
     for flag, value in (("--save-vis", args.save_vis), ("--fast-decode", args.fast_decode),
-                        ("--provider", args.provider), ("--device", args.device), ("--img-size", args.img_size)):
+                        ("--provider", args.provider), ("--device", args.device), ("--img-size", args.img_size),
+                        ("--threads", args.threads), ("--backend", args.backend != "auto")):
         if value:
             raise HarmonicError(f"{flag}: not used with --triton (the server runs the model)")
     if args.concurrency is not None and args.concurrency < 1:
         raise HarmonicError(f"--concurrency must be >= 1, got {args.concurrency}")
     parse_url(args.triton)
-
-
-def main_triton(args: Any) -> int:
-    """The ``infer`` run against a Triton server (flags already parsed and checked by the infer CLI)."""
-    from harmonic.atomic import JsonListWriter, write_json
-    from harmonic.runtime import bench as bench_mod
-    from harmonic.runtime.postprocess import coco_results
-    from harmonic.runtime.reports import assign_image_ids, evaluate_report, load_annotation_records
-    from harmonic.runtime.sources import expand_sources
-
-    check_args(args)
-    listed = getattr(args, "image_list", None)
-    if listed:
-        from harmonic.runtime.sources import read_image_list
-
-        images = expand_sources(args.images, listed=read_image_list(listed))
-    else:
-        images = expand_sources(args.images)
-    session = TritonSession(args.triton, args.model)
-    try:
-        m = session.model
-        concurrency = args.concurrency or 1
-        batch = args.batch or 1
-        if batch > m.largest_request:
-            raise HarmonicError(f"--batch {batch}: model {m.name} takes at most {m.largest_request} image(s) per "
-                                f"request (max_batch_size {m.max_batch})")
-        names = m.names
-        category_ids = m.category_ids
-        out = Path(args.out)
-        records = None
-        gt_names: list[str] = []
-        if args.annotations:
-            records, gt_names, category_ids = load_annotation_records(Path(args.annotations), names, args.split)
-            ids, gt_ids = assign_image_ids(images, records, args.annotations)
-        else:
-            ids = list(range(1, len(images.paths) + 1))
-            gt_ids = set()
-        if args.bench and args.warmup and images.paths:  # untimed: the first image, one request at a time
-            for _ in range(args.warmup):
-                list(infer_paths(session, images.paths[:1] * batch, batch, 1))
-        before = _statistics_or_empty(session) if args.bench else {}
-        out.mkdir(parents=True, exist_ok=True)
-        writer = JsonListWriter(out / "detections.json")
-        timings: list[RequestTiming] = []
-        kept: list[dict[str, Any]] = []
-        evaluated: set[int] = set()
-        processed, skipped, n_det = 0, [], 0
-        try:
-            t0 = time.perf_counter()
-            for i, det in infer_paths(session, images.paths, batch, concurrency, args.conf, timings):
-                if isinstance(det, str):
-                    skipped.append(det)
-                    log.warning("skipped %s", det)
-                    continue
-                processed += 1
-                n_det += len(det)
-                entries = coco_results(det, ids[i], images.relative_name(i), category_ids)
-                writer.extend(entries)
-                if records is not None and ids[i] in gt_ids:
-                    kept.extend(entries)
-                    evaluated.add(int(ids[i]))
-            wall = time.perf_counter() - t0
-            print(f"images: {processed} processed, {len(skipped) + len(images.missing)} skipped; {n_det} detections; "
-                  f"{wall:.2f} s ({processed / max(wall, 1e-9):.1f} img/s) from {m.name} at {args.triton}")
-            if processed == 0:
-                raise RunFailure(f"--images: none of the {len(images.paths)} image(s) got detections "
-                                 f"(first: {skipped[0] if skipped else '?'}); {out} left as it was")
-            writer.commit()
-        except BaseException:
-            writer.discard()
-            raise
-        print(f"wrote {out / 'detections.json'}")
-        if args.bench:
-            lat = [t.latency for t in timings]
-            report = {
-                "backend": f"triton-{session.protocol}", "url": args.triton, "model": m.name,
-                "model_kind": "end_to_end" if m.end_to_end else "graph", "batch": batch,
-                "concurrency": concurrency, "warmup": args.warmup, "img_size": m.img_size or m.params.get("img_size"),
-                "versions": _versions(),
-                "note": "client side: latency per request = send -> outputs decoded (includes reading the file, "
-                        "and for a graph model decode/letterbox); throughput = images / wall time with "
-                        "--concurrency requests in flight; server = batches its dynamic batcher formed; times in ms",
-                "end_to_end": {"images": processed, "requests": len(timings), "wall_s": wall,
-                               "throughput_img_s": processed / wall if wall > 0 else None,
-                               "latency_ms_per_request": bench_mod.summarize(lat),
-                               "latency_ms_per_image": bench_mod.summarize(
-                                   [t.latency / t.n for t in timings])},
-                "server": _server_batches(before, _statistics_or_empty(session)),
-            }
-            write_json(out / "bench.json", report, indent=2)
-            lr, sv = report["end_to_end"]["latency_ms_per_request"], report["server"]
-            print(f"triton {m.name} batch {batch} concurrency {concurrency}: "
-                  f"{report['end_to_end']['throughput_img_s']:.1f} img/s; latency/request p50 {lr.get('p50', 0):.2f} "
-                  f"p90 {lr.get('p90', 0):.2f} p99 {lr.get('p99', 0):.2f} ms; server batches "
-                  f"{sv['executions_by_batch_size']} (mean {sv['mean_batch'] or 0:.2f})")
-            print(f"wrote {out / 'bench.json'}")
-        if records is not None:
-            evaluated_records = [r for r in records if int(r.image_id) in evaluated]
-            subset = None
-            if len(evaluated_records) < len(records):
-                subset = {"images_evaluated": len(evaluated_records), "images_annotated": len(records)}
-            evaluate_report(evaluated_records, kept, gt_names, out, f"{m.name} on {args.annotations}",
-                            category_ids, subset)
-            print(f"wrote {out / 'report.json'}")
-    finally:
-        session.close()
-    return 0
-
-
-def _statistics_or_empty(session: TritonSession) -> dict[str, Any]:
-    try:
-        return session.statistics()
-    except Exception as exc:  # noqa: BLE001 - the figures of the run are still worth writing
-        log.warning("server statistics not read: %s", _first_line(exc))
-        return {}
 
 
 def _versions() -> dict[str, str]:

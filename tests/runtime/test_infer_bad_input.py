@@ -53,7 +53,7 @@ def test_foreign_onnx_is_refused_before_outputs_are_touched(tmp_path, capsys):
 
 @pytest.mark.parametrize("failure,rc", [(KeyboardInterrupt, 130), (OSError(28, "No space left on device"), 1)])
 def test_interrupted_or_full_disk_keeps_the_last_complete_outputs(tmp_path, capsys, monkeypatch, failure, rc):
-    import harmonic.runtime.cli as infer_cli
+    import harmonic.runtime.run_images as infer_cli
 
     model = make_graph(tmp_path / "model.onnx")
     write_images(tmp_path / "images", 5)

@@ -41,6 +41,28 @@ np.savez(out, **arrs)
 """
 
 
+_API = """
+import sys, numpy as np
+from pathlib import Path
+from harmonic import Detector
+url, out, video = sys.argv[1], sys.argv[2], sys.argv[3]
+paths = sorted(Path(sys.argv[4]).glob("*.jpg"))
+arrs = {}
+def keep(key, d):
+    arrs["b" + key], arrs["s" + key], arrs["c" + key] = d.boxes, d.scores, d.classes
+with Detector(url, concurrency=4) as det:
+    arrs["names"] = np.array(det.names)
+    for i, d in enumerate(det(paths[:6])):
+        keep(f"p{i}", d)
+    keep("bytes", det(paths[0].read_bytes()))
+    for i, frame, d in det.stream(video, batch=2):
+        arrs[f"frame{i}"] = frame  # as this environment's OpenCV decodes it
+        keep(f"v{i}", d)
+        keep(f"a{i}", det(frame))  # a frame in memory: one request of its own
+np.savez(out, **arrs)
+"""
+
+
 @pytest.fixture(scope="module")
 def env() -> ServerEnv:
     return server_env()
@@ -154,3 +176,56 @@ def test_unknown_model_and_unreachable_server(env, served):
     assert res.returncode == 2 and res.stderr.startswith("error: --triton grpc://127.0.0.1:")
     assert "no Triton server answers there" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp / "o_unknown").exists() and not (tmp / "o_down").exists()
+
+
+def _same(got, key: str, d) -> None:
+    assert got["b" + key].dtype == np.float32 and np.array_equal(got["b" + key], d.boxes), key
+    assert np.array_equal(got["s" + key], d.scores) and np.array_equal(got["c" + key], d.classes), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,proto", [("harmonicdet_e2e", "http"), ("harmonicdet_py", "grpc")])
+def test_detector_api_on_a_served_model_equals_the_local_model(env, served, model, proto):
+    """``Detector("grpc://host:port/MODEL")``: paths, bytes, frames in memory and a video stream give what
+    the local model gives (end-to-end model: the server decodes; graph model: the client letterboxes)."""
+    from harmonic import Detector
+    from tests.runtime.videos import write_video
+
+    server, graph, images, tmp = served
+    video = write_video(tmp / f"clip_{model}.avi", 8)
+    url = f"http://{server.http}/{model}" if proto == "http" else f"grpc://{server.grpc}/{model}"
+    out = tmp / f"api_{model}.npz"
+    res = subprocess.run([str(env.python), "-c", _API, url, str(out), str(video), str(images)], capture_output=True,
+                         text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = np.load(out)
+    paths = sorted(images.glob("*.jpg"))
+    with Detector(graph) as local:
+        assert list(got["names"]) == local.names
+        for i, d in enumerate(local(paths[:6])):
+            _same(got, f"p{i}", d)
+        _same(got, "bytes", local(paths[0]))
+        for i in range(8):
+            d = local(got[f"frame{i}"])
+            _same(got, f"v{i}", d)
+            _same(got, f"a{i}", d)
+        assert sum(len(local(got[f"frame{i}"])) for i in range(8)) > 8
+
+
+@pytest.mark.slow
+def test_infer_triton_on_a_video_equals_the_local_engine(env, served):
+    """``infer --triton ... --source clip`` and ``infer --engine ... --source clip`` in the same environment
+    write the same ``detections.jsonl``: one run loop for both."""
+    from tests.runtime.videos import write_video
+
+    server, graph, images, tmp = served
+    video = write_video(tmp / "clip_cli.mp4", 10)
+    _client(env, "--engine", str(graph), "--source", str(video), "--out", str(tmp / "v_local"))
+    res = _client(env, "--triton", f"grpc://{server.grpc}", "--model", "harmonicdet_e2e", "--source", str(video),
+                  "--out", str(tmp / "v_served"), "--batch", "2", "--concurrency", "2", "--bench", "--warmup", "1")
+    assert "frames: 10 processed, 0 dropped, 0 corrupt" in res.stdout
+    local = (tmp / "v_local" / "detections.jsonl").read_text()
+    assert (tmp / "v_served" / "detections.jsonl").read_text() == local and len(local.splitlines()) == 10
+    bench = json.loads((tmp / "v_served" / "bench.json").read_text())
+    assert bench["frames"]["processed"] == 10 and bench["requests"]["n"] == 5
+    assert bench["end_to_end"]["latency_ms_per_frame"]["n"] == 10

@@ -72,6 +72,8 @@ class Backend(ABC):
     min_batch: int = 1
     #: GPU time of the last :meth:`infer` in ms (CUDA events), ``None`` where not measured.
     last_engine_ms: float | None = None
+    #: whether :meth:`infer` may be called from several threads at once (else callers serialise it)
+    thread_safe: bool = False
 
     @abstractmethod
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:

@@ -74,6 +74,7 @@ class OnnxRuntimeBackend(Backend):
     """An exported ``.onnx`` graph in an ``onnxruntime.InferenceSession``."""
 
     name = "onnxruntime"
+    thread_safe = True  # InferenceSession.run may be called concurrently
 
     def __init__(self, path: str | Path, provider: str | None = None, device: str | None = None,
                  threads: int | None = None, img_size: int | None = None, spin: bool | None = None,
