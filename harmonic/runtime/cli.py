@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from harmonic.atomic import JsonListWriter, write_json
+from harmonic.atomic import JsonListWriter, output_group, write_json
 from harmonic.data.images import decode_image
 from harmonic.errors import HarmonicError, RunFailure
 from harmonic.runtime import bench as bench_mod
@@ -229,14 +229,14 @@ def _run(cfg: InferConfig, backend: Any, images: ImageList) -> int:
         for _ in range(cfg.warmup):
             run_engine(backend, dummy)
 
-    out.mkdir(parents=True, exist_ok=True)
-    writer = JsonListWriter(out / "detections.json")
-    try:
-        rc = _infer_and_report(cfg, backend, images, batch, writer, ids, records, gt_ids, gt_names, category_ids)
-        writer.commit()  # last, so a failed or interrupted run keeps the previous complete file
-    except BaseException:
-        writer.discard()
-        raise
+    with output_group(out):  # detections, bench, report and pictures replace the old ones together, or none does
+        writer = JsonListWriter(out / "detections.json")
+        try:
+            rc = _infer_and_report(cfg, backend, images, batch, writer, ids, records, gt_ids, gt_names, category_ids)
+            writer.commit()
+        except BaseException:
+            writer.discard()
+            raise
     return rc
 
 

@@ -334,7 +334,15 @@ def check_args(args: Any) -> None:
 
 
 def main_triton(args: Any) -> int:
-    """The ``infer`` run against a Triton server (flags already parsed and checked by the infer CLI)."""
+    """The ``infer`` run against a Triton server (flags already parsed and checked by the infer CLI).
+    detections.json, bench.json and the report replace the old ones together, or none does."""
+    from harmonic.atomic import output_group
+
+    with output_group():
+        return _main_triton(args)
+
+
+def _main_triton(args: Any) -> int:
     from harmonic.atomic import JsonListWriter, write_json
     from harmonic.runtime import bench as bench_mod
     from harmonic.runtime.postprocess import coco_results
