@@ -156,6 +156,14 @@ def _inside(name: str | Path, temp: Path) -> Path | None:
         return None
 
 
+def _our_temporary(name: str | Path, target: Path) -> bool:
+    """``name`` is one of the hidden temporaries :mod:`harmonic.atomic` makes beside ``target``
+    (``.model.x1y2.tmp.onnx``, ``.repo.x1y2.tmp``, ``.model.onnx.x1y2.work``, ``....old``)."""
+    p, t = Path(os.path.abspath(name)), Path(os.path.abspath(target))
+    return (p.parent == t.parent and p.name.startswith((f".{t.name}.", f".{t.stem}."))
+            and (p.name.endswith((".tmp", ".work", ".old")) or ".tmp." in p.name))
+
+
 def _named(exc: OSError) -> list[str]:
     return [n for n in (exc.filename2, exc.filename) if isinstance(n, (str, os.PathLike))]
 
@@ -181,12 +189,14 @@ def write_failure(exc: BaseException, target: str | Path, temp: str | Path | Non
         exc = cause
     place: Path | None = None
     names = _named(exc)
-    if temp is not None:
-        for n in names:
-            rel = _inside(n, Path(temp))
-            if rel is not None:
-                place = target if rel == Path(".") else target / rel
-                break
+    for n in names:
+        rel = _inside(n, Path(temp)) if temp is not None else None
+        if rel is not None:
+            place = target if rel == Path(".") else target / rel
+            break
+        if _our_temporary(n, target):  # one that could not even be made (a read-only folder)
+            place = target
+            break
     if place is None:
         if exc.errno in WRITE_ERRNOS:  # only a write fails so: the file opened for writing, a copy's destination
             place = Path(names[0]) if names else target

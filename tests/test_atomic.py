@@ -227,16 +227,16 @@ def test_other_write_errors_are_one_line_naming_the_output(tmp_path, monkeypatch
 
 def test_temporary_file_that_cannot_be_created_names_the_output(tmp_path, monkeypatch):
     """A folder remounted read-only: even the temporary file cannot be made."""
-    def mkstemp(*a, **k):
-        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".out.abc.tmp"))
+    def mkstemp(prefix="", suffix="", dir=None):
+        raise OSError(errno.EROFS, "Read-only file system", os.path.join(dir, f"{prefix}abc{suffix}"))
 
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
     with pytest.raises(WriteFailure) as info:
         atomic.write_text(tmp_path / "out.txt", "x")
-    assert str(info.value) == f"{tmp_path / '.out.abc.tmp'}: read-only file system"
+    assert str(info.value) == f"{tmp_path / 'out.txt'}: read-only file system"  # not the temporary name
     with pytest.raises(WriteFailure) as info:
         atomic.JsonListWriter(tmp_path / "d.json")
-    assert "read-only file system" in str(info.value)
+    assert str(info.value) == f"{tmp_path / 'd.json'}: read-only file system"
 
 
 def test_errors_that_are_not_write_failures_pass_through(tmp_path):
