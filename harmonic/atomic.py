@@ -173,6 +173,33 @@ def resolve(path: str | Path) -> Path:
     return Path(path)
 
 
+def place(temp: str | Path, target: str | Path) -> None:
+    """Put a finished temporary file or folder (on ``target``'s filesystem, e.g. from :func:`write_staged`
+    or :func:`scratch_dir`) in place of ``target``: now, or when the current :func:`output_group` ends.
+    For writers that make several files from one name (an IR's ``.xml`` and ``.bin``): write them into a
+    :func:`scratch_dir` and :func:`place` each inside an :func:`output_group` (a file in another folder
+    is first moved beside ``target``, so it outlives that folder until the group ends)."""
+    temp, target = Path(temp), Path(target)
+    try:
+        if os.path.abspath(temp.parent) != os.path.abspath(target.parent):
+            beside = (tempfile.mkdtemp if temp.is_dir() else _mkstemp_closed)(
+                prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            os.replace(temp, beside)
+            temp = Path(beside)
+        _finish(temp, target)
+    except BaseException as exc:
+        err = _fail(exc, target, temp)
+        if err is exc:
+            raise
+        raise err from exc
+
+
+def _mkstemp_closed(prefix: str, suffix: str, dir: Path) -> str:  # noqa: A002 - tempfile's name
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=dir)
+    os.close(fd)
+    return name
+
+
 def _finish(temp: Path, target: Path) -> None:
     """Put ``temp`` in place: now, or when the current :func:`output_group` ends."""
     group = _GROUP.get()
@@ -325,9 +352,9 @@ def write_json(path: str | Path, obj: Any, **dumps_kwargs: Any) -> Path:
 def write_staged(path: Path, data: bytes) -> Path:
     r"""Write ``data`` to a temporary file beside ``path`` (the usual mode) and return the temporary path.
 
-    For files that must appear together (an engine and its sidecar): the caller ``os.replace``\ s each
-    temporary onto its target once all are written (or passes them to :func:`swap_in`), and unlinks
-    the ones left when something fails. A failed write removes its own temporary file and raises a
+    For files that must appear together (an engine and its sidecar): the caller hands each temporary
+    to :func:`place` inside an :func:`output_group` (or to :func:`swap_in`) once all are written, and
+    unlinks the ones left when something fails. A failed write removes its own temporary file and raises a
     :class:`~harmonic.errors.WriteFailure` naming ``path``.
     """
     path = Path(path)

@@ -174,6 +174,29 @@ def test_group_rename_failing_half_way_puts_the_old_files_back(tmp_path, monkeyp
     assert snapshot(tmp_path) == {"a": b"old a", "b": b"old b"}
 
 
+def test_files_a_library_makes_from_one_name_are_placed_together(tmp_path, monkeypatch):
+    """An IR writer makes model.xml and model.bin from one name: both into a scratch folder, then placed
+    in one group; a full disk on the second leaves the earlier pair as it was."""
+    xml, binf = tmp_path / "model.xml", tmp_path / "model.bin"
+    xml.write_bytes(b"old xml")
+    binf.write_bytes(b"old bin")
+
+    def save_model(path: Path, weights: int) -> None:
+        path.write_bytes(b"<xml/>")
+        path.with_suffix(".bin").write_bytes(b"w" * weights)
+
+    with atomic.output_group(), atomic.scratch_dir(xml) as work:
+        save_model(work / "model.xml", 100)
+        atomic.place(work / "model.xml", xml)
+        atomic.place(work / "model.bin", binf)
+    assert snapshot(tmp_path) == {"model.bin": b"w" * 100, "model.xml": b"<xml/>"}
+    full_disk(monkeypatch, tmp_path, free=50)
+    with pytest.raises(WriteFailure) as info, atomic.output_group(), atomic.scratch_dir(xml) as work:
+        save_model(work / "model.xml", 100)
+    assert _full_disk_line(str(info.value), xml)
+    assert snapshot(tmp_path) == {"model.bin": b"w" * 100, "model.xml": b"<xml/>"}
+
+
 def test_nested_group_failure_removes_only_its_own_files(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     with atomic.output_group():
