@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from harmonic.errors import HarmonicError, one_line
+from harmonic.errors import HarmonicError, describe_os_error, one_line
 
 # sub-command -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -37,8 +37,9 @@ def run_guarded(fn: Callable[[list[str]], int | None], argv: list[str]) -> int:
     """Run a stage's ``main``; every failure becomes one ``error:`` line on stderr, never a traceback.
 
     Exit codes: 2 for bad input (:class:`HarmonicError`; argparse exits 2 itself), 1 for a
-    failed run (:class:`harmonic.errors.RunFailure`, an ``OSError`` such as a full disk, or an
-    unexpected error: ``HARMONIC_TRACEBACK=1`` shows its traceback), 130 after Ctrl-C.
+    failed run (:class:`harmonic.errors.RunFailure`; :class:`~harmonic.errors.WriteFailure` for a
+    full disk or another failed write, naming the output and its filesystem; any other ``OSError``;
+    an unexpected error: ``HARMONIC_TRACEBACK=1`` shows its traceback), 130 after Ctrl-C.
     Outputs are written atomically, so the last complete files survive any of these.
     """
     try:
@@ -49,9 +50,8 @@ def run_guarded(fn: Callable[[list[str]], int | None], argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("error: interrupted (Ctrl-C); the last complete outputs are kept", file=sys.stderr)
         return 130
-    except OSError as exc:
-        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        print(f"error: {where}{exc.strerror or one_line(str(exc)) or type(exc).__name__}", file=sys.stderr)
+    except OSError as exc:  # one no writer of harmonic.atomic worded (those raise WriteFailure)
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         return 1
     except Exception as exc:  # a bug or a library failure: still one line unless asked for the traceback
         if os.environ.get("HARMONIC_TRACEBACK"):

@@ -30,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harmonic.atomic import write_text  # noqa: E402
 from harmonic.data.images import decode_image  # noqa: E402
 from harmonic.experiments.benchmarks import generate_jpegs  # noqa: E402
 from harmonic.runtime import open_backend  # noqa: E402
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{res['preprocess_ms_per_image']['p50']:.2f} ms/img (p50, worker threads)")
     print("  RSS MiB: " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()))
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
+        write_text(args.json, json.dumps(res, indent=2))
     be.close()
     return 0
 

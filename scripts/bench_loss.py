@@ -20,6 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harmonic.atomic import write_text  # noqa: E402
+
 DEFAULT_MODELS = ["retinanet_resnet18_fpn", "fasterrcnn_resnet18_fpn", "fcos_resnet18_fpn",
                   "ssdlite320_mobilenet_v3_large"]
 
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<32} {r['img_size']:>4} {r['baseline_ms']:>12.1f} {r['harmonic_ms']:>12.1f} "
               f"{r['ratio']:>7.3f}", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"device": str(device), "torch": torch.__version__, "rows": rows},
+        write_text(args.json, json.dumps({"device": str(device), "torch": torch.__version__, "rows": rows},
                                         indent=2))
     return 0
 

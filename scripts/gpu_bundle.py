@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harmonic.atomic import atomic_dir  # noqa: E402
 from harmonic.errors import HarmonicError  # noqa: E402
 from harmonic.experiments.bundle import (  # noqa: E402
     CHECKPOINT,
@@ -144,10 +144,15 @@ def make_bundle(out: Path, checkpoint: Path | None, work: Path, python_version: 
     else:
         checkpoint = train_checkpoint(work, recipe)
         info = check_checkpoint(checkpoint)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    slim_checkpoint(Path(checkpoint), tmp / CHECKPOINT)
+    with atomic_dir(out) as tmp:  # the old bundle stays until the new one is complete
+        manifest = _fill_bundle(tmp, out, Path(checkpoint), info, python_version, platform, wheels, recipe)
+    return manifest
+
+
+def _fill_bundle(tmp: Path, out: Path, checkpoint: Path, info: dict[str, Any], python_version: str, platform: str,
+                 wheels: bool, recipe: dict[str, Any]) -> dict[str, Any]:
+    """The bundle's files under the temporary folder ``tmp``; returns the manifest (+ ``total_bytes``)."""
+    slim_checkpoint(checkpoint, tmp / CHECKPOINT)
     entries = []
     if wheels:
         for whl in download_wheels(tmp / "wheels", python_version, platform):
@@ -165,10 +170,7 @@ def make_bundle(out: Path, checkpoint: Path | None, work: Path, python_version: 
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     total = folder_bytes(tmp)
     if total > LIMIT_BYTES:
-        shutil.rmtree(tmp)
         raise HarmonicError(f"{out}: the bundle would be {total / 2**20:.1f} MiB, over {LIMIT_BYTES // 2**20} MiB")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
     manifest["total_bytes"] = total
     return manifest
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harmonic.atomic import write_text  # noqa: E402
 from harmonic.cli import run_guarded  # noqa: E402
 from harmonic.experiments import demo  # noqa: E402
 
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         if rc:
             return rc
         summary.append(f"- `{model}`: [{out / 'REPORT.md'}]({model}/REPORT.md)")
-    Path(args.out, "SUMMARY.md").write_text("\n".join(summary) + "\n")
+    write_text(Path(args.out, "SUMMARY.md"), "\n".join(summary) + "\n")
     return 0
 
 

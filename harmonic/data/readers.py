@@ -398,6 +398,8 @@ def read_yolo(labels_dir: str | Path, images_dir: str | Path, names: Sequence[st
 
 def write_yolo(records: Sequence[ImageRecord], labels_dir: str | Path) -> Path:
     """One YOLO txt per record (``class cx cy w h`` normalised; ignored boxes are not representable and skipped)."""
+    from harmonic.atomic import write_text
+
     labels_dir = Path(labels_dir)
     for r in records:
         lines = []
@@ -409,8 +411,7 @@ def write_yolo(records: Sequence[ImageRecord], labels_dir: str | Path) -> Path:
             w, h = (x2 - x1) / r.width, (y2 - y1) / r.height
             lines.append(f"{label} {cx:.8f} {cy:.8f} {w:.8f} {h:.8f}")
         out = labels_dir / Path(r.file_name).with_suffix(".txt")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+        write_text(out, "\n".join(lines) + ("\n" if lines else ""))
     return labels_dir
 
 

@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 import yaml
 
-from harmonic.atomic import write_text
+from harmonic.atomic import atomic_path, write_text
 from harmonic.data.readers import ImageRecord, write_coco
 from harmonic.errors import HarmonicError
 
@@ -314,7 +314,8 @@ def _render_to_file(job: tuple) -> ImageRecord:
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])
     if not ok:
         raise HarmonicError(f"{path}: cannot encode image")
-    Path(path).write_bytes(buf.tobytes())
+    with atomic_path(path) as tmp:  # a full disk leaves no truncated image behind
+        tmp.write_bytes(buf.tobytes())
     return ImageRecord(index + 1, Path(path).name, img.shape[1], img.shape[0], boxes, labels,
                        np.zeros(len(labels), bool))
 

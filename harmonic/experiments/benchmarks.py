@@ -159,7 +159,9 @@ def agreement(ref: list[Detections], got: list[Detections], score_min: float = 0
 def finish(rows: list[dict[str, Any]], json_path: str | None, opened: list[Any]) -> int:
     """Write ``rows`` to ``json_path`` (if given), close the backends; the script's exit code."""
     if json_path:
-        Path(json_path).write_text(json.dumps(rows, indent=2, default=float))
+        from harmonic.atomic import write_text
+
+        write_text(json_path, json.dumps(rows, indent=2, default=float))
     for be in opened:
         be.close()
     return 0

@@ -5,7 +5,8 @@ The graph is traced with the TorchScript exporter (``dynamo=False``): the NMS is
 which keeps the graph free of custom domains and exports a detector in ~1 s. The
 dynamo exporter also handles ``torch.onnx.ops.symbolic`` for the op, but needs an
 unbacked size for its data-dependent output and is several times slower per export.
-Files are written to a temporary name in the target folder and renamed at the end.
+Files are written to a temporary name in the target folder and renamed at the end (inside an
+:func:`harmonic.atomic.output_group`, when the whole group is written).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from harmonic.atomic import atomic_output_path
+from harmonic.atomic import atomic_output_path, output_group
 from harmonic.contract import INPUT_NAME, OUTPUT_NAMES, RAW_OUTPUT_NAMES, output_shapes
 from harmonic.errors import HarmonicError
 from harmonic.export.wrapper import build_wrapper
@@ -185,7 +186,8 @@ def export_model(
             set_metadata(proto, {**metadata, **extra, "graph": "raw" if raw else "nms"})
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(tmp))
-    log.info("wrote %s (%s graph, opset %d, batch %s)", out, "raw" if raw else "nms", opset, batch or "dynamic")
+    log.debug("exported the %s graph for %s (opset %d, batch %s)", "raw" if raw else "nms", out, opset,
+              batch or "dynamic")
     return Path(out)
 
 
@@ -239,11 +241,12 @@ def export_onnx(
     batch = int(meta["max_batch"]) if "max_batch" in meta else None
     if raw is not None and Path(raw).exists() and not overwrite:  # check both before writing either
         raise HarmonicError(f"{raw}: already exists (pass --overwrite to replace it)")
-    export_model(model, out, img_size=img_size, conf=conf, iou=iou, max_det=max_det, opset=opset,
-                 batch=batch, metadata=meta, overwrite=overwrite, nms_topk=nms_topk)
-    if raw is not None:
-        export_model(model, raw, img_size=img_size, conf=conf, iou=iou, max_det=max_det, opset=opset,
-                     batch=batch, raw=True, metadata=meta, overwrite=overwrite)
+    with output_group():  # both graphs appear together, or neither replaces its old file
+        export_model(model, out, img_size=img_size, conf=conf, iou=iou, max_det=max_det, opset=opset,
+                     batch=batch, metadata=meta, overwrite=overwrite, nms_topk=nms_topk)
+        if raw is not None:
+            export_model(model, raw, img_size=img_size, conf=conf, iou=iou, max_det=max_det, opset=opset,
+                         batch=batch, raw=True, metadata=meta, overwrite=overwrite)
     return Path(out)
 
 

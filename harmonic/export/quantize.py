@@ -17,7 +17,6 @@ calibrator: deprecated since TensorRT 10.1, removed in 11).
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,7 +99,7 @@ def quantize_int8(
         quantize_static,
     )
 
-    from harmonic.atomic import atomic_output_path
+    from harmonic.atomic import atomic_output_path, scratch_dir
     from harmonic.export.metadata import read_metadata, set_metadata
 
     onnx_path, out = Path(onnx_path), Path(out)
@@ -124,9 +123,10 @@ def quantize_int8(
                 x = np.concatenate([x, np.repeat(x[-1:], fixed - len(x), axis=0)])
             return {input_name: x}
 
-    with atomic_output_path(out, overwrite) as tmp, tempfile.TemporaryDirectory() as work:
-        # the calibrator writes augmented copies next to its input: keep them out of the user's folder
-        src = Path(work) / "fp32.onnx"
+    # the calibrator writes augmented copies next to its input and into a temporary folder: both go to a
+    # hidden folder beside the output (removed at the end; one filesystem to check and to name when full)
+    with atomic_output_path(out, overwrite) as tmp, scratch_dir(out) as work:
+        src = work / "fp32.onnx"
         onnx.save(proto, str(src))
         quantize_static(
             str(src), str(tmp), Reader(),

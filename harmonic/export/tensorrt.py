@@ -32,11 +32,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-from harmonic.atomic import write_staged
+from harmonic.atomic import output_group, remove_quietly, write_bytes, write_staged
 from harmonic.contract import INPUT_NAME, decode_metadata, sidecar_bytes, sidecar_path
 from harmonic.errors import HarmonicError
 
@@ -402,7 +401,8 @@ def build_engine(
         profile: ``(min, opt, max)`` batch of the single optimisation profile for ``images``.
         workspace_gb: ``WORKSPACE`` memory pool limit.
         timing_cache: file read (if present) and written back, so rebuilds skip kernel timing.
-    Both files appear only after a successful build (temp files + rename).
+    Both files (and the updated cache) appear together, only after a successful build (temp files
+    renamed together: :func:`harmonic.atomic.output_group`); a failed write removes them all.
     """
     import onnx
 
@@ -472,23 +472,17 @@ def build_engine(
         plan = builder.build_serialized_network(network, config)
         if plan is None:
             raise HarmonicError(f"{onnx_path}: TensorRT engine build failed (see the TensorRT log above)")
-        tmp_engine = write_staged(engine_path, bytes(plan))
-        tmp_files.append(tmp_engine)
         gpu, cc = gpu_info()
         side = sidecar_dict(meta, tensorrt_version=trt.__version__, gpu=gpu, compute_capability=cc,
                             precision=built_precision(mode), shapes=shapes)
-        tmp_side = write_staged(side_path, sidecar_bytes(side))
-        tmp_files.append(tmp_side)
-        if timing_cache:
-            tmp_cache = write_staged(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
-            tmp_files.append(tmp_cache)
-            os.replace(tmp_cache, timing_cache)
-        os.replace(tmp_engine, engine_path)
-        os.replace(tmp_side, side_path)
+        with output_group():  # all three appear together, or none replaces its old file
+            write_bytes(engine_path, bytes(plan))
+            write_bytes(side_path, sidecar_bytes(side))
+            if timing_cache:
+                write_bytes(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
     finally:
-        for t in tmp_files:
-            if t.exists():
-                t.unlink()
+        for t in tmp_files:  # the FP16 copy of the graph
+            remove_quietly(t)
     cmd_onnx = "<fp16 copy of the ONNX>" if mode == "strongly_typed" else onnx_path
     log.info("wrote %s (+ %s); trtexec equivalent:\n  %s", engine_path, side_path.name,
              trtexec_command(cmd_onnx, engine_path, shapes, mode, workspace_gb, timing_cache))

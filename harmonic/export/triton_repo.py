@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +68,8 @@ class GraphInfo:
 
 @dataclass(frozen=True)
 class EngineInfo:
-    """An engine and its sidecar: the batch profile ``(min, opt, max)``, TensorRT version, GPU."""
+    """An engine and its sidecar: the batch profile ``(min, opt, max)``, TensorRT version, GPU.
+    ``path`` and ``sidecar`` are the files to copy (staged files for outputs of the same run)."""
 
     path: Path
     profile: tuple[int, int, int]
@@ -78,6 +77,7 @@ class EngineInfo:
     gpu: str
     compute_capability: str
     fp16: bool
+    sidecar: Path
 
 
 @dataclass(frozen=True)
@@ -94,9 +94,13 @@ class RepoOptions:
 
 
 def read_graph(path: str | Path) -> GraphInfo:
-    """Inputs/outputs/metadata of an exported NMS graph; :class:`HarmonicError` when it isn't ours."""
+    """Inputs/outputs/metadata of an exported NMS graph; :class:`HarmonicError` when it isn't ours.
+    ``GraphInfo.path`` is the file to copy (the staged file of an output of the same run)."""
+    from harmonic.atomic import resolve
+
     path = Path(path)
-    if not path.is_file():
+    src = resolve(path)
+    if not src.is_file():
         raise HarmonicError(f"{path}: ONNX file not found")
     try:
         import onnxruntime as ort
@@ -106,7 +110,7 @@ def read_graph(path: str | Path) -> GraphInfo:
     so.log_severity_level = 3
     so.intra_op_num_threads = 1
     try:
-        sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(src), sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT's own exception types
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise HarmonicError(f"{path}: onnxruntime cannot load the model ({first[:200]})") from None
@@ -132,27 +136,30 @@ def read_graph(path: str | Path) -> GraphInfo:
     kdim = outs["det_scores"].shape[1] if len(outs["det_scores"].shape) == 2 else None
     if isinstance(kdim, int) and kdim != k:
         raise HarmonicError(f"{path}: det_scores has K={kdim} but the metadata says max_det={k}")
-    return GraphInfo(path, meta, inputs[0].name, size, batch, k)
+    return GraphInfo(src, meta, inputs[0].name, size, batch, k)
 
 
 def read_engine(path: str | Path) -> EngineInfo:
     """An engine and its ``<engine>.json`` sidecar (batch profile, TensorRT version); TensorRT not needed."""
+    from harmonic.atomic import resolve
+
     path = Path(path)
     side = sidecar_path(path)
-    if not path.is_file():
+    src, side_src = resolve(path), resolve(side)
+    if not src.is_file():
         raise HarmonicError(f"--engine {path}: not found")
-    if not side.is_file():
+    if not side_src.is_file():
         raise HarmonicError(f"--engine {path}: no sidecar {side.name} (the profile and TensorRT version come from it)")
     try:
-        data = json.loads(side.read_text(encoding="utf-8"))
+        data = json.loads(side_src.read_text(encoding="utf-8"))
         prof = data["profile"]
         profile = (int(prof["min"]), int(prof["opt"]), int(prof["max"]))
         trt = str(data.get("tensorrt") or data.get("versions", {}).get("tensorrt"))
     except (ValueError, KeyError, TypeError) as exc:
         raise HarmonicError(f"{side}: not an engine sidecar ({type(exc).__name__}: {exc})") from None
     check_format_version(data, side)
-    return EngineInfo(path, profile, trt, str(data.get("gpu", "unknown")), str(data.get("compute_capability", "unknown")),
-                      bool(data.get("fp16", False)))
+    return EngineInfo(src, profile, trt, str(data.get("gpu", "unknown")), str(data.get("compute_capability", "unknown")),
+                      bool(data.get("fp16", False)), side_src)
 
 
 def check_options(opts: RepoOptions) -> None:
@@ -248,6 +255,16 @@ def model_config(name: str, *, platform: str | None = None, backend: str | None 
     return "\n".join(lines) + "\n"
 
 
+def _write_text(path: Path, text: str) -> None:
+    """``path.write_text(text)``; a failed write names ``path`` (Python's own error names no file)."""
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
+
+
 def _copy_runtime(dest: Path) -> None:
     """The torch-free runtime files a Python-backend model imports, under ``dest/harmonic/``."""
     for rel in RUNTIME_FILES:
@@ -318,9 +335,14 @@ def write_repository(out: str | Path, onnx_path: str | Path, engine: str | Path 
                      opts: RepoOptions | None = None, overwrite: bool = False) -> Path:
     """Write the model repository for ``onnx_path`` (and ``engine``) to ``out``; returns ``out``.
 
-    Written to a temporary folder beside ``out`` and renamed at the end, so a failure leaves
-    nothing half-written (and with ``overwrite`` the old repository stays until the new one is complete).
+    Written to a temporary folder beside ``out`` and renamed at the end (:func:`harmonic.atomic.atomic_dir`),
+    so a failure leaves nothing half-written, and with ``overwrite`` the old repository stays until the
+    new one is complete. Refused first when ``out``'s filesystem cannot hold the copies; a write that
+    fails names the file in ``out`` it was writing. Inside an :func:`harmonic.atomic.output_group`
+    the graph and engine may be outputs of the same run (read from their staged files).
     """
+    from harmonic.atomic import atomic_dir, require_space
+
     opts = opts or RepoOptions()
     check_options(opts)
     out = Path(out)
@@ -328,89 +350,78 @@ def write_repository(out: str | Path, onnx_path: str | Path, engine: str | Path 
     graph = read_graph(onnx_path)
     eng = read_engine(engine) if engine is not None else None
     max_batch = resolve_max_batch(graph, eng, opts.max_batch)
+    require_space([(out, repository_bytes(graph.path.stat().st_size, eng.path.stat().st_size if eng else None,
+                                          opts))])
+    with atomic_dir(out) as tmp:
+        _fill_repository(tmp, graph, eng, opts, max_batch)
+    log.debug("wrote Triton model repository %s", out)
+    return out
+
+
+def repository_bytes(graph_bytes: int, engine_bytes: int | None, opts: RepoOptions) -> int:
+    """Bytes a repository takes at least: a copy of the graph per ONNX model, of the plan per plan
+    model, and the Python-backend models' code."""
+    use_plan = engine_bytes is not None and opts.kind == "gpu"
+    python_models = int(opts.end_to_end) + int(opts.python_twin)
+    total = graph_bytes * (1 + int(opts.end_to_end and not use_plan) + int(opts.python_twin))
+    if engine_bytes is not None:
+        total += engine_bytes * (1 + int(opts.end_to_end and use_plan))
+    code = sum((_PKG / rel).stat().st_size for rel in RUNTIME_FILES) + (_PKG / "export" / "triton_model.py").stat().st_size
+    return total + python_models * code
+
+
+def _fill_repository(tmp: Path, graph: GraphInfo, eng: EngineInfo | None, opts: RepoOptions, max_batch: int) -> None:
+    """The repository's files under the temporary folder ``tmp`` (layout in the module doc)."""
     names = json.loads(graph.metadata.get("names", "[]"))
     params = {k: v for k, v in graph.metadata.items()}
     size = graph.img_size
     images_in = [(graph.input_name, "TYPE_FP32", [3, size, size])]
     common = dict(max_batch=max_batch, k=graph.max_det, fixed_batch=graph.batch, opts=opts)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        d = tmp / opts.name
+    d = tmp / opts.name
+    (d / "1").mkdir(parents=True)
+    shutil.copyfile(graph.path, d / "1" / "model.onnx")
+    _write_text(d / "config.pbtxt", model_config(
+        opts.name, platform="onnxruntime_onnx", inputs=images_in, parameters=params,
+        comments=["HarmonicDet exported graph (NMS inside): boxes in letterboxed input pixels."], **common))
+    if eng is not None:
+        d = tmp / f"{opts.name}_trt"
         (d / "1").mkdir(parents=True)
-        shutil.copyfile(graph.path, d / "1" / "model.onnx")
-        (d / "config.pbtxt").write_text(model_config(
-            opts.name, platform="onnxruntime_onnx", inputs=images_in, parameters=params,
-            comments=["HarmonicDet exported graph (NMS inside): boxes in letterboxed input pixels."], **common))
-        if eng is not None:
-            d = tmp / f"{opts.name}_trt"
-            (d / "1").mkdir(parents=True)
-            shutil.copyfile(eng.path, d / "1" / "model.plan")
-            trt_params = {**params, "tensorrt": eng.tensorrt, "gpu": eng.gpu,
-                          "compute_capability": eng.compute_capability,
-                          "profile": json.dumps(dict(zip(("min", "opt", "max"), eng.profile)))}
-            (d / "config.pbtxt").write_text(model_config(
-                f"{opts.name}_trt", platform="tensorrt_plan", inputs=images_in, parameters=trt_params,
-                comments=[f"model.plan needs TensorRT {eng.tensorrt} (built on {eng.gpu}, compute capability "
-                          f"{eng.compute_capability}): use the Triton release that ships it.",
-                          f"max_batch_size = the engine profile's maximum ({eng.profile[2]}) unless lowered."],
-                **common))
-        # the Python-backend models batch requests themselves: a fixed-batch graph runs image by image
-        py_batch = max_batch or DEFAULT_MAX_BATCH
-        py_common = dict(common, max_batch=py_batch, fixed_batch=None)
-        use_plan = eng is not None and opts.kind == "gpu"
-        gfile = "model.plan" if use_plan else "model.onnx"
-        gsrc = eng.path if use_plan else graph.path
-        side = sidecar_path(eng.path) if use_plan else None
-        if opts.end_to_end:
-            d = tmp / f"{opts.name}_e2e"
-            _python_model(d, gsrc, gfile, side)
-            (d / "config.pbtxt").write_text(model_config(
-                f"{opts.name}_e2e", backend="python", inputs=[("image", "TYPE_STRING", [1])],
-                parameters={**params, "harmonic.serving": "end_to_end", "harmonic.graph_file": gfile,
-                            "harmonic.boxes": "original image pixels"},
-                comments=["End to end: encoded image bytes in, detections in original image pixels out.",
-                          "Needs numpy<2, opencv-python-headless and onnxruntime in the Python backend's env."],
-                **py_common))
-        if opts.python_twin:
-            d = tmp / f"{opts.name}_py"
-            _python_model(d, graph.path, "model.onnx")
-            (d / "config.pbtxt").write_text(model_config(
-                f"{opts.name}_py", backend="python", inputs=images_in,
-                parameters={**params, "harmonic.serving": "graph", "harmonic.graph_file": "model.onnx"},
-                comments=[f"The graph of '{opts.name}' through the Python backend (ONNX Runtime in the stub)."],
-                **common))
-        (tmp / "README.md").write_text(_readme(opts, graph, eng, names, max_batch))
-        os.chmod(tmp, 0o777 & ~_umask())
-        _swap_in(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.debug("wrote Triton model repository %s", out)
-    return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Rename the finished ``tmp`` onto ``out`` (an old folder there is moved aside first, then removed)."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old.{os.getpid()}")
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.copyfile(eng.path, d / "1" / "model.plan")
+        trt_params = {**params, "tensorrt": eng.tensorrt, "gpu": eng.gpu,
+                      "compute_capability": eng.compute_capability,
+                      "profile": json.dumps(dict(zip(("min", "opt", "max"), eng.profile)))}
+        _write_text(d / "config.pbtxt", model_config(
+            f"{opts.name}_trt", platform="tensorrt_plan", inputs=images_in, parameters=trt_params,
+            comments=[f"model.plan needs TensorRT {eng.tensorrt} (built on {eng.gpu}, compute capability "
+                      f"{eng.compute_capability}): use the Triton release that ships it.",
+                      f"max_batch_size = the engine profile's maximum ({eng.profile[2]}) unless lowered."],
+            **common))
+    # the Python-backend models batch requests themselves: a fixed-batch graph runs image by image
+    py_batch = max_batch or DEFAULT_MAX_BATCH
+    py_common = dict(common, max_batch=py_batch, fixed_batch=None)
+    use_plan = eng is not None and opts.kind == "gpu"
+    gfile = "model.plan" if use_plan else "model.onnx"
+    gsrc = eng.path if use_plan else graph.path
+    side = eng.sidecar if use_plan else None
+    if opts.end_to_end:
+        d = tmp / f"{opts.name}_e2e"
+        _python_model(d, gsrc, gfile, side)
+        _write_text(d / "config.pbtxt", model_config(
+            f"{opts.name}_e2e", backend="python", inputs=[("image", "TYPE_STRING", [1])],
+            parameters={**params, "harmonic.serving": "end_to_end", "harmonic.graph_file": gfile,
+                        "harmonic.boxes": "original image pixels"},
+            comments=["End to end: encoded image bytes in, detections in original image pixels out.",
+                      "Needs numpy<2, opencv-python-headless and onnxruntime in the Python backend's env."],
+            **py_common))
+    if opts.python_twin:
+        d = tmp / f"{opts.name}_py"
+        _python_model(d, graph.path, "model.onnx")
+        _write_text(d / "config.pbtxt", model_config(
+            f"{opts.name}_py", backend="python", inputs=images_in,
+            parameters={**params, "harmonic.serving": "graph", "harmonic.graph_file": "model.onnx"},
+            comments=[f"The graph of '{opts.name}' through the Python backend (ONNX Runtime in the stub)."],
+            **common))
+    _write_text(tmp / "README.md", _readme(opts, graph, eng, names, max_batch))
 
 
 def describe(out: Path) -> list[str]:

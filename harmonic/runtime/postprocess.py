@@ -225,4 +225,4 @@ def save_image(path: str | Path, rgb: np.ndarray) -> None:
     if not ok:
         raise OSError(f"{path}: cannot encode image")
     with atomic_path(path) as tmp:
-        buf.tofile(str(tmp))
+        tmp.write_bytes(buf.tobytes())  # a Python write: a full disk keeps its errno (numpy's tofile drops it)

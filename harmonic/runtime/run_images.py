@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from harmonic.atomic import JsonListWriter, write_json
+from harmonic.atomic import JsonListWriter, output_group, write_json
 from harmonic.data.images import decode_image
 from harmonic.errors import RunFailure
 from harmonic.runtime import bench as bench_mod
@@ -72,19 +72,21 @@ def run_images(cfg: InferConfig, det: Any, images: ImageList) -> int:
         runner.warmup(batch, cfg.warmup, images.paths[0])
     before = runner.statistics() if cfg.bench and hasattr(runner, "statistics") else {}
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    writer = JsonListWriter(out / "detections.json")
-    try:
-        stats, kept, evaluated = _infer(cfg, det, images, batch, writer, ids, records, gt_ids, category_ids)
-        writer.commit()  # last, so a failed or interrupted run keeps the previous complete file
-    except BaseException:
-        writer.discard()
-        raise
-    print(f"wrote {out / 'detections.json'}" + (f" and {out / 'vis'}/" if cfg.save_vis else ""))
-    if cfg.bench:
-        _bench(cfg, runner, images, batch, stats, before)
-    if records is not None:
-        _report(cfg, records, kept, evaluated, gt_names, category_ids)
+    wrote = [f"wrote {out / 'detections.json'}" + (f" and {out / 'vis'}/" if cfg.save_vis else "")]
+    # detections.json, the pictures, bench.json and report.json replace the old ones together, or none does
+    with output_group(out):
+        writer = JsonListWriter(out / "detections.json")
+        try:
+            stats, kept, evaluated = _infer(cfg, det, images, batch, writer, ids, records, gt_ids, category_ids)
+            writer.commit()
+        except BaseException:
+            writer.discard()
+            raise
+        if cfg.bench:
+            wrote.append(_bench(cfg, runner, images, batch, stats, before))
+        if records is not None:
+            wrote.append(_report(cfg, records, kept, evaluated, gt_names, category_ids))
+    print("\n".join(wrote))
     return 0
 
 
@@ -127,7 +129,8 @@ def _infer(cfg: InferConfig, det: Any, images: ImageList, batch: int, writer: Js
 
 
 def _bench(cfg: InferConfig, runner: Any, images: ImageList, batch: int, stats: RunStats,
-           before: dict[str, Any]) -> None:
+           before: dict[str, Any]) -> str:
+    """Write ``bench.json`` and print its table; returns the "wrote" line to print once the run's outputs are in."""
     out = Path(cfg.out)
     if isinstance(runner, LocalRunner):
         report = bench_mod.local_report(runner.backend, str(cfg.engine), batch, cfg.warmup, cfg.iters, stats,
@@ -140,11 +143,12 @@ def _bench(cfg: InferConfig, runner: Any, images: ImageList, batch: int, stats: 
     if isinstance(runner, LocalRunner):
         print()
     print(text)
-    print(f"wrote {out / 'bench.json'}")
+    return f"wrote {out / 'bench.json'}"
 
 
 def _report(cfg: InferConfig, records: list[Any], kept: list[dict[str, Any]], evaluated: set[int],
-            gt_names: list[str], category_ids: list[int] | None) -> None:
+            gt_names: list[str], category_ids: list[int] | None) -> str:
+    """Write ``report.json`` (and its plot); returns the "wrote" line with the headline metrics."""
     out = Path(cfg.out)
     subset = None
     evaluated_records = [r for r in records if int(r.image_id) in evaluated]
@@ -161,7 +165,7 @@ def _report(cfg: InferConfig, records: list[Any], kept: list[dict[str, Any]], ev
     tp = (report.get("ranking") or {}).get("true_positives") or {}
     parts += [f"TP {k} {tp[k]:.3f}" for k in ("spearman", "kendall") if isinstance(tp.get(k), float)]
     parts += [f"pooled {k} {cons[k]:.3f}" for k in ("spearman", "aic") if isinstance(cons.get(k), float)]
-    print(f"wrote {out / 'report.json'}" + (f": {', '.join(parts)}" if parts else ""))
+    return f"wrote {out / 'report.json'}" + (f": {', '.join(parts)}" if parts else "")
 
 
 def _bench_batch(runner: LocalRunner, images: ImageList, batch: int) -> np.ndarray:

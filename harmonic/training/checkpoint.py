@@ -12,11 +12,9 @@ reads it without executing pickled code.
 
 from __future__ import annotations
 
-import errno
 import os
 import pickle
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harmonic.errors import HarmonicError, RunFailure
+from harmonic.errors import HarmonicError, WriteFailure
 from harmonic.models.spec import CHECKPOINT_FORMAT, FORMAT_VERSION, ModelSpec
 
 
@@ -42,7 +40,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically: temp file in the same directory, fsync, ``os.replace``.
 
     ``format`` and ``format_version`` are filled in if missing. A crash at any point leaves
-    either the previous file or the new one, never a partial file.
+    either the previous file or the new one, never a partial file. A failed write (full disk,
+    quota, a short write torch reports as ``RuntimeError``) removes the temporary file and raises
+    a one-line :class:`~harmonic.errors.WriteFailure` (exit 1) naming ``path`` and, for a full
+    disk, its filesystem's free space.
     """
     from harmonic.atomic import atomic_open
 
@@ -53,17 +54,9 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     try:
         with atomic_open(path, "wb") as f:
             torch.save(state, f)
-    except (OSError, RuntimeError) as exc:
-        if not _is_write_failure(exc):
-            raise
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "the write stopped short"
-        if not isinstance(exc, OSError) or exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            try:
-                reason += f"; {shutil.disk_usage(path.parent).free / 2**30:.1f} GiB free there: is the disk full?"
-            except OSError:
-                pass
-        raise RunFailure(f"{path}: checkpoint not written ({reason}); "
-                         f"the previous {path.name}, if any, is unchanged") from exc
+    except WriteFailure as exc:
+        raise WriteFailure(exc.place, f"checkpoint not written: {exc.problem}; "
+                                      f"the previous {path.name}, if any, is unchanged") from exc.__cause__
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -75,16 +68,31 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def _is_write_failure(exc: BaseException) -> bool:
-    """An error from writing the file (full disk, quota, I/O), not from what was being saved.
+#: optimizer state per trainable parameter byte, by optimizer class (SGD: its momentum buffer, if any)
+OPTIMIZER_STATE = {"Adam": 2, "AdamW": 2, "RMSprop": 1, "Adagrad": 1}
 
-    ``torch.save`` reports a short write by its zip writer as a ``RuntimeError`` such as
-    "[enforce fail at inline_container.cc:672] . unexpected pos 71951872 vs 71951760".
-    """
-    if isinstance(exc, OSError):
-        return True
-    msg = str(exc)
-    return "inline_container" in msg or "PytorchStreamWriter" in msg or "unexpected pos" in msg
+
+def checkpoint_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
+    """At least the size of a checkpoint of ``model`` and ``optimizer`` (its state once it has stepped)."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    if optimizer is None:
+        return weights
+    name = type(optimizer).__name__
+    per = OPTIMIZER_STATE.get(name, 0)
+    if name == "SGD":
+        per = int(any(g.get("momentum", 0) for g in optimizer.param_groups))
+    params = sum(p.numel() * p.element_size() for g in optimizer.param_groups for p in g["params"])
+    return weights + per * params
+
+
+def check_checkpoint_space(out: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Refuse (one line, exit 1) before training when ``out``'s filesystem cannot hold the run's
+    checkpoints: ``last.pt``, and ``best.pt`` beside it (each written to a temporary file first)."""
+    from harmonic.atomic import require_space
+
+    out = Path(out)
+    missing = sum(not (out / name).exists() for name in ("last.pt", "best.pt"))
+    require_space([(out / "last.pt", checkpoint_bytes(model, optimizer) * max(1, missing))])
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -45,11 +46,27 @@ class JsonlLogger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: dict[str, Any]) -> None:
+        """Append ``record``; a failed write (full disk) cuts the log back to its last complete line and
+        raises a one-line :class:`~harmonic.errors.WriteFailure` naming the log."""
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(to_plain(record)) + "\n")
-            f.flush()
+        line = json.dumps(to_plain(record)) + "\n"
+        size = self.path.stat().st_size if self.path.exists() else 0
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+        except OSError as exc:
+            from harmonic.errors import write_failure
+
+            failure = write_failure(exc, self.path)
+            try:
+                os.truncate(self.path, size)  # no torn line left behind
+            except OSError:
+                pass
+            if failure is None:
+                raise
+            raise failure from exc
 
 
 class MeanWindow:

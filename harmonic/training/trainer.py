@@ -296,6 +296,10 @@ def _train(cfg: TrainConfig, dist_info, device: torch.device, stop_after_epoch: 
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
                           find_unused_parameters=cfg.find_unused_parameters)
 
+    if dist_info.is_main:  # before the first epoch (and before the run folder is made), not after it
+        from harmonic.training.checkpoint import check_checkpoint_space
+
+        check_checkpoint_space(out, model, opt.optimizer)
     logger = JsonlLogger(out / "log.jsonl", enabled=dist_info.is_main)
     last_path, best_path = out / "last.pt", out / "best.pt"
     if dist_info.is_main:

@@ -308,3 +308,24 @@ def test_a_url_that_does_not_answer_or_hangs_mid_stream(nms_graph, tmp_path):
             c.close()
     assert 0 < len(got) < 30 and got == list(range(len(got)))
     assert reader.stats.stopped == f"the stream stopped after {len(got)} frame(s)"
+
+
+def test_a_full_disk_keeps_every_complete_line_and_names_the_file(nms_graph, tmp_path, capsys, monkeypatch):
+    """The disk fills in the middle of a line: the file is cut back to its complete lines and kept, no
+    temporary file is left, and the one error line (exit 1) names detections.jsonl."""
+    from tests.faults import full_disk
+
+    video = write_video(tmp_path / "clip.mp4", N)
+    roomy = tmp_path / "roomy"
+    assert main(["infer", "--engine", str(nms_graph), "--source", str(video), "--out", str(roomy)]) == 0
+    lines = (roomy / "detections.jsonl").read_text().splitlines(keepends=True)
+    disk = tmp_path / "disk"
+    out = disk / "out"
+    out.mkdir(parents=True)
+    capsys.readouterr()
+    full_disk(monkeypatch, disk, free=len("".join(lines[:4]).encode()) + 10)  # room for 4 lines and a bit
+    assert main(["infer", "--engine", str(nms_graph), "--source", str(video), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {out / 'detections.jsonl'}: no space left on device")
+    assert (out / "detections.jsonl").read_text() == "".join(lines[:4])
+    assert sorted(p.name for p in out.iterdir()) == ["detections.jsonl"]
