@@ -10,29 +10,49 @@ import numpy as np
 
 
 def box_area(boxes: np.ndarray) -> np.ndarray:
-    """Area of ``boxes[N, 4]`` -> ``[N]`` (zero for degenerate boxes)."""
-    boxes = np.asarray(boxes, dtype=np.float64)
-    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    """Area of ``boxes[N, 4]`` -> ``[N]`` float64 (zero for degenerate boxes)."""
+    return _area(np.asarray(boxes, dtype=np.float64))
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise IoU of ``a[N, 4]`` and ``b[M, 4]`` -> ``[N, M]`` float64; 0 where a union is empty."""
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    return _iou(a[:, None, :], b[None, :, :])
+
+
+def elementwise_box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of ``a[i]`` with ``b[i]`` for ``a[P, 4]``, ``b[P, 4]`` -> ``[P]`` float64; 0 where a union is empty
+    (no epsilon: the numpy twin of :func:`harmonic.losses.elementwise_box_iou` without its gradient guard)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    return _iou(a, b)
+
+
+def _area(boxes: np.ndarray) -> np.ndarray:
+    """Area of ``boxes[..., 4]`` -> ``[...]`` in their dtype (zero for degenerate boxes)."""
+    return np.clip(boxes[..., 2] - boxes[..., 0], 0, None) * np.clip(boxes[..., 3] - boxes[..., 1], 0, None)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of ``a[..., 4]`` with ``b[..., 4]``, broadcast against each other -> ``[...]`` in their dtype;
+    0 where the union is empty. :func:`box_iou` and :func:`elementwise_box_iou` compute it in float64."""
+    lt = np.maximum(a[..., :2], b[..., :2])
+    rb = np.minimum(a[..., 2:], b[..., 2:])
     wh = np.clip(rb - lt, 0, None)
     inter = wh[..., 0] * wh[..., 1]
-    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, inter / union, 0.0)
-    return iou
+    union = _area(a) + _area(b) - inter
+    out = np.zeros_like(inter)
+    np.divide(inter, union, out=out, where=union > 0)
+    return out
 
 
 def iou_one_to_many(box: np.ndarray, area: float, others: np.ndarray, other_areas: np.ndarray) -> np.ndarray:
     """IoU of one ``box[4]`` (with its ``area``) against ``others[M, 4]`` (with ``other_areas[M]``) -> ``[M]``.
 
-    The inner step of greedy NMS; areas are passed in because NMS computes them once.
+    The inner step of greedy NMS; areas are passed in because NMS computes them once. Not
+    :func:`box_iou`: the intersections stay in the boxes' dtype (float32 in :func:`nms`) and the
+    union is floored at 1e-12.
     """
     lt = np.maximum(box[:2], others[:, :2])
     rb = np.minimum(box[2:], others[:, 2:])

@@ -28,18 +28,22 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- the graph
 
 INPUT_NAME = "images"
+NUM_DETS = "num_dets"  #: ``[B,1]``: detections kept per image
+DET_BOXES = "det_boxes"  #: ``[B,K,4]``: their boxes, zero past ``num_dets``
+DET_SCORES = "det_scores"  #: ``[B,K]``: their scores
+DET_CLASSES = "det_classes"  #: ``[B,K]``: their 0-based class indices
 #: the NMS graph's outputs, in order: ``num_dets [B,1]``, ``det_boxes [B,K,4]``, ``det_scores [B,K]``, ``det_classes [B,K]``
-OUTPUT_NAMES = ("num_dets", "det_boxes", "det_scores", "det_classes")
+OUTPUT_NAMES = (NUM_DETS, DET_BOXES, DET_SCORES, DET_CLASSES)
 #: a raw-head graph's outputs (``graph == "raw"``): ``boxes [B,A,4]``, ``scores [B,A,C]``
 RAW_OUTPUT_NAMES = ("boxes", "scores")
 #: numpy dtype name of each output of the NMS graph
-OUTPUT_DTYPES = {"num_dets": "int32", "det_boxes": "float32", "det_scores": "float32", "det_classes": "int32"}
+OUTPUT_DTYPES = {NUM_DETS: "int32", DET_BOXES: "float32", DET_SCORES: "float32", DET_CLASSES: "int32"}
 
 
 def output_shapes(max_det: int) -> dict[str, list[int]]:
     """Per-image shape (without the batch dimension) of each output for ``K = max_det``."""
     k = int(max_det)
-    return {"num_dets": [1], "det_boxes": [k, 4], "det_scores": [k], "det_classes": [k]}
+    return {NUM_DETS: [1], DET_BOXES: [k, 4], DET_SCORES: [k], DET_CLASSES: [k]}
 
 
 # ---------------------------------------------------------------- files

@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
 
-from harmonic.boxes import batched_nms, box_iou, nms, xywh_to_xyxy, xyxy_to_xywh
+from harmonic.boxes import (
+    batched_nms,
+    box_area,
+    box_iou,
+    elementwise_box_iou,
+    nms,
+    xywh_to_xyxy,
+    xyxy_to_xywh,
+)
 
 
 def test_box_iou_known_values():
@@ -48,3 +56,89 @@ def test_xywh_round_trip():
     b = np.array([[1.5, 2.0, 11.5, 7.0]])
     np.testing.assert_allclose(xyxy_to_xywh(b), [[1.5, 2.0, 10.0, 5.0]])
     np.testing.assert_allclose(xywh_to_xyxy(xyxy_to_xywh(b)), b)
+
+
+def _awkward_boxes(rng: np.random.Generator, n: int, dtype) -> np.ndarray:
+    """``[n, 4]`` boxes with every awkward case: ordinary, zero width/height, points, inverted,
+    identical, touching edges, integer corners (exact ties), huge and tiny coordinates."""
+    xy = rng.uniform(0, 60, (n, 2))
+    wh = rng.uniform(0, 30, (n, 2))
+    boxes = np.concatenate([xy, xy + wh], 1)
+    k = n // 8
+    boxes[:k, 2] = boxes[:k, 0]  # zero width
+    boxes[k:2 * k, 3] = boxes[k:2 * k, 1]  # zero height
+    boxes[2 * k:3 * k, 2:] = boxes[2 * k:3 * k, :2]  # points
+    boxes[3 * k:4 * k, [0, 2]] = boxes[3 * k:4 * k, [2, 0]]  # inverted
+    boxes[4 * k:5 * k] = boxes[5 * k:6 * k]  # identical pairs
+    boxes[6 * k:7 * k:2, 0] = boxes[6 * k + 1:7 * k:2, 2]  # touching: one box starts where the next one ends
+    boxes[7 * k:] = np.round(boxes[7 * k:])  # integer corners: many exactly equal IoUs
+    boxes[:4] *= 1e6
+    boxes[4:8] *= 1e-3
+    return boxes.astype(dtype)
+
+
+def _matrix_formula(a, b):
+    """Every-pair IoU written out: max/min corners, clipped extents, areas, union, division where it is > 0."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    union = area_a[:, None] + area_b[None, :] - inter
+    out = np.zeros_like(inter, dtype=np.float64)
+    np.divide(inter, union, out=out, where=union > 0)
+    return out
+
+
+def _pair_formula(a, b):
+    """The same IoU of ``a[i]`` with ``b[i]``, written per coordinate."""
+    iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
+    ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    union = area_a + area_b - inter
+    out = np.zeros_like(inter)
+    np.divide(inter, union, out=out, where=union > 0)
+    return out
+
+
+def _where_formula(a, b):
+    """The every-pair IoU with the areas from ``box_area`` and ``np.where`` for the empty unions."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    area = lambda x: np.clip(x[:, 2] - x[:, 0], 0, None) * np.clip(x[:, 3] - x[:, 1], 0, None)  # noqa: E731
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_iou_is_bit_identical_to_the_written_out_formulas(dtype):
+    """One IoU for the evaluation: ``box_iou`` (COCO matching, NMS ranking) and ``elementwise_box_iou``
+    (best-IoU matching) equal the written-out formulas to the last bit, on boxes with every awkward
+    case, so matching decisions that compare IoUs for equality cannot move. Both compute in float64
+    (float32 boxes are widened first, as the evaluation's own boxes are float64)."""
+    rng = np.random.default_rng(7)
+    a, b = _awkward_boxes(rng, 240, dtype), _awkward_boxes(rng, 160, dtype)
+    b[:24] = a[150:174]  # the same boxes on both sides
+    b[24:48] = a[120:144] + np.array([1, 0, 1, 0], dtype) * (a[120:144, 2:3] - a[120:144, 0:1])  # touching a's edge
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    m = box_iou(a, b)
+    assert m.dtype == np.float64 and m.shape == (240, 160)
+    for ref in (_matrix_formula(a64, b64), _where_formula(a, b)):
+        assert np.array_equal(m, ref) and m.tobytes() == ref.tobytes()
+    assert (m == 1).sum() >= 24 and (m > 0).sum() > 1000 and (m == 0).sum() > 1000  # the awkward cases are there
+    assert np.all(m[np.arange(120, 144), np.arange(24, 48)] == 0)  # touching boxes: no overlap
+    e = elementwise_box_iou(a[:160], b)
+    ref = _pair_formula(a64[:160], b64)
+    assert e.dtype == np.float64 and np.array_equal(e, ref) and e.tobytes() == ref.tobytes()
+    assert np.array_equal(e, np.diagonal(m[:160]))  # one formula: the pairs are the matrix's diagonal
+    same = elementwise_box_iou(a, a)
+    assert np.array_equal(same, (box_area(a) > 0).astype(np.float64))  # a box with itself: 1, or 0 when empty
+    assert box_iou(a[:0], b).shape == (0, 160) and elementwise_box_iou(a[:0], b[:0]).shape == (0,)

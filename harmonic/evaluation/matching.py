@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from harmonic.boxes import elementwise_box_iou
+
 # pairs materialised at once; bounds memory at ~ 200 MB for pathological groups
 MAX_PAIRS = 4_000_000
 
@@ -18,19 +20,6 @@ def group_keys(image_id: np.ndarray, category_id: np.ndarray, image_ids: np.ndar
     img = np.searchsorted(image_ids, image_id).astype(np.int64)
     cat = np.searchsorted(category_ids, category_id).astype(np.int64)
     return img * len(category_ids) + cat
-
-
-def pair_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Elementwise IoU of ``a[P, 4]`` and ``b[P, 4]`` (xyxy) -> ``[P]``; 0 where the union is empty."""
-    iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
-    ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
-    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    union = area_a + area_b - inter
-    out = np.zeros_like(inter)
-    np.divide(inter, union, out=out, where=union > 0)
-    return out
 
 
 def best_iou(query_keys: np.ndarray, query_boxes: np.ndarray, target_keys: np.ndarray,
@@ -71,6 +60,6 @@ def best_iou(query_keys: np.ndarray, query_boxes: np.ndarray, target_keys: np.nd
         total = int(c.sum())
         qrep = np.repeat(idx, c)
         trep = np.repeat(lo[idx] - first, c) + np.arange(total)
-        best[idx] = np.maximum.reduceat(pair_iou(qb[qrep], tb[trep]), first)
+        best[idx] = np.maximum.reduceat(elementwise_box_iou(qb[qrep], tb[trep]), first)
         start = end
     return best

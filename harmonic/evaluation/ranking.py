@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harmonic.boxes import box_iou
 from harmonic.evaluation.inputs import Detections, GroundTruth
 from harmonic.evaluation.matching import group_keys
 
@@ -62,20 +63,6 @@ class NmsObjects:
         return self.num_candidates >= 2
 
 
-def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of ``a[N, 4]`` with every box of ``b[M, 4]`` (xyxy) -> ``[N, M]``."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    union = area_a[:, None] + area_b[None, :] - inter
-    out = np.zeros_like(inter, dtype=np.float64)
-    np.divide(inter, union, out=out, where=union > 0)
-    return out
-
-
 def _groups(keys: np.ndarray) -> dict[int, np.ndarray]:
     """``{key: indices}`` of an int64 key array, indices in their original order."""
     order = np.argsort(keys, kind="stable")
@@ -110,7 +97,7 @@ def match_true_positives(gt: GroundTruth, dets: Detections, iou_threshold: float
         if gidx is None:
             continue
         idx = idx[np.argsort(-dets.score[idx], kind="mergesort")][:max_dets]
-        ious = _iou_matrix(dets.boxes[idx], gboxes[gidx])  # [D, G]
+        ious = box_iou(dets.boxes[idx], gboxes[gidx])  # [D, G]
         taken = np.zeros(len(gidx), bool)
         for d in range(len(idx)):
             row = np.where(taken, -1.0, ious[d])
@@ -158,7 +145,7 @@ def nms_ranking(gt: GroundTruth, candidates: Detections, min_iou: float = 0.5,
         gidx = gt_groups.get(key)
         if gidx is None:
             continue
-        ious = _iou_matrix(gboxes[gidx], cand.boxes[idx])  # [G, D]
+        ious = box_iou(gboxes[gidx], cand.boxes[idx])  # [G, D]
         scores = cand.score[idx]
         for j, g in enumerate(gidx):
             mask = ious[j] >= min_iou

@@ -1,4 +1,4 @@
-"""Helpers the benchmark scripts (``scripts/bench_*.py``) and ``scripts/gpu_check.py`` share: generated
+"""Helpers the benchmark scripts (``scripts/bench_*.py``) and ``scripts/gpucheck/`` share: generated
 JPEGs, random-init torchvision detectors and their export, the eager reference a graph is checked
 against, per-backend inference on prepared batches and the agreement between two backends.
 

@@ -104,7 +104,7 @@ def activate(bundle: Path, site: Path) -> dict[str, list[str]]:
     """Unpack the bundle's wheels whose distribution does not import here into ``site`` and put it on
     ``sys.path`` (a wheel is a zip of site-packages; nothing is installed). Returns
     ``{"unpacked": [...], "already_here": [...]}`` by distribution name. Subprocesses need
-    ``site`` on their ``PYTHONPATH`` too (``scripts/gpu_check.py``'s ``subprocess_env`` does that)."""
+    ``site`` on their ``PYTHONPATH`` too (``subprocess_env`` of ``scripts/gpucheck/context.py`` does that)."""
     manifest = json.loads((Path(bundle) / MANIFEST).read_text())
     site.mkdir(parents=True, exist_ok=True)
     unpacked, present = [], []

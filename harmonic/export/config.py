@@ -10,9 +10,14 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 
+from harmonic.errors import HarmonicError
 from harmonic.export.triton_repo import RepoOptions
 
 _REPO = RepoOptions()  # the repository's defaults are the --triton-* flags' defaults
+
+#: the operating-point errors worded after export's flags (the spec's fields -> --conf/--iou/--max-det)
+_OPERATING_POINT_FLAGS = {"score_threshold": "--conf {} must be in [0, 1)", "iou_threshold": "--iou {} must be in (0, 1]",
+                          "max_det": "--max-det {} must be >= 1"}
 
 
 @dataclass(frozen=True)
@@ -56,3 +61,16 @@ class ExportConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ExportConfig:
         return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+
+
+def check_operating_point_flags(conf: float | None, iou: float | None,
+                                max_det: int | None) -> tuple[float | None, float | None, int | None]:
+    """``--conf/--iou/--max-det`` validated (:func:`harmonic.models.spec.check_operating_point`, ``None``
+    passes through), or a ``HarmonicError`` worded after the flag."""
+    # harmonic.models' package imports torch: imported here, so the config stays torch-free
+    from harmonic.models.spec import OperatingPointError, check_operating_point
+
+    try:
+        return check_operating_point(conf, iou, max_det)
+    except OperatingPointError as exc:
+        raise HarmonicError(_OPERATING_POINT_FLAGS[exc.field].format(exc.value)) from None

@@ -260,11 +260,11 @@ def load_for_export(
     (``ModelSpec.score_threshold``, ``iou_threshold``, ``max_det``); the metadata states the ones used.
     """
     from harmonic.contract import build_metadata
+    from harmonic.export.config import check_operating_point_flags
     from harmonic.export.metadata import file_sha256
     from harmonic.models.registry import family_of
-    from harmonic.models.spec import check_operating_point
 
-    check_operating_point(conf, iou, max_det, flags=True)
+    check_operating_point_flags(conf, iou, max_det)
     if batch is not None and batch < 1:
         raise HarmonicError(f"--batch {batch} must be >= 1 or 'dynamic'")
     path = Path(checkpoint)

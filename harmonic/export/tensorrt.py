@@ -25,13 +25,16 @@ Faster R-CNN graph's ``RoiAlign`` can map to a plugin. The INMSLayer is reported
 10.0-10.6 (NVIDIA/TensorRT#4248, still open; nothing is known about later versions): the build
 warns there, and ``--raw`` + host NMS is the fallback.
 
-Everything but :func:`build_engine` is pure and testable without TensorRT.
+Everything but :func:`build_engine` and its two steps (:func:`parse_network`, :func:`builder_config`) is
+pure and testable without TensorRT; :func:`precision_plan` decides the precision.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +95,68 @@ def fp16_mode(version: str, fp16: bool) -> str:
     if not fp16:
         return "fp32"
     return "builder_flag" if major == 10 else "strongly_typed"
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """How an engine is built for the precision asked (:func:`precision_plan`).
+
+    ``mode``: ``"fp32"``, ``"builder_flag"`` (10.x FP16), ``"strongly_typed"`` (11.x FP16, from an
+    FP16 copy of the graph) or ``"int8"`` (a Q/DQ graph, strongly typed); ``warnings``: what the
+    build logs before it starts.
+    """
+
+    mode: str
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def precision(self) -> str:
+        """What the engine is built in: ``"fp32"``, ``"fp16"`` or ``"int8"`` (:func:`built_precision`)."""
+        return built_precision(self.mode)
+
+    @property
+    def strongly_typed(self) -> bool:
+        """The network is created ``STRONGLY_TYPED``: the graph's own types decide the precisions."""
+        return self.mode in ("strongly_typed", "int8")
+
+    @property
+    def fp16_graph(self) -> bool:
+        """TensorRT parses an FP16 copy of the graph (:func:`convert_onnx_fp16`), not the graph itself."""
+        return self.mode == "strongly_typed"
+
+    @property
+    def fp16_flag(self) -> bool:
+        """``BuilderFlag.FP16``, with the FP32-scope layers pinned to FP32 (:func:`pin_fp32_layers`)."""
+        return self.mode == "builder_flag"
+
+
+def precision_plan(version: str, op_types: Collection[str], *, fp16: bool, int8: bool,
+                   source: str | Path) -> PrecisionPlan:
+    """The build's precision from the TensorRT ``version``, the graph (its node ``op_types``) and what was
+    asked (``fp16``, ``int8``); ``source`` names the graph in messages.
+
+    A Q/DQ graph (``QuantizeLinear`` nodes) is built as INT8 whatever was asked (with a warning when
+    ``fp16`` was); ``int8`` needs one and excludes ``fp16``; TensorRT < 10 is refused. The NMS
+    slowdown of TensorRT 10.0-10.6 is a warning when the graph has a ``NonMaxSuppression``.
+    """
+    mode = fp16_mode(version, fp16)
+    has_qdq = "QuantizeLinear" in op_types
+    warnings: list[str] = []
+    if int8:
+        if fp16:
+            raise HarmonicError("--int8 and --fp16 together are not supported: the INT8 engine keeps float layers in FP32")
+        if not has_qdq:
+            raise HarmonicError(f"{source}: --int8 needs a Q/DQ graph (export with --int8 --calib DIR)")
+        mode = "int8"
+    elif has_qdq:
+        if fp16:
+            warnings.append(f"{source} is a Q/DQ graph: built as INT8 (strongly typed, its float layers in FP32), "
+                            "not FP16")
+        mode = "int8"  # a Q/DQ graph is explicitly quantised whatever was asked
+    slow_nms = nms_slowdown_warning(version)
+    if slow_nms and "NonMaxSuppression" in op_types:
+        warnings.append(slow_nms)
+    return PrecisionPlan(mode, tuple(warnings))
 
 
 def profile_shapes(
@@ -383,6 +448,44 @@ def pin_fp32_layers(trt, network, config) -> int:  # noqa: ANN001
     return count
 
 
+def parse_network(trt, builder, logger, src: Path, strongly_typed: bool, onnx_path: Path) -> tuple:  # noqa: ANN001
+    """``(network, parser)``: ``src`` parsed into a new network (``STRONGLY_TYPED`` where asked and the
+    version has it), or a ``HarmonicError`` with the parser's first error (``onnx_path`` names the graph).
+    The parser owns the weights: keep it until the engine is built."""
+    flags = 0
+    if strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(src)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        for e in errors:
+            log.error("TensorRT ONNX parser: %s", e)
+        first = errors[0].splitlines()[0] if errors else "unknown error"
+        raise HarmonicError(f"{onnx_path}: TensorRT cannot parse the ONNX graph ({len(errors)} errors): {first}")
+    return network, parser
+
+
+def builder_config(trt, builder, network, precision: PrecisionPlan, shapes: dict[str, tuple[int, ...]],  # noqa: ANN001, ANN201
+                   workspace_gb: float, timing_cache: str | Path | None):
+    """The builder config: workspace pool, per-layer detail, the precision's flags and FP32 pinning, the
+    optimisation profile of ``shapes`` and the timing cache (read from ``timing_cache`` when it exists)."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    if hasattr(trt, "ProfilingVerbosity"):  # per-layer precisions for the engine inspector (gpu_check)
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if precision.fp16_flag:
+        config.set_flag(trt.BuilderFlag.FP16)
+        pin_fp32_layers(trt, network, config)
+    prof = builder.create_optimization_profile()
+    prof.set_shape(INPUT_NAME, shapes["min"], shapes["opt"], shapes["max"])
+    config.add_optimization_profile(prof)
+    cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).exists() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return config
+
+
 def build_engine(
     onnx_path: str | Path,
     engine_path: str | Path,
@@ -414,24 +517,14 @@ def build_engine(
     for p in (engine_path, side_path):
         if p.exists() and not overwrite:
             raise HarmonicError(f"{p}: already exists (pass --overwrite to replace it)")
-    mode = fp16_mode(trt.__version__, fp16)
+    fp16_mode(trt.__version__, fp16)  # TensorRT < 10 is refused before the graph is read
     proto = onnx.load(str(onnx_path))
     meta = read_metadata(proto)
-    has_qdq = any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
-    if int8:
-        if fp16:
-            raise HarmonicError("--int8 and --fp16 together are not supported: the INT8 engine keeps float layers in FP32")
-        if not has_qdq:
-            raise HarmonicError(f"{onnx_path}: --int8 needs a Q/DQ graph (export with --int8 --calib DIR)")
-        mode = "int8"
-    elif has_qdq:
-        if fp16:
-            log.warning("%s is a Q/DQ graph: built as INT8 (strongly typed, its float layers in FP32), not FP16",
-                        onnx_path)
-        mode = "int8"  # a Q/DQ graph is explicitly quantised whatever was asked
-    warning = nms_slowdown_warning(trt.__version__)
-    if warning and any(n.op_type == "NonMaxSuppression" for n in proto.graph.node):
+    precision = precision_plan(trt.__version__, {n.op_type for n in proto.graph.node}, fp16=fp16, int8=int8,
+                               source=onnx_path)
+    for warning in precision.warnings:
         log.warning(warning)
+    mode = precision.mode
     img_size = int(meta.get("img_size") or proto.graph.input[0].type.tensor_type.shape.dim[2].dim_value)
     fixed = int(meta["max_batch"]) if "max_batch" in meta else None
     shapes = profile_shapes(img_size, *profile, fixed_batch=fixed)
@@ -439,36 +532,15 @@ def build_engine(
     tmp_files: list[Path] = []
     try:
         src = onnx_path
-        if mode == "strongly_typed":
+        if precision.fp16_graph:
             src = write_staged(engine_path, convert_onnx_fp16(proto).SerializeToString())
             tmp_files.append(src)
         logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(logger, "")  # RoiAlign and friends may map to plugins
         builder = trt.Builder(logger)
-        flags = 0
-        if mode in ("strongly_typed", "int8") and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-            flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(src)):
-            errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-            for e in errors:
-                log.error("TensorRT ONNX parser: %s", e)
-            first = errors[0].splitlines()[0] if errors else "unknown error"
-            raise HarmonicError(f"{onnx_path}: TensorRT cannot parse the ONNX graph ({len(errors)} errors): {first}")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-        if hasattr(trt, "ProfilingVerbosity"):  # per-layer precisions for the engine inspector (gpu_check)
-            config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-        if mode == "builder_flag":
-            config.set_flag(trt.BuilderFlag.FP16)
-            pin_fp32_layers(trt, network, config)
-        prof = builder.create_optimization_profile()
-        prof.set_shape(INPUT_NAME, shapes["min"], shapes["opt"], shapes["max"])
-        config.add_optimization_profile(prof)
-        cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).exists() else b""
-        cache = config.create_timing_cache(cache_bytes)
-        config.set_timing_cache(cache, ignore_mismatch=False)
+        # the parser owns the parsed weights: it stays referenced until the engine is built
+        network, parser = parse_network(trt, builder, logger, src, precision.strongly_typed, onnx_path)
+        config = builder_config(trt, builder, network, precision, shapes, workspace_gb, timing_cache)
         plan = builder.build_serialized_network(network, config)
         if plan is None:
             raise HarmonicError(f"{onnx_path}: TensorRT engine build failed (see the TensorRT log above)")

@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from harmonic.contract import COMMON_IMAGE_SUFFIXES, IMAGE_SUFFIXES
+from harmonic.contract import (
+    COMMON_IMAGE_SUFFIXES,
+    DET_BOXES,
+    DET_CLASSES,
+    DET_SCORES,
+    IMAGE_SUFFIXES,
+    INPUT_NAME,
+    NUM_DETS,
+)
 from harmonic.errors import HarmonicError
 
 if TYPE_CHECKING:
@@ -161,13 +169,13 @@ def compare_detections(
     """
     total = ties = 0
     for i, r in enumerate(ref):
-        n = int(ort_out["num_dets"][i, 0])
+        n = int(ort_out[NUM_DETS][i, 0])
         if n != len(r["scores"]):
             return VerifyResult(False, len(ref), total, f"image {i}: {n} detections in ONNX, {len(r['scores'])} in PyTorch")
-        if np.any(ort_out["det_scores"][i, n:] != 0) or np.any(ort_out["det_boxes"][i, n:] != 0):
+        if np.any(ort_out[DET_SCORES][i, n:] != 0) or np.any(ort_out[DET_BOXES][i, n:] != 0):
             return VerifyResult(False, len(ref), total, f"image {i}: rows past num_dets={n} are not zero")
-        boxes, scores = ort_out["det_boxes"][i, :n], ort_out["det_scores"][i, :n]
-        classes = ort_out["det_classes"][i, :n]
+        boxes, scores = ort_out[DET_BOXES][i, :n], ort_out[DET_SCORES][i, :n]
+        classes = ort_out[DET_CLASSES][i, :n]
         used = np.zeros(n, dtype=bool)
         image_ties = 0
         for j in range(n):
@@ -185,7 +193,7 @@ def compare_detections(
                 # accept an ONNX detection of the same class whose score equals this one.
                 other_box = np.max(np.abs(boxes - rb), axis=1) >= 1.0  # another anchor/location, not an error
                 cand = np.flatnonzero(~used & (classes == rc) & (np.abs(scores - rs) <= tie_atol) & other_box)
-                if cand.size == 0 and n == ort_out["det_scores"].shape[1]:
+                if cand.size == 0 and n == ort_out[DET_SCORES].shape[1]:
                     # cut at K = max_det: which of several equal scores makes the cut is implementation-defined
                     cand = np.flatnonzero(~used & (np.abs(scores - rs) <= tie_atol) & (scores <= scores[n - 1] + tie_atol))
                 ties += int(cand.size > 0)
@@ -234,7 +242,7 @@ def run_onnx(onnx_path: str | Path, images: np.ndarray, batch: int | None = None
     so.log_severity_level = 3
     sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
     step = batch or len(images)
-    parts = [sess.run(None, {"images": images[i : i + step]}) for i in range(0, len(images), step)]
+    parts = [sess.run(None, {INPUT_NAME: images[i : i + step]}) for i in range(0, len(images), step)]
     names = [o.name for o in sess.get_outputs()]
     return {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(names)}
 

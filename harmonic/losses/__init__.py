@@ -5,6 +5,7 @@ from harmonic.losses.functional import (
     elementwise_box_iou,
     harmonic_factors,
     harmonic_iou_loss,
+    quality_focal_loss,
     task_contrastive_loss,
 )
 from harmonic.losses.harmonic_det import (
@@ -25,5 +26,6 @@ __all__ = [
     "harmonic_iou_loss",
     "localisation_loss",
     "positive_stats",
+    "quality_focal_loss",
     "task_contrastive_loss",
 ]

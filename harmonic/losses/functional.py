@@ -1,12 +1,14 @@
-"""HarmonicDet loss terms as pure functions (paper Sections 3.1-3.2).
+"""HarmonicDet loss terms as pure functions (paper Sections 3.1-3.2), and GFL's quality focal loss.
 
-All functions work per positive sample and return unreduced ``Tensor[P]``; the
+The HarmonicDet terms work per positive sample and return unreduced ``Tensor[P]``; the
 caller sums and normalises. Shapes: ``P`` positives, ``C`` classification columns.
+:func:`quality_focal_loss` (the ``quality_focal`` option's classification loss) is elementwise.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 # Probabilities are clamped to [_EPS, 1] inside logarithms so that p -> 0 stays finite.
@@ -128,3 +130,12 @@ def elementwise_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Te
     area1 = (boxes1[:, 2:] - boxes1[:, :2]).clamp_min(0.0).prod(dim=1)
     area2 = (boxes2[:, 2:] - boxes2[:, :2]).clamp_min(0.0).prod(dim=1)
     return inter / (area1 + area2 - inter + eps)
+
+
+def quality_focal_loss(logits: Tensor, targets: Tensor, beta: float = 2.0) -> Tensor:
+    """GFL's quality focal loss, elementwise: ``BCE(sigmoid(x), y) * |y - sigmoid(x)| ** beta``.
+
+    ``logits``/``targets`` ``Tensor[...]`` of one shape, targets in ``[0, 1]`` -> ``Tensor[...]``.
+    """
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return bce * (targets - logits.sigmoid()).abs().pow(beta)

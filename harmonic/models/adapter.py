@@ -6,6 +6,12 @@ subclasses the torchvision class together with :class:`LossAdapter`, which takes
 ``loss_options`` keywords and switches between torchvision's loss (``"baseline"``, with the
 HarmonicDet stats logged beside it) and :class:`harmonic.losses.HarmonicDetLoss` on the same
 positives (``"harmonic"``).
+
+The adapters' ``positive_terms`` gather those positives with the functions below: the matched
+positives of a one-stage head (:func:`matched_positives`), a family's own box loss per positive
+(:func:`box_loss_per_positive`), the classification parts of a focal or softmax head
+(:func:`focal_positive_terms`, :func:`softmax_positive_terms`), QFL's soft target
+(:func:`quality_target`), assembled into :class:`~harmonic.losses.PositiveTerms` by :func:`make_terms`.
 """
 
 from __future__ import annotations
@@ -13,10 +19,20 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from harmonic.losses import HarmonicDetLoss, PositiveTerms, positive_stats
-from harmonic.models.common import check_loss, make_loss_module
+from harmonic.errors import HarmonicError
+from harmonic.losses import (
+    HarmonicConfig,
+    HarmonicDetLoss,
+    PositiveTerms,
+    elementwise_box_iou,
+    positive_stats,
+    quality_focal_loss,
+)
+from harmonic.models.building import check_loss, make_loss_module
 
 # torchvision's loss keys -> ours, in the order the losses are reported (and summed by the trainer).
 _TORCHVISION_KEYS = (("classification", "loss_classifier"), ("bbox_regression", "loss_box_reg"),
@@ -97,3 +113,134 @@ class DenseLossAdapter(LossAdapter):
         """torchvision's own ``compute_loss``, renamed to our keys."""
         tv = super().compute_loss(*inputs)
         return {ours: tv[theirs] for theirs, ours in _TORCHVISION_KEYS if theirs in tv}
+
+
+def box_loss_per_positive(
+    loss_type: str, box_coder: Any, anchors: Tensor, gt_boxes: Tensor, deltas: Tensor, beta: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """A family's own box loss ``L(d)`` per positive, unreduced, and the decoded predicted boxes.
+
+    The same function and encoding as torchvision's ``det_utils._box_loss`` (RetinaNet), SSD's
+    ``compute_loss`` and ``fastrcnn_loss``, summed over the 4 coordinates instead of the batch.
+
+    Args:
+        loss_type: ``"l1"`` or ``"smooth_l1"`` (on ``box_coder``-encoded deltas) or ``"giou"``
+            (on decoded boxes).
+        box_coder: torchvision ``BoxCoder`` (``encode_single``/``decode_single``) or
+            ``BoxLinearCoder`` (``encode``/``decode``).
+        anchors, gt_boxes: ``Tensor[P, 4]`` xyxy (anchors / RoIs and their matched ground truth).
+        deltas: ``Tensor[P, 4]`` the head's box regression output.
+        beta: SmoothL1 transition point.
+
+    Returns:
+        ``(loss[P], pred_boxes[P, 4])``.
+    """
+    single = hasattr(box_coder, "encode_single")
+    pred = box_coder.decode_single(deltas, anchors) if single else box_coder.decode(deltas, anchors)
+    if loss_type == "giou":
+        return generalized_box_iou_loss(pred, gt_boxes, reduction="none"), pred
+    target = box_coder.encode_single(gt_boxes, anchors) if single else box_coder.encode(anchors, gt_boxes)
+    if loss_type == "l1":
+        return F.l1_loss(deltas, target, reduction="none").sum(dim=1), pred
+    if loss_type == "smooth_l1":
+        return F.smooth_l1_loss(deltas, target, beta=beta, reduction="none").sum(dim=1), pred
+    raise HarmonicError(f"box loss {loss_type!r} is not supported (l1, smooth_l1, giou)")
+
+
+def matched_positives(
+    targets: list[dict[str, Tensor]], matched_idxs: list[Tensor]
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The positives of a one-stage head's matching, image after image (P in total).
+
+    Args:
+        targets: per image ``boxes`` ``Tensor[N_i, 4]``, ``labels`` ``Tensor[N_i]``.
+        matched_idxs: per image ``Tensor[A]``: the matched gt index, negative for non-positives.
+
+    Returns:
+        ``matched`` ``Tensor[B, A]``, ``image_idx`` and ``anchor_idx`` ``Tensor[P]``, the matched
+        ground truth's ``boxes`` ``Tensor[P, 4]`` (float32) and ``labels`` ``Tensor[P]``.
+    """
+    matched = torch.stack(matched_idxs)
+    image_idx, anchor_idx = torch.nonzero(matched >= 0, as_tuple=True)
+    gt_boxes = torch.cat([t["boxes"] for t in targets]).float()
+    gt_labels = torch.cat([t["labels"] for t in targets])
+    counts = torch.tensor([len(t["boxes"]) for t in targets], device=matched.device)
+    flat = (counts.cumsum(0) - counts)[image_idx] + matched[image_idx, anchor_idx]
+    return matched, image_idx, anchor_idx, gt_boxes[flat], gt_labels[flat]
+
+
+def focal_positive_terms(
+    cls_logits: Tensor,
+    image_idx: Tensor,
+    anchor_idx: Tensor,
+    labels: Tensor,
+    negative: Tensor,
+    image_weight: Tensor,
+    quality: Tensor | None = None,
+    qfl_beta: float = 2.0,
+) -> dict[str, Tensor]:
+    """Classification parts of :class:`PositiveTerms` for a sigmoid focal-loss head.
+
+    torchvision's focal loss (alpha 0.25, gamma 2) summed over the classes of each anchor: the
+    positives' sums are ``cls_loss`` (the term ``1+beta_r`` weights), the negatives' sum is
+    weighted per image like torchvision's normaliser. ``p_true`` is the sigmoid of the true
+    class's logit.
+
+    Args:
+        cls_logits: ``Tensor[B, A, K]`` class logits (float32).
+        image_idx, anchor_idx: ``Tensor[P]`` the positives; labels: ``Tensor[P]`` their class column.
+        negative: ``Tensor[B, A]`` bool, the anchors trained as background.
+        image_weight: ``Tensor[B]`` normaliser of each image's terms.
+        quality: ``Tensor[P]`` (detached) soft targets of the true classes: with it the loss is GFL's
+            quality focal loss ``BCE(sigma, y) * |y - sigma| ** qfl_beta`` (``y`` = quality at the
+            positive's true class, 0 elsewhere; no alpha) instead of torchvision's focal loss.
+        qfl_beta: QFL's modulation exponent.
+
+    Returns:
+        ``cls_loss``, ``p_true``, ``class_probs`` ``[P, K]``, ``labels``, ``weight`` ``[P]``,
+        ``neg_cls_loss`` (scalar).
+    """
+    gt_classes = torch.zeros_like(cls_logits)
+    if quality is None:
+        gt_classes[image_idx, anchor_idx, labels] = 1.0
+        focal = sigmoid_focal_loss(cls_logits, gt_classes, reduction="none").sum(dim=-1)  # [B, A]
+    else:
+        gt_classes[image_idx, anchor_idx, labels] = quality.detach().to(cls_logits.dtype)
+        focal = quality_focal_loss(cls_logits, gt_classes, qfl_beta).sum(dim=-1)  # [B, A]
+    neg = (torch.where(negative, focal, torch.zeros_like(focal)).sum(dim=1) * image_weight).sum()
+    probs = cls_logits[image_idx, anchor_idx].sigmoid()
+    return {
+        "cls_loss": focal[image_idx, anchor_idx],
+        "p_true": probs.gather(1, labels.view(-1, 1)).squeeze(1),
+        "class_probs": probs,
+        "labels": labels,
+        "weight": image_weight[image_idx],
+        "neg_cls_loss": neg,
+    }
+
+
+def softmax_positive_terms(logits_pos: Tensor, labels: Tensor, ce_pos: Tensor) -> dict[str, Tensor]:
+    """``p_true``, ``class_probs``, ``score`` of softmax CE heads (the score is the softmax column).
+
+    Args:
+        logits_pos: ``Tensor[P, C+1]``; labels: ``Tensor[P]`` columns; ce_pos: ``Tensor[P]`` CE.
+    """
+    probs = F.softmax(logits_pos, dim=-1)
+    p_true = probs.gather(1, labels.view(-1, 1)).squeeze(1)
+    return {"cls_loss": ce_pos, "p_true": p_true, "class_probs": probs, "labels": labels, "score": p_true}
+
+
+def quality_target(loss: str, config: HarmonicConfig, pred_boxes: Tensor, gt_boxes: Tensor) -> Tensor | None:
+    """The QFL soft target of each positive (``Tensor[P]``, detached IoU of ``pred_boxes[P, 4]`` with
+    ``gt_boxes[P, 4]``) when ``config.quality_focal`` is on for the harmonic loss, else None."""
+    if loss != "harmonic" or not config.quality_focal:
+        return None
+    return elementwise_box_iou(pred_boxes.detach(), gt_boxes).clamp(0.0, 1.0)
+
+
+def make_terms(parts: dict[str, Tensor], box_loss: Tensor, pred_boxes: Tensor, gt_boxes: Tensor) -> PositiveTerms:
+    """:class:`PositiveTerms` from the classification ``parts`` and the box loss; ``score`` defaults
+    to ``p_true``; the IoU of ``pred_boxes`` with ``gt_boxes`` carries gradient."""
+    parts = dict(parts)
+    parts.setdefault("score", parts["p_true"])
+    return PositiveTerms(box_loss=box_loss, iou=elementwise_box_iou(pred_boxes, gt_boxes), **parts)

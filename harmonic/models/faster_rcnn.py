@@ -21,16 +21,9 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from harmonic.errors import HarmonicError
 from harmonic.losses import PositiveTerms
-from harmonic.models.adapter import LossAdapter
-from harmonic.models.common import (
-    box_loss_per_positive,
-    check_loss,
-    make_terms,
-    pop_options,
-    resnet_fpn_backbone,
-    softmax_positive_terms,
-    transform_kwargs,
-)
+from harmonic.models.adapter import LossAdapter, box_loss_per_positive, make_terms, softmax_positive_terms
+from harmonic.models.backbones import resnet_fpn_backbone
+from harmonic.models.building import check_loss, pop_options, transform_kwargs
 from harmonic.models.family import Family
 
 log = logging.getLogger(__name__)

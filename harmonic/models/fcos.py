@@ -19,19 +19,16 @@ from torchvision.models.detection.fcos import FCOSHead
 
 from harmonic.errors import HarmonicError
 from harmonic.losses import PositiveTerms, elementwise_box_iou
-from harmonic.models.adapter import DenseLossAdapter
-from harmonic.models.common import (
+from harmonic.models.adapter import (
+    DenseLossAdapter,
     box_loss_per_positive,
-    check_img_size,
     focal_positive_terms,
-    make_loss_module,
     make_terms,
     matched_positives,
-    pop_options,
     quality_target,
-    resnet_fpn_backbone,
-    transform_kwargs,
 )
+from harmonic.models.backbones import resnet_fpn_backbone
+from harmonic.models.building import check_img_size, make_loss_module, pop_options, transform_kwargs
 from harmonic.models.family import Family
 from harmonic.models.retinanet import silence_background_logit, without_background
 

@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from harmonic.errors import HarmonicError
-from harmonic.models.common import check_loss
+from harmonic.models.building import check_loss
 from harmonic.models.family import Family
 from harmonic.models.spec import (
     DEFAULT_IOU_THRESHOLD,

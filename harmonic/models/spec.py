@@ -19,29 +19,38 @@ DEFAULT_SCORE_THRESHOLD = 0.001
 DEFAULT_IOU_THRESHOLD = 0.6
 DEFAULT_MAX_DET = 100
 
-# The one operating-point check, worded after the spec's fields or after the flags (export's own
-# wording, kept): score threshold in [0, 1), NMS IoU threshold in (0, 1], max_det a positive integer.
-_OPERATING_POINT_ERRORS = {
-    False: ("score threshold {}: must be in [0, 1)", "NMS IoU threshold {}: must be in (0, 1]",
-            "max detections {}: must be a positive integer"),
-    True: ("--conf {} must be in [0, 1)", "--iou {} must be in (0, 1]", "--max-det {} must be >= 1"),
+#: what each operating-point field must be, in words (the message of :class:`OperatingPointError`)
+_OPERATING_POINT_RULES = {
+    "score_threshold": "score threshold {}: must be in [0, 1)",
+    "iou_threshold": "NMS IoU threshold {}: must be in (0, 1]",
+    "max_det": "max detections {}: must be a positive integer",
 }
 
 
-def check_operating_point(score_threshold: float | None, iou_threshold: float | None, max_det: int | None,
-                          *, flags: bool = False) -> tuple[float | None, float | None, int | None]:
-    """Validated ``(score_threshold, iou_threshold, max_det)`` as ``(float, float, int)``, or ``HarmonicError``.
+class OperatingPointError(HarmonicError):
+    """An operating-point value out of range: ``field`` (``"score_threshold"``, ``"iou_threshold"`` or
+    ``"max_det"``) and the ``value`` given; the message is the field's rule. A command line words it
+    after its own flags."""
+
+    def __init__(self, field: str, value: Any) -> None:
+        super().__init__(_OPERATING_POINT_RULES[field].format(value))
+        self.field, self.value = field, value
+
+
+def check_operating_point(score_threshold: float | None, iou_threshold: float | None,
+                          max_det: int | None) -> tuple[float | None, float | None, int | None]:
+    """Validated ``(score_threshold, iou_threshold, max_det)`` as ``(float, float, int)``, or
+    :class:`OperatingPointError`: score threshold in [0, 1), NMS IoU threshold in (0, 1], max_det a
+    positive integer.
 
     A ``None`` (not given: the caller takes a default or the checkpoint's) passes through unchecked.
-    ``flags``: word the error after ``--conf/--iou/--max-det`` instead of the spec's fields.
     """
-    score_msg, iou_msg, max_det_msg = _OPERATING_POINT_ERRORS[flags]
     if score_threshold is not None and not 0.0 <= float(score_threshold) < 1.0:
-        raise HarmonicError(score_msg.format(score_threshold))
+        raise OperatingPointError("score_threshold", score_threshold)
     if iou_threshold is not None and not 0.0 < float(iou_threshold) <= 1.0:
-        raise HarmonicError(iou_msg.format(iou_threshold))
+        raise OperatingPointError("iou_threshold", iou_threshold)
     if max_det is not None and (int(max_det) != max_det or max_det < 1):
-        raise HarmonicError(max_det_msg.format(max_det))
+        raise OperatingPointError("max_det", max_det)
     return (None if score_threshold is None else float(score_threshold),
             None if iou_threshold is None else float(iou_threshold), None if max_det is None else int(max_det))
 

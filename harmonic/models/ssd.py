@@ -27,18 +27,14 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from harmonic.errors import HarmonicError
 from harmonic.losses import PositiveTerms
-from harmonic.models.adapter import DenseLossAdapter
-from harmonic.models.common import (
+from harmonic.models.adapter import (
+    DenseLossAdapter,
     box_loss_per_positive,
-    check_img_size,
-    check_loss,
-    load_state_dict_file,
     make_terms,
-    pop_options,
-    resnet_fpn_backbone,
-    resolve_backbone_weights,
     softmax_positive_terms,
 )
+from harmonic.models.backbones import load_state_dict_file, resnet_fpn_backbone, resolve_backbone_weights
+from harmonic.models.building import check_img_size, check_loss, pop_options
 from harmonic.models.family import Family
 from harmonic.models.spec import IMAGENET_MEAN, IMAGENET_STD
 

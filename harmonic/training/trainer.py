@@ -241,7 +241,7 @@ def train(config: TrainConfig | argparse.Namespace, stop_after_epoch: int | None
     interrupted there (the schedule still spans ``--epochs``). Returns ``{"last", "best", "best_ap",
     "epochs_done", "history", "model", "is_main"}``.
     """
-    from harmonic.models.common import check_loss
+    from harmonic.models.building import check_loss
     from harmonic.training.distributed import cleanup, init_distributed
 
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_args(config)

@@ -209,6 +209,38 @@ def test_fp16_mode_per_version():
         trtmod.fp16_mode("dev", True)
 
 
+@pytest.mark.parametrize("version,ops,fp16,int8,want", [
+    ("10.13.0.35", {"Conv"}, False, False, ("fp32", "fp32", False, False, False)),
+    ("10.13.0.35", {"Conv"}, True, False, ("builder_flag", "fp16", False, False, True)),
+    ("11.4.1", {"Conv"}, True, False, ("strongly_typed", "fp16", True, True, False)),
+    ("11.4.1", {"Conv"}, False, False, ("fp32", "fp32", False, False, False)),
+    ("10.13.0.35", {"QuantizeLinear", "Conv"}, False, True, ("int8", "int8", True, False, False)),
+    ("11.4.1", {"QuantizeLinear", "Conv"}, False, False, ("int8", "int8", True, False, False)),
+])
+def test_precision_plan(version, ops, fp16, int8, want):
+    """Version x graph x request -> build mode, precision, strongly typed network, FP16 copy, FP16 flag + pinning."""
+    plan = trtmod.precision_plan(version, ops, fp16=fp16, int8=int8, source="m.onnx")
+    assert (plan.mode, plan.precision, plan.strongly_typed, plan.fp16_graph, plan.fp16_flag) == want
+    assert plan.warnings == ()
+
+
+def test_precision_plan_warnings_and_refusals():
+    qdq = {"QuantizeLinear", "DequantizeLinear", "Conv"}
+    plan = trtmod.precision_plan("10.13.0.35", qdq, fp16=True, int8=False, source="m.onnx")
+    assert plan.mode == "int8" and plan.warnings == (
+        "m.onnx is a Q/DQ graph: built as INT8 (strongly typed, its float layers in FP32), not FP16",)
+    slow = trtmod.precision_plan("10.4.0", {"NonMaxSuppression"}, fp16=False, int8=False, source="m.onnx")
+    assert slow.mode == "fp32" and len(slow.warnings) == 1 and "TensorRT#4248" in slow.warnings[0]
+    assert trtmod.precision_plan("10.4.0", {"Conv"}, fp16=False, int8=False, source="m.onnx").warnings == ()
+    both = trtmod.precision_plan("10.4.0", qdq | {"NonMaxSuppression"}, fp16=True, int8=False, source="m.onnx")
+    assert [w[:20] for w in both.warnings] == ["m.onnx is a Q/DQ gra", slow.warnings[0][:20]]
+    with pytest.raises(HarmonicError, match="m.onnx: --int8 needs a Q/DQ graph"):
+        trtmod.precision_plan("10.13.0.35", {"Conv"}, fp16=False, int8=True, source="m.onnx")
+    with pytest.raises(HarmonicError, match="--int8 and --fp16"):
+        trtmod.precision_plan("11.4.1", qdq, fp16=True, int8=True, source="m.onnx")
+    with pytest.raises(HarmonicError, match="too old"):
+        trtmod.precision_plan("8.6.1", qdq, fp16=False, int8=True, source="m.onnx")
+
 def test_profile_shapes():
     assert trtmod.profile_shapes(320, 1, 4, 8) == {"min": (1, 3, 320, 320), "opt": (4, 3, 320, 320),
                                                    "max": (8, 3, 320, 320)}

@@ -7,8 +7,7 @@ import torch
 
 from harmonic.errors import HarmonicError
 from harmonic.models import build_detector
-from harmonic.models.backbones import SlimResNet, resnet10s
-from harmonic.models.common import resnet_fpn_backbone
+from harmonic.models.backbones import SlimResNet, resnet10s, resnet_fpn_backbone
 
 
 def test_resnet10s_shapes_and_size():

@@ -119,3 +119,18 @@ def test_harmonic_and_baseline_share_the_state_dict_layout():
     b = build_detector("retinanet_resnet18_fpn", 2, loss="baseline", img_size=64, fpn_channels=32)
     assert a.state_dict().keys() == b.state_dict().keys()
     b.load_state_dict(a.state_dict(), strict=True)
+
+
+def test_operating_point_error_names_the_field_and_value():
+    """The spec's check words its error after the spec's fields; a command line rewords it from ``field``/``value``."""
+    from harmonic.models.spec import OperatingPointError, check_operating_point
+
+    assert check_operating_point(0.25, 1.0, 7.0) == (0.25, 1.0, 7)
+    for args, field, value, message in (((1.0, 0.5, 1), "score_threshold", 1.0, "score threshold 1.0: must be in [0, 1)"),
+                                        ((0.1, 0.0, 1), "iou_threshold", 0.0, "NMS IoU threshold 0.0: must be in (0, 1]"),
+                                        ((0.1, 0.5, 2.5), "max_det", 2.5,
+                                         "max detections 2.5: must be a positive integer")):
+        with pytest.raises(OperatingPointError) as info:
+            check_operating_point(*args)
+        assert (info.value.field, info.value.value, str(info.value)) == (field, value, message)
+        assert isinstance(info.value, HarmonicError)

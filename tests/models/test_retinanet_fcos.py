@@ -180,7 +180,7 @@ def test_baseline_equals_torchvision_loss(name):
 
 
 def test_quality_focal_loss_values():
-    from harmonic.models.common import quality_focal_loss
+    from harmonic.losses import quality_focal_loss
 
     logits = torch.tensor([0.0, 2.0, -1.0])
     target = torch.tensor([0.7, 0.0, 1.0])
@@ -196,7 +196,7 @@ def test_quality_focal_loss_values():
 @pytest.mark.parametrize("name", NAMES)
 def test_qfl_control_classification_target_is_detached_iou(name):
     """The QFL control: positives' class target is their IoU (detached); FCOS's centre-ness target too."""
-    from harmonic.models.common import quality_focal_loss
+    from harmonic.losses import quality_focal_loss
 
     opts = {"harmonic_factors": False, "alpha": 0.0, "tc_weight": 0.0, "quality_focal": True,
             "iou_centerness": name.startswith("fcos")}

@@ -1,4 +1,4 @@
-"""``scripts/gpu_check.py`` and ``scripts/gpu_bundle.py`` on a CPU-only machine.
+"""``scripts/gpu_check.py`` (its steps: ``scripts/gpucheck/``) and ``scripts/gpu_bundle.py`` on a CPU-only machine.
 
 Bad input fails in one line with exit 2 before any step runs; the bundle is validated (size,
 manifest, SHA-256, the checkpoint's model); wheels unpack only where their package is missing;
@@ -9,6 +9,7 @@ runs its CPU steps end to end. What needs a GPU (CUDA, NCCL, TensorRT) is not ru
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -32,6 +33,12 @@ def _load(name: str):
     sys.modules[name] = mod  # dataclasses look their module up
     spec.loader.exec_module(mod)
     return mod
+
+
+def _gpucheck(module: str):
+    """A module of the GPU check's package ``scripts/gpucheck``."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    return importlib.import_module(f"gpucheck.{module}")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -115,7 +122,7 @@ def _copy_bundle(src: Path, dst: Path) -> Path:
 @pytest.mark.parametrize("case", ["unknown_require", "unknown_steps", "require_not_in_steps", "missing_bundle",
                                   "oversized_bundle", "tampered_checkpoint", "other_model"])
 def test_bad_input_is_one_line_exit_2_before_any_step(tiny_bundle, tmp_path, monkeypatch, capsys, case):
-    gc = _load("gpu_check")
+    gc = _gpucheck("runner")
     bundle, _, _ = tiny_bundle
     ran = []
     for st in gc.STEPS:
@@ -151,6 +158,18 @@ def test_bad_input_is_one_line_exit_2_before_any_step(tiny_bundle, tmp_path, mon
     assert ran == [] and not (tmp_path / "out").exists()
 
 
+def test_the_documented_command_runs_from_anywhere_without_an_install(tmp_path):
+    """``python3 scripts/gpu_check.py``: the entry finds the project and its ``gpucheck`` package itself."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--out", str(tmp_path / "out"),
+                           "--bundle", str(tmp_path / "none"), "--require", "warp_drive"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("error: --require: unknown step(s) warp_drive; the steps are environment, bundle")
+    assert not (tmp_path / "out").exists()
+
 def test_activate_unpacks_only_what_does_not_import(tmp_path, monkeypatch):
     gb = _load("gpu_bundle")
     bundle = tmp_path / "bundle"
@@ -178,7 +197,7 @@ def test_activate_unpacks_only_what_does_not_import(tmp_path, monkeypatch):
 
 
 def test_summary_names_what_was_not_verified_and_require_fails_a_skip(tiny_bundle, tmp_path, capsys):
-    gc = _load("gpu_check")
+    gc = _gpucheck("runner")
     bundle, _, _ = tiny_bundle
     rc = gc.main(["--out", str(tmp_path / "a"), "--bundle", str(bundle), "--device", "cpu", "--quick",
                   "--steps", "environment,bundle,trt_int8"])
@@ -208,7 +227,7 @@ def test_low_precision_recorder_catches_half_maths_in_a_loss():
     """The amp_train dtype check: a loss with a matmul under autocast runs it in bf16; .float() + pointwise don't."""
     import torch
 
-    gc = _load("gpu_check")
+    gc = _gpucheck("training")
 
     def bad_loss(x):
         return (x @ x.T).sum()
@@ -252,7 +271,7 @@ def test_torchrun_with_one_process_joins_a_process_group(monkeypatch):
 @pytest.mark.slow
 def test_cpu_mode_runs_the_cpu_steps(tiny_bundle, tmp_path, capsys):
     """``--device cpu --quick``: every step that needs no GPU passes; the GPU ones are skipped and named."""
-    gc = _load("gpu_check")
+    gc, context = _gpucheck("runner"), _gpucheck("context")
     bundle, _, _ = tiny_bundle
     # (ort is left out: its parity threshold needs a trained checkpoint, this bundle's is random)
     rc = gc.main(["--out", str(tmp_path), "--bundle", str(bundle), "--device", "cpu", "--quick",
@@ -265,7 +284,7 @@ def test_cpu_mode_runs_the_cpu_steps(tiny_bundle, tmp_path, capsys):
         assert status[name]["status"] == "ok", status[name]
         assert all(c["pass"] for c in status[name]["checks"])
     runs = status["amp_train"]["result"]["runs"]
-    assert sorted(runs) == sorted(f"{f}/{loss}" for f in gc.FAMILIES for loss in gc.LOSSES)
+    assert sorted(runs) == sorted(f"{f}/{loss}" for f in context.FAMILIES for loss in context.LOSSES)
     checks = {c["check"]: c for c in status["amp_train"]["checks"]}
     assert checks["ssd/harmonic: low-precision ops in the loss maths"]["value"] == []
     assert checks["faster_rcnn/baseline: bf16 autocast active in the loss region"]["value"] is True

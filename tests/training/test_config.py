@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harmonic.errors import HarmonicError
-from harmonic.models.spec import check_operating_point
+from harmonic.export.config import check_operating_point_flags
 from harmonic.training.cli import get_args_parser
 from harmonic.training.config import TrainConfig
 
@@ -21,6 +21,6 @@ def test_operating_point_defaults_and_one_check():
     assert TrainConfig(conf=0.25).operating_point() == {"score_threshold": 0.25, "iou_threshold": 0.6, "max_det": 100}
     with pytest.raises(HarmonicError, match=r"^--conf/--iou/--max-det: NMS IoU threshold 0.0: must be in \(0, 1\]$"):
         TrainConfig(iou=0.0).operating_point()
-    assert check_operating_point(None, 0.5, None, flags=True) == (None, 0.5, None)
+    assert check_operating_point_flags(None, 0.5, None) == (None, 0.5, None)
     with pytest.raises(HarmonicError, match=r"^--max-det 0 must be >= 1$"):
-        check_operating_point(0.1, 0.5, 0, flags=True)
+        check_operating_point_flags(0.1, 0.5, 0)
