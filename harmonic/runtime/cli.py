@@ -28,7 +28,12 @@ FAIR_SCORE_THRESHOLD = 0.05
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harmonic infer", description=__doc__)
-    p.add_argument("--engine", default=None, help="model.onnx | model.engine (.plan/.trt); or --triton")
+    p.add_argument("--engine", default=None,
+                   help="model.onnx | model.engine (.plan/.trt) | model.xml (OpenVINO IR); or --triton")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt", "openvino"],
+                   help="runtime (default auto: from the --engine suffix, .onnx -> onnxruntime)")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "int8"],
+                   help="OpenVINO precision (default: the model's own; bf16 needs a CPU with native bf16)")
     p.add_argument("--images", required=True, nargs="+", help="image directories, globs or files")
     p.add_argument("--out", default="runs/infer", help="output folder (default runs/infer)")
     p.add_argument("--batch", type=int, default=None,
@@ -51,7 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--provider", default=None, choices=["cpu", "cuda", "tensorrt"],
                    help="ONNX Runtime execution provider (default: cuda if available, else cpu)")
     p.add_argument("--img-size", type=int, default=None, help="input size for a model without our metadata")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op / OpenVINO inference threads")
     p.add_argument("--workers", type=int, default=None, help="decode/preprocess threads (default min(4, cores))")
     p.add_argument("--fast-decode", action="store_true",
                    help="decode large JPEGs scaled down by 2/4/8 in libjpeg (much cheaper; same geometry, "
@@ -72,6 +77,8 @@ class InferConfig:
 
     images: list[str]
     engine: str | None = None
+    backend: str = "auto"
+    precision: str | None = None
     out: str = "runs/infer"
     batch: int | None = None
     annotations: str | None = None
@@ -178,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return triton_client.main_triton(cfg)
     if cfg.engine is None:
         raise HarmonicError("--engine is required (a model file), or --triton URL --model NAME")
+    from harmonic.runtime.backends import backend_for
+
+    if cfg.precision is not None and backend_for(cfg.engine, cfg.backend) != "openvino":
+        raise HarmonicError("--precision: only used with --backend openvino (or an OpenVINO IR .xml)")
     images = expand_sources(cfg.images, listed=read_image_list(cfg.image_list) if cfg.image_list else None)
     import cv2
 
@@ -185,8 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     engine_path = Path(cfg.engine)
     # buffers are sized for the batch: never more than the images there are
     max_batch = min(cfg.batch, len(images.paths)) if cfg.batch else None
-    backend = open_backend(engine_path, provider=cfg.provider, device=cfg.device, threads=cfg.threads,
-                           img_size=cfg.img_size, max_batch=max_batch)
+    backend = open_backend(engine_path, cfg.backend, provider=cfg.provider, device=cfg.device, threads=cfg.threads,
+                           img_size=cfg.img_size, max_batch=max_batch, precision=cfg.precision)
     try:
         return _run(cfg, backend, images)
     finally:
