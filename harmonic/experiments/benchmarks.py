@@ -1,6 +1,7 @@
 """Helpers the benchmark scripts (``scripts/bench_*.py``) and ``scripts/gpu_check.py`` share: generated
 JPEGs, random-init torchvision detectors and their export, the eager reference a graph is checked
-against, per-backend inference on prepared batches and the agreement between two backends.
+against, per-backend inference on prepared batches, the agreement between two backends, interleaved
+timing, the OpenVINO rows and the machine line of a table's header.
 
 Importing this module does not import torch (the functions that need it import it).
 """
@@ -8,6 +9,7 @@ Importing this module does not import torch (the functions that need it import i
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +165,72 @@ def finish(rows: list[dict[str, Any]], json_path: str | None, opened: list[Any])
     for be in opened:
         be.close()
     return 0
+
+
+def time_interleaved(runners: list[tuple[str, Any]], inputs: dict[str, list[np.ndarray]],
+                     repeats: int) -> dict[str, dict[str, list[float]]]:
+    """``{runner: {input set: [seconds of each pass]}}``: one untimed warm-up call per runner and input set,
+    then ``repeats`` rounds, each running every runner once over every input set (a pass = all its batches),
+    so load drift on a shared machine hits every row alike. Quote the median of the passes."""
+    for _, run in runners:
+        for arrays in inputs.values():
+            run(arrays[0])
+    out: dict[str, dict[str, list[float]]] = {name: {k: [] for k in inputs} for name, _ in runners}
+    for _ in range(repeats):
+        for name, run in runners:
+            for key, arrays in inputs.items():
+                t0 = time.perf_counter()
+                for a in arrays:
+                    run(a)
+                out[name][key].append(time.perf_counter() - t0)
+    return out
+
+
+def openvino_runners(nms_path: Path, work: Path, calib: Path, calib_count: int,
+                     threads: int) -> tuple[list[tuple[str, Any]], list[Any], dict[str, str], float | None]:
+    """The OpenVINO rows of a benchmark: ``(runners [(name, run)], opened backends, {name: why it can't run},
+    seconds the INT8 quantisation took)``. FP32 and bf16 compile ``nms_path``; INT8 is the IR
+    ``export/run.py --openvino DIR --precision int8`` writes, NNCF-calibrated on ``calib_count`` images of
+    ``calib``. A row OpenVINO refuses (bf16 on a CPU without it, OpenVINO not installed) gets its reason."""
+    from types import SimpleNamespace
+
+    from harmonic.errors import HarmonicError
+    from harmonic.runtime.backends import open_backend
+
+    runners, opened, refused, t_quant = [], [], {}, None
+    rows = [("openvino fp32", "fp32"), ("openvino bf16", "bf16"), ("openvino int8 (nncf)", "int8")]
+    for name, precision in rows:
+        try:
+            path = nms_path
+            if precision == "int8":
+                from harmonic.export.openvino import OpenVinoPlan, write_ir
+                from harmonic.export.quantize import calibration_files
+
+                plan = OpenVinoPlan(work / "openvino_int8" / "model.xml", "int8", calibration_files(calib, calib_count))
+                t0 = time.perf_counter()
+                path = write_ir(nms_path, plan, SimpleNamespace(verify_images=None))[0]
+                t_quant = time.perf_counter() - t0
+            be = open_backend(path, backend="openvino", precision=precision, threads=threads)
+        except HarmonicError as exc:
+            refused[name] = str(exc)
+            continue
+        opened.append(be)
+        runners.append((name, backend_infer(be)))
+    return runners, opened, refused, t_quant
+
+
+def machine_line() -> str:
+    """The CPU, its core count and the versions of the deploy stack, for a benchmark's header."""
+    import importlib.metadata as md
+    import os
+    import platform
+
+    from harmonic.runtime.backends.base import cpu_name
+
+    libs = []
+    for dist in ("torch", "onnxruntime", "openvino", "nncf", "numpy"):
+        try:
+            libs.append(f"{dist} {md.version(dist)}")
+        except md.PackageNotFoundError:
+            pass
+    return f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, {', '.join(libs)}"
