@@ -84,6 +84,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--openvino", action="store_true",
                    help="also time OpenVINO FP32, bf16 (a CPU with native bf16 only) and INT8 (NNCF, calibrated on "
                         "the benchmark's own images)")
+    p.add_argument("--profile", action="store_true",
+                   help="with --openvino: print OpenVINO's per-layer profile (time by layer type and kernel) of its "
+                        "FP32 and INT8 rows at the last --batch")
     p.add_argument("--num-images", type=int, default=16)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes timed (default 1 8)")
     p.add_argument("--threads", type=int, default=2, help="torch, ONNX Runtime and OpenVINO threads")
@@ -253,9 +256,25 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         row["agree"], row["dscore"] = agreement(ref, per_backend[row["backend"]])
     print_table(args, rows, refused, label, len(prepared), size, gflop, records is not None)
+    if args.profile and args.openvino:
+        print_profiles(args, nms_path, work, per_batch[str(args.batch[-1])][1][0])
     for name, why in refused.items():
         rows.append({"backend": name, "not_run": why})
     return finish(rows, args.json, opened)
+
+
+def print_profiles(args: argparse.Namespace, nms_path: Path, work: Path, batch: Any) -> None:
+    """OpenVINO's per-layer profile of the FP32 graph and the INT8 IR on ``batch``: where the time goes and at
+    which precision the hot layers ran."""
+    from harmonic.experiments.benchmarks import openvino_profile
+
+    for name, path, precision in (("openvino fp32", nms_path, "fp32"),
+                                  ("openvino int8 (nncf)", work / "openvino_int8" / "model.xml", "int8")):
+        if not path.is_file():
+            continue
+        print(f"\n{name}: per-layer profile at batch {len(batch)} (ms per inference, by layer type and kernel)")
+        for r in openvino_profile(path, precision, batch, args.threads):
+            print(f"  {r['layer']:<18}{r['kernel']:<26}{r['ms']:>9.1f} ms{100 * r['share']:>6.1f} %  x{r['count']}")
 
 
 if __name__ == "__main__":

@@ -234,3 +234,28 @@ def machine_line() -> str:
         except md.PackageNotFoundError:
             pass
     return f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, {', '.join(libs)}"
+
+
+def openvino_profile(path: Path, precision: str, batch: np.ndarray, threads: int, iters: int = 3,
+                     top: int = 8) -> list[dict[str, Any]]:
+    """OpenVINO's per-layer profile of ``path`` at ``precision`` on ``batch`` (``PERF_COUNT``), summed by layer
+    type and kernel (the kernel name carries the precision it ran at, e.g. ``brgconv_avx2_I8``): the ``top``
+    rows by time, each ``{layer, kernel, ms, share, count}`` (ms per inference, mean of ``iters``)."""
+    from collections import defaultdict
+
+    from harmonic.runtime.backends import open_backend
+
+    with open_backend(path, backend="openvino", precision=precision, threads=threads, perf_count=True) as be:
+        be.infer(batch)
+        acc: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
+        for _ in range(iters):
+            be.infer(batch)
+            for p in be.request.get_profiling_info():
+                ms = p.real_time.total_seconds() * 1000
+                if ms > 0:
+                    key = (p.node_type, p.exec_type)
+                    acc[key][0] += ms / iters
+                    acc[key][1] += 1 / iters
+    total = sum(v[0] for v in acc.values()) or 1.0
+    rows = sorted(acc.items(), key=lambda kv: -kv[1][0])[:top]
+    return [{"layer": k[0], "kernel": k[1], "ms": v[0], "share": v[0] / total, "count": round(v[1])} for k, v in rows]

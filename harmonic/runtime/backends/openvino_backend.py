@@ -118,7 +118,8 @@ class OpenVinoBackend(Backend):
     name = "openvino"
 
     def __init__(self, path: str | Path, precision: str | None = None, device: str | None = None,
-                 threads: int | None = None, img_size: int | None = None, **_: Any) -> None:
+                 threads: int | None = None, img_size: int | None = None, perf_count: bool = False,
+                 **_: Any) -> None:
         check_precision(precision)
         if device not in (None, "cpu"):
             raise HarmonicError(f"--device {device}: the OpenVINO backend runs on the CPU (its GPU and NPU "
@@ -137,6 +138,8 @@ class OpenVinoBackend(Backend):
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": HINTS[self.precision], "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        if perf_count:  # per-layer timing: self.request.get_profiling_info() after an infer
+            config["PERF_COUNT"] = True
         try:
             if self.precision == "bf16":
                 model, self.compiled = compile_marked(ov, core, model, config)
