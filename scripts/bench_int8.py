@@ -49,6 +49,8 @@ from harmonic.runtime.preprocess import prepare_image, to_batch  # noqa: E402
 ORT_FP32, ORT_INT8 = "onnxruntime fp32", "onnxruntime int8 q/dq"
 OV_FP32, OV_BF16, OV_INT8 = "openvino fp32", "openvino bf16", "openvino int8 (nncf)"
 AGREE_SCORE_MIN = 0.05
+#: OpenVINO FP32 must reproduce ONNX Runtime FP32 (as scripts/gpu_check.py checks ONNX Runtime against eager)
+PARITY_AGREE, PARITY_AP_POINTS = 0.99, 0.05
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -219,9 +221,28 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.repeats} interleaved passes; x = speed relative to ONNX Runtime FP32; agree = share of the "
             f"FP32 graph's detections scoring >= {AGREE_SCORE_MIN} reproduced")
     print_table(args, rows, refused, head)
+    ok = parity(rows, graphs[0][0])
     for name, why in refused.items():
         rows.append({"model": name, "not_run": why})
-    return finish(rows, args.json, opened)
+    return finish(rows, args.json, opened) or (0 if ok else 1)
+
+
+def parity(rows: list[dict[str, Any]], ort_name: str) -> bool:
+    """Print the OpenVINO FP32 vs ONNX Runtime FP32 check (agreement and |AP difference|); False when it fails."""
+    by = {r["model"]: r for r in rows}
+    if OV_FP32 not in by:
+        return True
+    ov, ort = by[OV_FP32], by[ort_name]
+    d_ap = abs(ov["AP"] - ort["AP"]) * 100
+    ok = ov["agree_fp32"] >= PARITY_AGREE and d_ap <= PARITY_AP_POINTS
+    print(f"\nparity: {OV_FP32} vs {ort_name}: agree {ov['agree_fp32']:.4f} (>= {PARITY_AGREE}), |dAP| "
+          f"{d_ap:.3f} points (<= {PARITY_AP_POINTS}): {'OK' if ok else 'FAILED'}")
+    for name in (OV_BF16, OV_INT8, ORT_INT8):
+        if name in by:
+            r = by[name]
+            print(f"        {name}: agree {r['agree_fp32']:.4f}, dAP {(r['AP'] - ort['AP']) * 100:+.2f} points, "
+                  f"dAP75 {(r['AP75'] - ort['AP75']) * 100:+.2f}, x b1 {r['speedup_b1']:.2f}, x b8 {r['speedup_b8']:.2f}")
+    return ok
 
 
 if __name__ == "__main__":

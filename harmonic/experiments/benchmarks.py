@@ -250,7 +250,7 @@ def openvino_profile(path: Path, precision: str, batch: np.ndarray, threads: int
         acc: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
         for _ in range(iters):
             be.infer(batch)
-            for p in be.request.get_profiling_info():
+            for p in be.request_for(len(batch)).get_profiling_info():
                 ms = p.real_time.total_seconds() * 1000
                 if ms > 0:
                     key = (p.node_type, p.exec_type)

@@ -89,7 +89,7 @@ def plan_openvino(cfg: Any) -> OpenVinoPlan | None:
         return None
     precision = cfg.precision or "fp32"
     check_precision(precision)
-    import_openvino()
+    import_openvino("--openvino DIR")
     out = Path(cfg.openvino)
     if out.exists() and not out.is_dir():
         raise HarmonicError(f"--openvino {out}: exists and is not a folder")
@@ -98,6 +98,8 @@ def plan_openvino(cfg: Any) -> OpenVinoPlan | None:
         if p.exists() and not cfg.overwrite:
             raise HarmonicError(f"{p}: already exists (pass --overwrite to replace it)")
     calib = None
+    if precision != "int8" and cfg.calib is not None and not getattr(cfg, "int8", False):
+        raise HarmonicError("--calib: only used with --int8 or --openvino DIR --precision int8")
     if precision == "int8":
         import_nncf()
         if cfg.calib is None:
@@ -253,9 +255,13 @@ def check_ir(xml: Path, onnx_path: Path, precision: str, images: np.ndarray) -> 
     with open_backend(onnx_path, backend="onnxruntime", provider="cpu") as ort_be:
         ref = backend_infer(ort_be)(images)
     agree, n = reproduced_share(ref, ov_dets, AGREE_SCORE_MIN)
+    scopes = f"{checked} runtime ops of the FP32 scopes run FP32"
+    if not n:
+        return (f"the {precision} IR runs; ONNX Runtime has no detection scoring >= {AGREE_SCORE_MIN} on the "
+                f"{len(images)} images to compare (pass --verify-images); {scopes}")
     text = (f"the {precision} IR reproduces {agree:.3f} of ONNX Runtime's {n} detections scoring >= "
-            f"{AGREE_SCORE_MIN} on {len(images)} images; {checked} runtime ops of the FP32 scopes run FP32")
-    if precision == "fp32" and n and agree < AGREE_FP32:
+            f"{AGREE_SCORE_MIN} on {len(images)} images; {scopes}")
+    if precision == "fp32" and agree < AGREE_FP32:
         raise RunFailure(f"{onnx_path}: the OpenVINO IR differs from ONNX Runtime ({text})")
     return text
 

@@ -110,6 +110,16 @@ def test_precision_without_openvino_and_calib_folder_without_images(tiny_onnx, t
     assert not (tmp_path / "ir").exists()
 
 
+def test_missing_openvino_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    ckpt = tmp_path / "c.pt"
+    ckpt.write_bytes(b"x")
+    assert _export("--checkpoint", ckpt, "--out", tmp_path / "m.onnx", "--openvino", tmp_path / "ir") == 2
+    assert capsys.readouterr().err.strip() == ('error: openvino is not installed, needed for --openvino DIR: '
+                                               'pip install "harmonicdet[openvino]" (openvino and nncf)')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
 def test_missing_nncf_names_the_extra(tiny_onnx, calib, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "nncf", None)
     assert _export("--onnx", tiny_onnx, "--openvino", tmp_path / "ir", "--precision", "int8", "--calib", calib) == 2
