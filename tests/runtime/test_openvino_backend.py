@@ -177,3 +177,16 @@ def test_infer_cli_openvino_bench_torch_free(tmp_path):
                         tmp_path / "images", "--out", out)
         assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
         assert "no native bf16" in bad.stderr
+
+
+def test_each_batch_size_runs_a_static_compile_that_matches(tiny_onnx, monkeypatch):
+    monkeypatch.setattr(ovb, "MAX_STATIC", 2)
+    x = tiny.batch(5, seed=3)
+    with open_backend(tiny_onnx, backend="openvino") as be, open_backend(tiny_onnx, provider="cpu") as ref:
+        assert be.input_spec.shape[0] == -1 and list(be._static) == [1]  # batch 1 compiled up front
+        for n in (3, 5, 1):
+            got, want = be.infer(x[:n]), ref.infer(x[:n])
+            assert got["num_dets"].shape == (n, 1)
+            np.testing.assert_array_equal(got["num_dets"], want["num_dets"])
+            np.testing.assert_allclose(np.sort(got["det_scores"], 1), np.sort(want["det_scores"], 1), atol=1e-5)
+        assert list(be._static) == [5, 1] and be.compiled.inputs[0].get_partial_shape().is_static
