@@ -17,7 +17,7 @@ TRITON_STAMP := $(TRITON_VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[train,cpu,dev,triton]"
+	$(BIN)/python -m pip install -q -e ".[train,cpu,dev,triton,openvino]"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -5,7 +5,7 @@ Export writes it, the runtime, the Triton repository and its Python-backend mode
 
 - the graph's input and output names, dtypes and shapes (:data:`OUTPUT_NAMES`,
   :data:`RAW_OUTPUT_NAMES`, :func:`output_shapes`);
-- the model file suffixes (:data:`ONNX_SUFFIXES`, :data:`ENGINE_SUFFIXES`) and the image
+- the model file suffixes (:data:`ONNX_SUFFIXES`, :data:`ENGINE_SUFFIXES`, :data:`IR_SUFFIXES`) and the image
   files every reader accepts (:data:`IMAGE_SUFFIXES`);
 - the metadata schema: :func:`build_metadata` encodes it (the ONNX ``metadata_props``, all
   strings), :func:`decode_metadata` turns those strings (or an engine sidecar) into Python
@@ -50,6 +50,8 @@ def output_shapes(max_det: int) -> dict[str, list[int]]:
 
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+#: an OpenVINO IR: ``model.xml`` with its weights ``model.bin`` beside it
+IR_SUFFIXES = (".xml",)
 #: image files named in messages: the common formats
 COMMON_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 #: every image file read from a folder (training, evaluation, inference, calibration, verification): what OpenCV decodes

@@ -1,8 +1,14 @@
-"""Same images, one run: PyTorch eager vs ONNX Runtime (NMS graph) vs ONNX Runtime (raw graph + numpy NMS)
-vs TensorRT (where present): images/s, latency, AP and the score-IoU consistency metrics, as one table.
+"""Same images, one run: PyTorch eager vs ONNX Runtime (NMS graph, raw graph + numpy NMS, INT8 with
+``--int8``) vs OpenVINO FP32, bf16 and INT8 (``--openvino``) vs TensorRT (``--engine``): latency, images/s and
+conv GFLOP/s at each ``--batch``, AP and the score-IoU consistency metrics, as one table.
 
 Every backend gets the same decoded, letterboxed batches, so the timing is the model
-part (forward + post-processing incl. NMS), not decoding; AP and consistency come from
+part (forward + post-processing incl. NMS), not decoding; each ``--batch`` is timed over the
+same images, median of ``--repeats`` passes interleaved across the backends (so load on a
+shared machine hits every row alike); ``x`` is the speed relative to ONNX Runtime's NMS graph.
+The INT8 graphs (ONNX Runtime Q/DQ, OpenVINO NNCF) are calibrated on the benchmark's own
+images: a latency figure; their agreement is optimistic. OpenVINO bf16 runs only on a CPU
+with native bf16 (elsewhere its row says why not). AP and consistency come from
 ``harmonic.evaluation.evaluate`` on detections mapped back to original pixels;
 "agree" is the share of eager detections that the backend reproduces
 (same class, IoU >= 0.95), with the mean |score difference| of those. Eager is the
@@ -14,7 +20,7 @@ machine's FP32 rate.
 
     python scripts/bench_backends.py --checkpoint runs/x/best.pt --images data/synth/images/val \\
         --annotations data/synth/annotations/val.json [--engine model.engine]
-    python scripts/bench_backends.py            # random-init RetinaNet-R50 at 320 on generated images, no AP
+    python scripts/bench_backends.py --int8 --openvino   # random-init RetinaNet-R50 at 320, generated images
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -39,13 +46,17 @@ from harmonic.experiments.benchmarks import (  # noqa: E402
     export_random_model,
     finish,
     generate_jpegs,
+    machine_line,
+    openvino_runners,
+    time_interleaved,
 )
 from harmonic.runtime import open_backend  # noqa: E402
-from harmonic.runtime.bench import summarize  # noqa: E402
 from harmonic.runtime.postprocess import coco_results, unletterbox  # noqa: E402
 from harmonic.runtime.preprocess import prepare_image, to_batch  # noqa: E402
 from harmonic.runtime.reports import load_annotation_records, match_image_ids  # noqa: E402
 from harmonic.runtime.sources import expand_sources  # noqa: E402
+
+ORT_NMS = "onnxruntime nms graph"
 
 
 def load_model(args: argparse.Namespace) -> tuple[Any, int, list[str], str]:
@@ -70,13 +81,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true",
                    help="also time the INT8 Q/DQ graph (export/run.py --int8), calibrated on the benchmark's "
                         "own images: a latency figure; its agreement is optimistic (calibrated on the test images)")
+    p.add_argument("--openvino", action="store_true",
+                   help="also time OpenVINO FP32, bf16 (a CPU with native bf16 only) and INT8 (NNCF, calibrated on "
+                        "the benchmark's own images)")
+    p.add_argument("--profile", action="store_true",
+                   help="with --openvino: print OpenVINO's per-layer profile (time by layer type and kernel) of its "
+                        "FP32 and INT8 rows at the last --batch")
     p.add_argument("--num-images", type=int, default=16)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes timed (default 1 8)")
+    p.add_argument("--threads", type=int, default=2, help="torch, ONNX Runtime and OpenVINO threads")
     p.add_argument("--conf", type=float, default=0.001)
     p.add_argument("--iou", type=float, default=0.6)
     p.add_argument("--max-det", type=int, default=100)
-    p.add_argument("--repeats", type=int, default=2, help="timed passes per backend (best kept)")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes per backend and batch size (median)")
     p.add_argument("--work", default=None)
     p.add_argument("--json", default=None)
     return p
@@ -128,12 +145,12 @@ def prepare_batches(paths: list[Path], size: int, batch: int) -> tuple[list[tupl
 
 
 def open_runners(args: argparse.Namespace, model: Any, nms_path: Path, raw_path: Path, folder: Path, work: Path,
-                 calib_count: int) -> tuple[list[tuple[str, Any]], list[Any]]:
-    """``([(backend name, run(batch) -> detections)], the opened backends)``: eager, the ONNX Runtime
-    graphs (+ INT8 with ``--int8``), TensorRT with ``--engine`` (skipped with a message if it fails)."""
+                 calib_count: int) -> tuple[list[tuple[str, Any]], list[Any], dict[str, str]]:
+    """``([(backend name, run(batch) -> detections)], the opened backends, {row: why it did not run})``: eager,
+    the ONNX Runtime graphs (+ INT8 with ``--int8``), OpenVINO with ``--openvino``, TensorRT with ``--engine``."""
     runners: list[tuple[str, Any]] = [("pytorch eager", lambda x: eager_infer(model, x))]
-    opened = []
-    graphs = [("onnxruntime nms graph", nms_path), ("onnxruntime raw + numpy nms", raw_path)]
+    opened, refused = [], {}
+    graphs = [(ORT_NMS, nms_path), ("onnxruntime raw + numpy nms", raw_path)]
     if args.int8:
         from harmonic.export.quantize import quantize_int8
 
@@ -143,31 +160,18 @@ def open_runners(args: argparse.Namespace, model: Any, nms_path: Path, raw_path:
         be = open_backend(path, provider="cpu", threads=args.threads)
         opened.append(be)
         runners.append((name, backend_infer(be)))
+    if args.openvino:
+        ov_runners, ov_opened, refused, _ = openvino_runners(nms_path, work, folder, calib_count, args.threads)
+        runners += ov_runners
+        opened += ov_opened
     if args.engine:
         try:
             be = open_backend(args.engine)
             opened.append(be)
             runners.append((f"tensorrt ({be.device})", backend_infer(be)))
         except Exception as exc:  # noqa: BLE001 - report and go on with the others
-            print(f"tensorrt skipped: {exc}")
-    return runners, opened
-
-
-def time_runner(run: Any, arrays: list[Any], repeats: int) -> tuple[float, list[float], list[Any]]:
-    """One warm-up, then ``repeats`` timed passes: ``(best wall seconds, its batch latencies, its detections)``."""
-    run(arrays[0])  # warm-up
-    best_wall, lat, dets = float("inf"), [], []
-    for _ in range(repeats):
-        lat_r, dets_r = [], []
-        t0 = time.perf_counter()
-        for a in arrays:
-            t = time.perf_counter()
-            dets_r += run(a)
-            lat_r.append(time.perf_counter() - t)
-        wall = time.perf_counter() - t0
-        if wall < best_wall:
-            best_wall, lat, dets = wall, lat_r, dets_r
-    return best_wall, lat, dets
+            refused["tensorrt"] = str(exc)
+    return runners, opened, refused
 
 
 def accuracy(prepared: list[tuple[int, Any, Any]], dets: list[Any], records: Any, ids: list[int],
@@ -183,12 +187,16 @@ def accuracy(prepared: list[tuple[int, Any, Any]], dets: list[Any], records: Any
                 **{k: rep["consistency"].get(k) for k in ("spearman", "kendall", "aic")})
 
 
-def print_table(args: argparse.Namespace, rows: list[dict[str, Any]], label: str, images: int, size: int,
-                gflop: float, with_ap: bool) -> None:
-    print(f"\n{label}, {images} images at {size}px, batch {args.batch}, {args.threads} threads, "
-          f"conf {args.conf}, iou {args.iou}, K {args.max_det}; time = forward + post-processing on "
-          f"pre-decoded batches (best of repeats); {gflop:.1f} conv GFLOP per image")
-    head = f"{'backend':<30}{'img/s':>8}{'GFLOP/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'dets':>7}{'agree':>7}{'|ds|':>8}"
+def print_table(args: argparse.Namespace, rows: list[dict[str, Any]], refused: dict[str, str], label: str,
+                images: int, size: int, gflop: float, with_ap: bool) -> None:
+    print(f"\n{label}, {images} images at {size}px, {args.threads} threads, conf {args.conf}, iou {args.iou}, "
+          f"K {args.max_det}; {machine_line()}; time = forward + post-processing on pre-decoded batches, ms per "
+          f"batch (median of {args.repeats} interleaved passes); x = speed relative to {ORT_NMS}; "
+          f"{gflop:.1f} conv GFLOP per image")
+    head = f"{'backend':<30}"
+    for b in args.batch:
+        head += f"{f'ms b{b}':>9}{f'img/s b{b}':>10}{f'x b{b}':>7}{f'GFLOP/s b{b}':>12}"
+    head += f"{'dets':>7}{'agree':>7}{'|ds|':>8}"
     if with_ap:
         head += f"{'AP':>7}{'AP50':>7}{'rho':>7}{'tau':>7}{'AIC':>7}"
     print(head)
@@ -197,11 +205,16 @@ def print_table(args: argparse.Namespace, rows: list[dict[str, Any]], label: str
         return f"{v:>{w}.{d}f}" if isinstance(v, float) and v == v else f"{'-':>{w}}"
 
     for r in rows:
-        line = (f"{r['backend']:<30}{r['img_s']:>8.1f}{r['gflop_s']:>9.0f}"
-                f"{r['latency_ms']['p50']:>9.1f}{r['latency_ms']['p90']:>9.1f}{r['detections']:>7d}{f(r['agree'], 7, 3)}{f(r['dscore'], 8, 4)}")
+        line = f"{r['backend']:<30}"
+        for b in args.batch:
+            t = r["batches"][str(b)]
+            line += f"{t['ms_per_batch']:>9.1f}{t['img_s']:>10.1f}{t['speedup']:>7.2f}{t['gflop_s']:>12.0f}"
+        line += f"{r['detections']:>7d}{f(r['agree'], 7, 3)}{f(r['dscore'], 8, 4)}"
         if with_ap:
             line += "".join(f(r.get(k), 7) for k in ("AP", "AP50", "spearman", "kendall", "aic"))
         print(line)
+    for name, why in refused.items():
+        print(f"{name:<30}not run: {why}")
     if not args.engine:
         print(f"{'tensorrt':<30}   (no --engine given / TensorRT not installed here)")
 
@@ -216,24 +229,52 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     model, size, names, label, nms_path, raw_path, gflop = export_graphs(args, work)
     folder, images, records, gt_names, ids = benchmark_images(args, work, names)
-    prepared, arrays = prepare_batches(images.paths, size, args.batch)
-    runners, opened = open_runners(args, model, nms_path, raw_path, folder, work, len(prepared))
+    per_batch = {str(b): prepare_batches(images.paths, size, b) for b in args.batch}
+    prepared = per_batch[str(args.batch[-1])][0]
+    runners, opened, refused = open_runners(args, model, nms_path, raw_path, folder, work, len(prepared))
 
     rows, per_backend = [], {}
-    for name, run in runners:
-        best_wall, lat, dets = time_runner(run, arrays, args.repeats)
+    for name, run in runners:  # detections (untimed) at the last batch size
+        dets = [d for a in per_batch[str(args.batch[-1])][1] for d in run(a)]
         per_backend[name] = dets
-        row: dict[str, Any] = {"backend": name, "img_s": len(prepared) / best_wall,
-                               "gflop_s": gflop * len(prepared) / best_wall,
-                               "latency_ms": summarize(lat), "detections": int(sum(len(d) for d in dets))}
+        row: dict[str, Any] = {"backend": name, "detections": int(sum(len(d) for d in dets))}
         if records is not None:
             row.update(accuracy(prepared, dets, records, ids, gt_names))
         rows.append(row)
+    times = time_interleaved(runners, {b: arrays for b, (_, arrays) in per_batch.items()}, args.repeats)
+    for row in rows:
+        row["batches"] = {}
+        for b, (_, arrays) in per_batch.items():
+            wall = float(np.median(times[row["backend"]][b]))
+            row["batches"][b] = {"ms_per_batch": wall / len(arrays) * 1000, "img_s": len(prepared) / wall,
+                                 "gflop_s": gflop * len(prepared) / wall}
+    for row in rows:
+        for b in per_batch:
+            base = next(r for r in rows if r["backend"] == ORT_NMS)["batches"][b]["img_s"]
+            row["batches"][b]["speedup"] = row["batches"][b]["img_s"] / base
     ref = per_backend["pytorch eager"]
     for row in rows:
         row["agree"], row["dscore"] = agreement(ref, per_backend[row["backend"]])
-    print_table(args, rows, label, len(prepared), size, gflop, records is not None)
+    print_table(args, rows, refused, label, len(prepared), size, gflop, records is not None)
+    if args.profile and args.openvino:
+        print_profiles(args, nms_path, work, per_batch[str(args.batch[-1])][1][0])
+    for name, why in refused.items():
+        rows.append({"backend": name, "not_run": why})
     return finish(rows, args.json, opened)
+
+
+def print_profiles(args: argparse.Namespace, nms_path: Path, work: Path, batch: Any) -> None:
+    """OpenVINO's per-layer profile of the FP32 graph and the INT8 IR on ``batch``: where the time goes and at
+    which precision the hot layers ran."""
+    from harmonic.experiments.benchmarks import openvino_profile
+
+    for name, path, precision in (("openvino fp32", nms_path, "fp32"),
+                                  ("openvino int8 (nncf)", work / "openvino_int8" / "model.xml", "int8")):
+        if not path.is_file():
+            continue
+        print(f"\n{name}: per-layer profile at batch {len(batch)} (ms per inference, by layer type and kernel)")
+        for r in openvino_profile(path, precision, batch, args.threads):
+            print(f"  {r['layer']:<18}{r['kernel']:<26}{r['ms']:>9.1f} ms{100 * r['share']:>6.1f} %  x{r['count']}")
 
 
 if __name__ == "__main__":

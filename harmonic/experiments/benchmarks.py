@@ -1,6 +1,7 @@
 """Helpers the benchmark scripts (``scripts/bench_*.py``) and ``scripts/gpucheck/`` share: generated
 JPEGs, random-init torchvision detectors and their export, the eager reference a graph is checked
-against, per-backend inference on prepared batches and the agreement between two backends.
+against, per-backend inference on prepared batches, the agreement between two backends, interleaved
+timing, the OpenVINO rows and the machine line of a table's header.
 
 Importing this module does not import torch (the functions that need it import it).
 """
@@ -8,6 +9,7 @@ Importing this module does not import torch (the functions that need it import i
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +167,97 @@ def finish(rows: list[dict[str, Any]], json_path: str | None, opened: list[Any])
     for be in opened:
         be.close()
     return 0
+
+
+def time_interleaved(runners: list[tuple[str, Any]], inputs: dict[str, list[np.ndarray]],
+                     repeats: int) -> dict[str, dict[str, list[float]]]:
+    """``{runner: {input set: [seconds of each pass]}}``: one untimed warm-up call per runner and input set,
+    then ``repeats`` rounds, each running every runner once over every input set (a pass = all its batches),
+    so load drift on a shared machine hits every row alike. Quote the median of the passes."""
+    for _, run in runners:
+        for arrays in inputs.values():
+            run(arrays[0])
+    out: dict[str, dict[str, list[float]]] = {name: {k: [] for k in inputs} for name, _ in runners}
+    for _ in range(repeats):
+        for name, run in runners:
+            for key, arrays in inputs.items():
+                t0 = time.perf_counter()
+                for a in arrays:
+                    run(a)
+                out[name][key].append(time.perf_counter() - t0)
+    return out
+
+
+def openvino_runners(nms_path: Path, work: Path, calib: Path, calib_count: int,
+                     threads: int) -> tuple[list[tuple[str, Any]], list[Any], dict[str, str], float | None]:
+    """The OpenVINO rows of a benchmark: ``(runners [(name, run)], opened backends, {name: why it can't run},
+    seconds the INT8 quantisation took)``. FP32 and bf16 compile ``nms_path``; INT8 is the IR
+    ``export/run.py --openvino DIR --precision int8`` writes, NNCF-calibrated on ``calib_count`` images of
+    ``calib``. A row OpenVINO refuses (bf16 on a CPU without it, OpenVINO not installed) gets its reason."""
+    from types import SimpleNamespace
+
+    from harmonic.errors import HarmonicError
+    from harmonic.runtime.backends import open_backend
+
+    runners, opened, refused, t_quant = [], [], {}, None
+    rows = [("openvino fp32", "fp32"), ("openvino bf16", "bf16"), ("openvino int8 (nncf)", "int8")]
+    for name, precision in rows:
+        try:
+            path = nms_path
+            if precision == "int8":
+                from harmonic.export.openvino import OpenVinoPlan, write_ir
+                from harmonic.export.quantize import calibration_files
+
+                plan = OpenVinoPlan(work / "openvino_int8" / "model.xml", "int8", calibration_files(calib, calib_count))
+                t0 = time.perf_counter()
+                path = write_ir(nms_path, plan, SimpleNamespace(verify_images=None))[0]
+                t_quant = time.perf_counter() - t0
+            be = open_backend(path, backend="openvino", precision=precision, threads=threads)
+        except HarmonicError as exc:
+            refused[name] = str(exc)
+            continue
+        opened.append(be)
+        runners.append((name, backend_infer(be)))
+    return runners, opened, refused, t_quant
+
+
+def machine_line() -> str:
+    """The CPU, its core count and the versions of the deploy stack, for a benchmark's header."""
+    import importlib.metadata as md
+    import os
+    import platform
+
+    from harmonic.runtime.backends.base import cpu_name
+
+    libs = []
+    for dist in ("torch", "onnxruntime", "openvino", "nncf", "numpy"):
+        try:
+            libs.append(f"{dist} {md.version(dist)}")
+        except md.PackageNotFoundError:
+            pass
+    return f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, {', '.join(libs)}"
+
+
+def openvino_profile(path: Path, precision: str, batch: np.ndarray, threads: int, iters: int = 3,
+                     top: int = 8) -> list[dict[str, Any]]:
+    """OpenVINO's per-layer profile of ``path`` at ``precision`` on ``batch`` (``PERF_COUNT``), summed by layer
+    type and kernel (the kernel name carries the precision it ran at, e.g. ``brgconv_avx2_I8``): the ``top``
+    rows by time, each ``{layer, kernel, ms, share, count}`` (ms per inference, mean of ``iters``)."""
+    from collections import defaultdict
+
+    from harmonic.runtime.backends import open_backend
+
+    with open_backend(path, backend="openvino", precision=precision, threads=threads, perf_count=True) as be:
+        be.infer(batch)
+        acc: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
+        for _ in range(iters):
+            be.infer(batch)
+            for p in be.request_for(len(batch)).get_profiling_info():
+                ms = p.real_time.total_seconds() * 1000
+                if ms > 0:
+                    key = (p.node_type, p.exec_type)
+                    acc[key][0] += ms / iters
+                    acc[key][1] += 1 / iters
+    total = sum(v[0] for v in acc.values()) or 1.0
+    rows = sorted(acc.items(), key=lambda kv: -kv[1][0])[:top]
+    return [{"layer": k[0], "kernel": k[1], "ms": v[0], "share": v[0] / total, "count": round(v[1])} for k, v in rows]

@@ -7,9 +7,13 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harmonic.errors import HarmonicError
 from harmonic.export.config import ExportConfig
+
+if TYPE_CHECKING:
+    from harmonic.export.openvino import OpenVinoPlan
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--opt-batch", type=int, default=D.opt_batch)
     p.add_argument("--max-batch", type=int, default=D.max_batch)
     p.add_argument("--timing-cache", default=D.timing_cache, help="TensorRT timing cache file (read and updated)")
+    o = p.add_argument_group("OpenVINO IR (harmonic.export.openvino)")
+    o.add_argument("--openvino", default=D.openvino, metavar="DIR",
+                   help="also write the OpenVINO IR DIR/model.xml + model.bin (with --onnx: from that graph)")
+    o.add_argument("--precision", default=D.precision, choices=["fp32", "bf16", "int8"],
+                   help="the IR's precision (default fp32); int8: NNCF quantisation calibrated on --calib")
     t = p.add_argument_group("Triton model repository (harmonic.export.triton_repo)")
     t.add_argument("--triton-repo", default=D.triton_repo, metavar="DIR",
                    help="also write a Triton Inference Server model repository for the exported graph")
@@ -96,8 +105,8 @@ def check_args(args: ExportConfig) -> None:
 def check_int8_args(args: ExportConfig, out: Path) -> Path | None:
     """``<out>.int8.onnx`` for ``--int8`` (which needs ``--calib`` with a readable image), else None."""
     if not args.int8:
-        if args.calib is not None:
-            raise HarmonicError("--calib: only used with --int8")
+        if args.calib is not None and not (args.openvino is not None and args.precision == "int8"):
+            raise HarmonicError("--calib: only used with --int8 or --openvino DIR --precision int8")
         return None
     if args.calib is None:
         raise HarmonicError("--int8: needs --calib DIR (calibration images)")
@@ -118,6 +127,7 @@ class ExportPlan:
     int8_out: Path | None
     engine: Path | None
     batch: int | None  # None: dynamic
+    openvino: OpenVinoPlan | None = None
 
 
 def plan_export(cfg: ExportConfig) -> ExportPlan:
@@ -138,6 +148,9 @@ def plan_export(cfg: ExportConfig) -> ExportPlan:
 
     check_nms_topk(cfg.nms_topk)
     int8_out = check_int8_args(cfg, out)
+    from harmonic.export.openvino import plan_openvino
+
+    openvino = plan_openvino(cfg)
     if engine is not None:  # fail before any export work
         from harmonic.contract import sidecar_path
         from harmonic.export.tensorrt import import_tensorrt, profile_shapes
@@ -150,7 +163,7 @@ def plan_export(cfg: ExportConfig) -> ExportPlan:
     for p in (out, raw, int8_out):
         if p is not None and p.exists() and not cfg.overwrite:
             raise HarmonicError(f"{p}: already exists (pass --overwrite to replace it)")
-    return ExportPlan(out, raw, int8_out, engine, batch)
+    return ExportPlan(out, raw, int8_out, engine, batch, openvino)
 
 
 def run_export(cfg: ExportConfig, plan: ExportPlan) -> tuple[list[Path], Path | None]:
@@ -192,6 +205,10 @@ def run_export(cfg: ExportConfig, plan: ExportPlan) -> tuple[list[Path], Path | 
 
             written.append(quantize_int8(resolve(out), int8_out, cfg.calib, count=cfg.calib_count,
                                          overwrite=cfg.overwrite))
+        if plan.openvino is not None:
+            from harmonic.export.openvino import write_ir
+
+            written += write_ir(resolve(out), plan.openvino, cfg)
         if engine is not None:
             from harmonic.export.tensorrt import build_engine
 
@@ -233,6 +250,10 @@ def check_space(cfg: ExportConfig, plan: ExportPlan, model) -> None:  # noqa: AN
 
 def main(argv: list[str] | None = None) -> int:
     cfg = ExportConfig.from_args(get_args_parser().parse_args(argv))
+    if cfg.onnx is not None and cfg.openvino is not None:  # the IR of a graph exported before
+        from harmonic.export.openvino import main_onnx
+
+        return main_onnx(cfg)
     if cfg.onnx is not None:  # a repository from files exported before: no checkpoint, no torch
         from harmonic.export.triton_repo import main_export
 

@@ -48,6 +48,9 @@ class ExportConfig:
     opt_batch: int = 1
     max_batch: int = 8
     timing_cache: str | None = None
+    # the OpenVINO IR (harmonic.export.openvino)
+    openvino: str | None = None
+    precision: str | None = None  # None: fp32
     # the Triton model repository (harmonic.export.triton_repo reads these)
     triton_repo: str | None = None
     onnx: str | None = None

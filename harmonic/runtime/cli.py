@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harmonic.errors import HarmonicError
-from harmonic.runtime.backends.base import BACKENDS
+from harmonic.runtime.backends.base import BACKENDS, backend_for
 from harmonic.runtime.config import InferConfig
 from harmonic.runtime.runners import check_model, default_batch
 
@@ -29,9 +29,12 @@ log = logging.getLogger("harmonic.infer")
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harmonic infer", description=__doc__.split("\n\n")[0])
-    p.add_argument("--engine", default=None, help="model.onnx | model.engine (.plan/.trt); or --triton")
+    p.add_argument("--engine", default=None,
+                   help="model.onnx | model.engine (.plan/.trt) | model.xml (OpenVINO IR); or --triton")
     p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
-                   help="runtime for --engine (default auto: from the file suffix)")
+                   help="runtime for --engine (default auto: from the file suffix, .onnx -> onnxruntime)")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "int8"],
+                   help="OpenVINO precision (default: the model's own; bf16 needs a CPU with native bf16)")
     p.add_argument("--source", "--images", dest="source", required=True, nargs="+", metavar="SOURCE",
                    help="image files, folders or globs; or one video file, camera index (0) or stream URL "
                         "(rtsp://, http://, ...). --images is the same flag")
@@ -127,8 +130,9 @@ def open_detector(cfg: InferConfig, max_batch: int | None = None) -> Any:
 
         return Detector.from_runner(TritonRunner(TritonSession(cfg.triton, cfg.model), cfg.concurrency or 1),
                                     cfg.conf)
+    options: dict[str, Any] = {} if cfg.precision is None else {"precision": cfg.precision}
     return Detector(Path(cfg.engine), backend=cfg.backend, device=cfg.device, conf=cfg.conf, threads=cfg.threads,
-                    provider=cfg.provider, img_size=cfg.img_size, max_batch=max_batch)
+                    provider=cfg.provider, img_size=cfg.img_size, max_batch=max_batch, **options)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     triton_client.check_args(cfg)
     if cfg.triton is None and cfg.engine is None:
         raise HarmonicError("--engine is required (a model file), or --triton URL --model NAME")
+    if cfg.precision is not None and (cfg.triton or backend_for(cfg.engine, cfg.backend) != "openvino"):
+        raise HarmonicError("--precision: only used with --backend openvino (or an OpenVINO IR .xml)")
     quiet_opencv()  # OpenCV's and FFmpeg's own log lines would follow our one-line errors
     spec = video_spec(cfg.source)
     check_source_flags(cfg, spec)

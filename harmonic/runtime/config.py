@@ -17,6 +17,7 @@ class InferConfig:
     source: list[str]
     engine: str | None = None
     backend: str = "auto"
+    precision: str | None = None
     out: str = "runs/infer"
     batch: int | None = None
     annotations: str | None = None

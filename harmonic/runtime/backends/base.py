@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from harmonic.contract import ENGINE_SUFFIXES, ONNX_SUFFIXES, is_ours
+from harmonic.contract import ENGINE_SUFFIXES, IR_SUFFIXES, ONNX_SUFFIXES, is_ours
 from harmonic.errors import HarmonicError
 
 log = logging.getLogger(__name__)
@@ -162,13 +162,14 @@ def fallback_metadata(path: Path, input_shape: tuple[int, ...], img_size: int | 
 BACKENDS: dict[str, tuple[str, str]] = {
     "onnxruntime": ("harmonic.runtime.backends.onnxruntime_backend", "OnnxRuntimeBackend"),
     "tensorrt": ("harmonic.runtime.backends.tensorrt_backend", "TensorRTBackend"),
+    "openvino": ("harmonic.runtime.backends.openvino_backend", "OpenVinoBackend"),
 }
 
 
 def backend_for(path: str | Path, backend: str = "auto") -> str:
     """The backend that opens ``path``: ``backend`` itself, or for ``auto`` the one its suffix names
-    (``.onnx`` -> ``onnxruntime``, ``.engine/.plan/.trt`` -> ``tensorrt``). One line naming the problem
-    for an unknown backend or file type."""
+    (``.onnx`` -> ``onnxruntime``, ``.engine/.plan/.trt`` -> ``tensorrt``, ``.xml`` (an OpenVINO IR) ->
+    ``openvino``). One line naming the problem for an unknown backend or file type."""
     path = Path(path)
     if backend != "auto":
         if backend not in BACKENDS:
@@ -179,8 +180,10 @@ def backend_for(path: str | Path, backend: str = "auto") -> str:
         return "onnxruntime"
     if suffix in ENGINE_SUFFIXES:
         return "tensorrt"
-    raise HarmonicError(f"{path}: unknown model file type {suffix!r}; expected .onnx or "
-                        f"{'/'.join(ENGINE_SUFFIXES)}")
+    if suffix in IR_SUFFIXES:
+        return "openvino"
+    raise HarmonicError(f"{path}: unknown model file type {suffix!r}; expected .onnx, "
+                        f"{'/'.join(ENGINE_SUFFIXES)} or an OpenVINO IR {'/'.join(IR_SUFFIXES)}")
 
 
 def open_backend(path: str | Path, backend: str = "auto", **opts: Any) -> Backend:
@@ -188,7 +191,8 @@ def open_backend(path: str | Path, backend: str = "auto", **opts: Any) -> Backen
 
     ``opts`` go to the backend: ``provider`` (cpu|cuda|tensorrt), ``device`` (``cpu`` or
     ``cuda:N``), ``threads``, ``img_size`` (only used when the file has no metadata),
-    ``max_batch`` (TensorRT: buffers are allocated for this batch).
+    ``max_batch`` (TensorRT: buffers are allocated for this batch), ``precision`` (OpenVINO:
+    ``fp32``/``bf16``/``int8``, default the model's own).
     """
     path = Path(path)
     module, cls = BACKENDS[backend_for(path, backend)]
