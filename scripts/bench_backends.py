@@ -35,8 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harmonic.data.images import ImageDecodeError, decode_image  # noqa: E402
-from harmonic.experiments.benchmarks import (  # noqa: E402
+from benchlib import (  # noqa: E402
     agreement,
     backend_infer,
     build_random_detector,
@@ -50,6 +49,8 @@ from harmonic.experiments.benchmarks import (  # noqa: E402
     openvino_runners,
     time_interleaved,
 )
+
+from harmonic.data.images import ImageDecodeError, decode_image  # noqa: E402
 from harmonic.runtime import open_backend  # noqa: E402
 from harmonic.runtime.postprocess import coco_results, unletterbox  # noqa: E402
 from harmonic.runtime.preprocess import prepare_image, to_batch  # noqa: E402
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
 def print_profiles(args: argparse.Namespace, nms_path: Path, work: Path, batch: Any) -> None:
     """OpenVINO's per-layer profile of the FP32 graph and the INT8 IR on ``batch``: where the time goes and at
     which precision the hot layers ran."""
-    from harmonic.experiments.benchmarks import openvino_profile
+    from benchlib import openvino_profile
 
     for name, path, precision in (("openvino fp32", nms_path, "fp32"),
                                   ("openvino int8 (nncf)", work / "openvino_int8" / "model.xml", "int8")):

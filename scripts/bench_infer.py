@@ -30,9 +30,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchlib import generate_jpegs  # noqa: E402
+
 from harmonic.atomic import write_text  # noqa: E402
 from harmonic.data.images import decode_image  # noqa: E402
-from harmonic.experiments.benchmarks import generate_jpegs  # noqa: E402
 from harmonic.runtime import open_backend  # noqa: E402
 from harmonic.runtime.bench import engine_only, summarize  # noqa: E402
 from harmonic.runtime.pipeline import RunStats, infer_images  # noqa: E402
@@ -78,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     engine = Path(args.engine) if args.engine else work / f"{args.arch}.onnx"
     if not engine.exists():
         print(f"exporting a random-init {args.arch} to {engine} (in a subprocess) ...", flush=True)
-        code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
-                "from harmonic.experiments.benchmarks import export_random_model; "
+        code = (f"import sys; sys.path[:0] = [{str(Path(__file__).resolve().parents[1])!r}, "
+                f"{str(Path(__file__).resolve().parent)!r}]; "
+                "from benchlib import export_random_model; "
                 f"export_random_model({args.arch!r}, __import__('pathlib').Path({str(engine)!r}))")
         subprocess.run([sys.executable, "-c", code], check=True)
     folder = Path(args.images) if args.images else work / "images"

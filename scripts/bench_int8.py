@@ -31,8 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harmonic.data.images import decode_image  # noqa: E402
-from harmonic.experiments.benchmarks import (  # noqa: E402
+from benchlib import (  # noqa: E402
     agreement,
     backend_infer,
     eager_infer,
@@ -42,6 +41,8 @@ from harmonic.experiments.benchmarks import (  # noqa: E402
     openvino_runners,
     time_interleaved,
 )
+
+from harmonic.data.images import decode_image  # noqa: E402
 from harmonic.runtime import open_backend  # noqa: E402
 from harmonic.runtime.postprocess import Detections, coco_results, find_raw_outputs, unletterbox  # noqa: E402
 from harmonic.runtime.preprocess import prepare_image, to_batch  # noqa: E402

@@ -18,7 +18,7 @@ no onnxslim (export needs it) and no pycocotools (evaluation needs it). At most
     python scripts/gpu_bundle.py --out dist/gpu-bundle --checkpoint runs/demo/harmonic_s0/best.pt
 
 The box side (the layout, the recipe, and the checks that run before any GPU work:
-``check_bundle``, ``check_checkpoint``) lives in :mod:`harmonic.experiments.bundle`: a missing or
+``check_bundle``, ``check_checkpoint``) lives in :mod:`gpucheck.bundle` (scripts/gpucheck/bundle.py): a missing or
 oversized bundle, a tampered file or a checkpoint of another model is a one-line
 :class:`~harmonic.errors.HarmonicError`.
 """
@@ -36,9 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harmonic.atomic import atomic_dir  # noqa: E402
-from harmonic.errors import HarmonicError  # noqa: E402
-from harmonic.experiments.bundle import (  # noqa: E402
+from gpucheck.bundle import (  # noqa: E402
     CHECKPOINT,
     DATA,
     LIMIT_BYTES,
@@ -49,6 +47,9 @@ from harmonic.experiments.bundle import (  # noqa: E402
     generate_data,
     sha256,
 )
+
+from harmonic.atomic import atomic_dir  # noqa: E402
+from harmonic.errors import HarmonicError  # noqa: E402
 
 #: what the box lacks (the project's own deps that are not on it)
 WHEELS = ("onnxslim", "pycocotools")

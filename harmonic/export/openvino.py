@@ -228,8 +228,12 @@ def check_ir(xml: Path, onnx_path: Path, precision: str, images: np.ndarray) -> 
     ``images``; at FP32 its detections must reproduce ONNX Runtime's on ``onnx_path`` (share >= :data:`AGREE_FP32`).
     A bf16 IR (FP32 weights) is checked at FP32: bf16 itself runs on a CPU with native bf16. Returns the
     verification line; :class:`RunFailure` when the FP32 IR differs."""
-    from harmonic.experiments.benchmarks import backend_infer
     from harmonic.runtime.backends import open_backend
+    from harmonic.runtime.pipeline import run_engine
+    from harmonic.runtime.postprocess import split_outputs
+
+    def backend_infer(be: Any) -> Callable[[np.ndarray], list[Any]]:
+        return lambda batch: split_outputs(run_engine(be, batch), batch.shape[0])
 
     precision = "fp32" if precision == "bf16" else precision
     with open_backend(xml, backend="openvino", precision=precision) as be:

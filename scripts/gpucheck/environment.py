@@ -7,8 +7,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from gpucheck import bundle
 from gpucheck.context import Ctx, versions
-from harmonic.experiments import bundle
 
 
 def step_environment(ctx: Ctx) -> dict[str, Any]:

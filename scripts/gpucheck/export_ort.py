@@ -51,7 +51,8 @@ def ap_of(ctx: Ctx, dets: list[Any], infos: list[Any]) -> float:
 
 def step_ort(ctx: Ctx) -> dict[str, Any]:
     """ONNX Runtime CPU: the provider that actually ran, parity and AP against PyTorch on the carried checkpoint."""
-    from harmonic.experiments.benchmarks import agreement, backend_infer, eager_infer, eager_reference
+    from benchlib import agreement, backend_infer, eager_infer, eager_reference
+
     from harmonic.export.metadata import read_metadata
     from harmonic.runtime import open_backend
     from harmonic.training.checkpoint import model_from_checkpoint
@@ -89,7 +90,8 @@ def step_ort_cuda(ctx: Ctx) -> dict[str, Any]:
         raise Skip("onnxruntime has no CUDAExecutionProvider (a CPU build; onnxruntime-gpu is not installed)")
     if "onnx" not in ctx.state or "batches" not in ctx.state:
         raise Skip("no exported graph / ORT CPU reference")
-    from harmonic.experiments.benchmarks import agreement, backend_infer
+    from benchlib import agreement, backend_infer
+
     from harmonic.runtime import open_backend
 
     with open_backend(ctx.state["onnx"], provider="cuda", device="cuda:0") as be:

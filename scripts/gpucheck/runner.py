@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import gpucheck
+from gpucheck import bundle
 from gpucheck.context import (
     AGREE_ORT_EAGER,
     AGREE_TRT,
@@ -30,7 +31,6 @@ from gpucheck.latency import step_latency
 from gpucheck.tensorrt_steps import step_trt, step_trt_backend_cuda
 from gpucheck.training import step_amp_train, step_ddp, step_demo_train, step_resume
 from harmonic.errors import HarmonicError
-from harmonic.experiments import bundle
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -100,7 +100,8 @@ def step_trt(ctx: Ctx, kind: str) -> dict[str, Any]:
         raise Skip(f"tensorrt does not import ({exc})") from None
     if "onnx" not in ctx.state or "batches" not in ctx.state:
         raise Skip("no exported graph / ORT reference")
-    from harmonic.experiments.benchmarks import agreement, backend_infer
+    from benchlib import agreement, backend_infer
+
     from harmonic.export.tensorrt import build_engine
     from harmonic.runtime import open_backend
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gpucheck import bundle
 from gpucheck.context import (
     DEMO_FLOORS,
     FAMILIES,
@@ -20,7 +21,6 @@ from gpucheck.context import (
     run_cli,
     small_data,
 )
-from harmonic.experiments import bundle
 
 
 class LowPrecisionRecorder:

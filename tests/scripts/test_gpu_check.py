@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from harmonic.experiments.bundle import activate, check_bundle
-
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))  # the GPU check's package and its bundle helpers live beside the scripts
+
+from gpucheck.bundle import activate, check_bundle  # noqa: E402
 
 
 def _load(name: str):
