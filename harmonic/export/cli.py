@@ -130,6 +130,66 @@ class ExportPlan:
     openvino: OpenVinoPlan | None = None
 
 
+def check_triton_flags(cfg: ExportConfig, fixed_batch: int | None) -> None:
+    """Before any export work: the ``--triton-*`` flags, the repository folder, and the batch limits
+    the export flags already fix (``--batch N``, the engine profile ``--min/--max-batch``)."""
+    from harmonic.export.triton_repo import check_options, check_repo_dir
+
+    opts = cfg.repo_options()
+    check_options(opts)
+    check_repo_dir(cfg.triton_repo, cfg.overwrite)
+    req = opts.max_batch
+    if fixed_batch is not None and req not in (None, 0):
+        raise HarmonicError(f"--triton-max-batch {req}: --batch {fixed_batch} exports a fixed batch; Triton serves "
+                            "it with max_batch_size 0 (leave the flag out)")
+    if fixed_batch is None and req == 0:
+        raise HarmonicError("--triton-max-batch 0: the graph has a dynamic batch; 0 would turn off Triton's "
+                            "batching (use 1.. the batch you want the server to form)")
+    if cfg.engine and fixed_batch is None:
+        if cfg.min_batch > 1:
+            raise HarmonicError(f"--min-batch {cfg.min_batch}: Triton sends batches from 1; build the engine "
+                                "with --min-batch 1 for --triton-repo")
+        if req is not None and req > cfg.max_batch:
+            raise HarmonicError(f"--triton-max-batch {req}: above the engine profile's maximum "
+                                f"(--max-batch {cfg.max_batch})")
+
+
+def from_files(cfg: ExportConfig) -> int:
+    """``harmonic export --onnx model.onnx [--engine model.engine] [--openvino DIR] [--triton-repo DIR]``: the
+    OpenVINO IR and the Triton repository of a graph exported before (no checkpoint, no torch). Both
+    appear together, or neither does."""
+    from harmonic.atomic import output_group
+
+    if not cfg.triton_repo and cfg.openvino is None:
+        raise HarmonicError("--onnx: only used with --triton-repo or --openvino (they are written from that graph)")
+    if cfg.checkpoint is not None:
+        raise HarmonicError("--onnx with --checkpoint: pass one (--onnx uses a graph exported before)")
+    onnx_path = Path(cfg.onnx)
+    plan = None
+    if cfg.openvino is not None:
+        from harmonic.export.openvino import plan_openvino, write_ir
+
+        if not onnx_path.is_file():
+            raise HarmonicError(f"--onnx {onnx_path}: not found")
+        plan = plan_openvino(cfg)
+    if cfg.triton_repo:
+        from harmonic.export.triton_repo import check_options, check_repo_dir, describe, write_repository
+
+        check_options(cfg.repo_options())
+        check_repo_dir(cfg.triton_repo, cfg.overwrite)
+    repo = None
+    with output_group():
+        if plan is not None:
+            written = write_ir(onnx_path, plan, cfg)
+        if cfg.triton_repo:
+            repo = write_repository(cfg.triton_repo, onnx_path, cfg.engine, cfg.repo_options(), overwrite=cfg.overwrite)
+    if plan is not None:
+        print(f"wrote {', '.join(str(p) for p in written)} ({plan.precision})")
+    if repo is not None:
+        print(f"wrote Triton model repository {repo}: {', '.join(describe(repo))}")
+    return 0
+
+
 def plan_export(cfg: ExportConfig) -> ExportPlan:
     """Every check that needs no model, in order, each a one-line error: the flags, the Triton options,
     ``--nms-topk``, ``--int8``, TensorRT and its profile, files that exist without ``--overwrite``."""
@@ -138,9 +198,7 @@ def plan_export(cfg: ExportConfig) -> ExportPlan:
     check_args(cfg)
     batch = parse_batch(cfg.batch)
     if cfg.triton_repo:  # fail before any export work
-        from harmonic.export.triton_repo import precheck
-
-        precheck(cfg, batch)
+        check_triton_flags(cfg, batch)
     out = Path(cfg.out)
     raw = None if cfg.raw is None else Path(cfg.raw or out.with_suffix(".raw.onnx"))
     engine = Path(cfg.engine) if cfg.engine else None
@@ -217,9 +275,9 @@ def run_export(cfg: ExportConfig, plan: ExportPlan) -> tuple[list[Path], Path | 
                          profile=(cfg.min_batch, cfg.opt_batch, cfg.max_batch), workspace_gb=cfg.workspace,
                          timing_cache=cfg.timing_cache, overwrite=cfg.overwrite, int8=int8_out is not None)
         if cfg.triton_repo:
-            from harmonic.export.triton_repo import options_from_args, write_repository
+            from harmonic.export.triton_repo import write_repository
 
-            repo = write_repository(cfg.triton_repo, out, engine, options_from_args(cfg), overwrite=cfg.overwrite)
+            repo = write_repository(cfg.triton_repo, out, engine, cfg.repo_options(), overwrite=cfg.overwrite)
     return written, repo
 
 
@@ -242,22 +300,16 @@ def check_space(cfg: ExportConfig, plan: ExportPlan, model) -> None:  # noqa: AN
         (plan.out, graph), (plan.raw, graph), (plan.int8_out, int(weights * SIZE_PER_WEIGHT_BYTE["int8"])),
         (plan.engine, engine or 0)]
     if cfg.triton_repo:
-        from harmonic.export.triton_repo import options_from_args, repository_bytes
+        from harmonic.export.triton_repo import repository_bytes
 
-        needs.append((Path(cfg.triton_repo), repository_bytes(graph, engine, options_from_args(cfg))))
+        needs.append((Path(cfg.triton_repo), repository_bytes(graph, engine, cfg.repo_options())))
     require_space(needs)
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = ExportConfig.from_args(get_args_parser().parse_args(argv))
-    if cfg.onnx is not None and cfg.openvino is not None:  # the IR of a graph exported before
-        from harmonic.export.openvino import main_onnx
-
-        return main_onnx(cfg)
-    if cfg.onnx is not None:  # a repository from files exported before: no checkpoint, no torch
-        from harmonic.export.triton_repo import main_export
-
-        return main_export(cfg)
+    if cfg.onnx is not None:  # an IR or a repository from a graph exported before: no checkpoint, no torch
+        return from_files(cfg)
     plan = plan_export(cfg)
     written, repo = run_export(cfg, plan)
     engine = plan.engine

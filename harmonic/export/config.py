@@ -65,6 +65,12 @@ class ExportConfig:
     def from_args(cls, args: argparse.Namespace) -> ExportConfig:
         return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
 
+    def repo_options(self) -> RepoOptions:
+        """The Triton repository's options from the ``--triton-*`` flags."""
+        return RepoOptions(name=self.triton_name, max_batch=self.triton_max_batch, instances=self.triton_instances,
+                           kind=self.triton_kind, queue_delay_us=self.triton_queue_delay_us,
+                           python_twin=self.triton_python_twin)
+
 
 def check_operating_point_flags(conf: float | None, iou: float | None,
                                 max_det: int | None) -> tuple[float | None, float | None, int | None]:

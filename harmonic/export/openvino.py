@@ -267,29 +267,6 @@ def write_ir(onnx_path: str | Path, plan: OpenVinoPlan, cfg: Any) -> list[Path]:
     return written
 
 
-def main_onnx(cfg: Any) -> int:
-    """``export/run.py --onnx model.onnx --openvino DIR [--precision P] [--triton-repo R]``: the IR of a graph
-    exported before (no checkpoint, no torch export)."""
-    if cfg.checkpoint is not None:
-        raise HarmonicError("--onnx with --checkpoint: pass one (--onnx converts a graph exported before)")
-    onnx_path = Path(cfg.onnx)
-    if not onnx_path.is_file():
-        raise HarmonicError(f"--onnx {onnx_path}: not found")
-    plan = plan_openvino(cfg)
-    assert plan is not None  # cfg.openvino is set
-    if cfg.triton_repo:
-        from harmonic.export.triton_repo import check_repo_dir
-
-        check_repo_dir(cfg.triton_repo, cfg.overwrite)
-    written = write_ir(onnx_path, plan, cfg)
-    print(f"wrote {', '.join(str(p) for p in written)} ({plan.precision})")
-    if cfg.triton_repo:
-        from harmonic.export.triton_repo import main_export
-
-        return main_export(cfg)
-    return 0
-
-
 def iter_scope_ops(model: Any) -> Iterator[str]:
     """Names of the ops of ``model`` that carry the ``precise`` mark (for tests and reports)."""
     for op in model.get_ordered_ops():

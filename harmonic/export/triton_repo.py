@@ -27,7 +27,6 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from harmonic.contract import (
     OUTPUT_DTYPES,
@@ -427,46 +426,3 @@ def _fill_repository(tmp: Path, graph: GraphInfo, eng: EngineInfo | None, opts: 
 def describe(out: Path) -> list[str]:
     """The model folders in a repository (for the CLI's summary line)."""
     return sorted(p.name for p in Path(out).iterdir() if p.is_dir())
-
-
-def options_from_args(args: Any) -> RepoOptions:
-    """:class:`RepoOptions` from the export CLI's ``--triton-*`` flags."""
-    return RepoOptions(name=args.triton_name, max_batch=args.triton_max_batch, instances=args.triton_instances,
-                       kind=args.triton_kind, queue_delay_us=args.triton_queue_delay_us,
-                       python_twin=args.triton_python_twin)
-
-
-def precheck(args: Any, fixed_batch: int | None) -> None:
-    """Before any export work: the ``--triton-*`` flags, the repository folder, and the batch limits
-    the export flags already fix (``--batch N``, the engine profile ``--min/--max-batch``)."""
-    opts = options_from_args(args)
-    check_options(opts)
-    check_repo_dir(args.triton_repo, args.overwrite)
-    req = opts.max_batch
-    if fixed_batch is not None and req not in (None, 0):
-        raise HarmonicError(f"--triton-max-batch {req}: --batch {fixed_batch} exports a fixed batch; Triton serves "
-                            "it with max_batch_size 0 (leave the flag out)")
-    if fixed_batch is None and req == 0:
-        raise HarmonicError("--triton-max-batch 0: the graph has a dynamic batch; 0 would turn off Triton's "
-                            "batching (use 1.. the batch you want the server to form)")
-    if args.engine and fixed_batch is None:
-        if args.min_batch > 1:
-            raise HarmonicError(f"--min-batch {args.min_batch}: Triton sends batches from 1; build the engine "
-                                "with --min-batch 1 for --triton-repo")
-        if req is not None and req > args.max_batch:
-            raise HarmonicError(f"--triton-max-batch {req}: above the engine profile's maximum "
-                                f"(--max-batch {args.max_batch})")
-
-
-def main_export(args: Any) -> int:
-    """``harmonic export --onnx model.onnx [--engine model.engine] --triton-repo DIR``: the repository from
-    files already exported (no checkpoint, no torch)."""
-    if not args.triton_repo:
-        raise HarmonicError("--onnx: only used with --triton-repo (the repository is written from that graph)")
-    if args.checkpoint is not None:
-        raise HarmonicError("--onnx with --checkpoint: pass one (--onnx writes the repository from a graph "
-                            "exported before)")
-    out = write_repository(args.triton_repo, args.onnx, args.engine, options_from_args(args),
-                           overwrite=args.overwrite)
-    print(f"wrote Triton model repository {out}: {', '.join(describe(out))}")
-    return 0
