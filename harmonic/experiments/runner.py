@@ -443,6 +443,7 @@ def write_candidates(raw_onnx: Path, images_dir: Path, annotations: Path, out_js
     import onnxruntime as ort
 
     from harmonic.boxes import xyxy_to_xywh
+    from harmonic.contract import RAW_OUTPUT_NAMES
     from harmonic.data.images import ImageDecodeError, decode_image
     from harmonic.data.letterbox import letterbox, unletterbox_boxes
 
@@ -476,7 +477,7 @@ def write_candidates(raw_onnx: Path, images_dir: Path, annotations: Path, out_js
         if not chunk:
             continue
         outs = dict(zip(out_names, sess.run(None, {inp.name: np.stack(arrays)})))
-        for im, info, boxes, scores in zip(chunk, infos, outs["boxes"], outs["scores"]):  # [A,4], [A,C]
+        for im, info, boxes, scores in zip(chunk, infos, *(outs[n] for n in RAW_OUTPUT_NAMES)):  # [A,4], [A,C]
             a_idx, c_idx = np.nonzero(scores >= score_min)
             over_cap += cap is not None and a_idx.size > cap
             if not a_idx.size:

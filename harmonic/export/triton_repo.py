@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harmonic.contract import (
+    DET_SCORES,
     OUTPUT_DTYPES,
     OUTPUT_NAMES,
     check_format_version,
@@ -132,7 +133,7 @@ def read_graph(path: str | Path) -> GraphInfo:
         size, k = int(meta["img_size"]), int(meta["max_det"])
     except (KeyError, ValueError):
         raise HarmonicError(f"{path}: metadata lacks img_size / max_det") from None
-    kdim = outs["det_scores"].shape[1] if len(outs["det_scores"].shape) == 2 else None
+    kdim = outs[DET_SCORES].shape[1] if len(outs[DET_SCORES].shape) == 2 else None
     if isinstance(kdim, int) and kdim != k:
         raise HarmonicError(f"{path}: det_scores has K={kdim} but the metadata says max_det={k}")
     return GraphInfo(src, meta, inputs[0].name, size, batch, k)
@@ -275,7 +276,7 @@ def _copy_runtime(dest: Path) -> None:
 def _python_model(model_dir: Path, graph_file: Path, graph_name: str, sidecar: Path | None = None) -> None:
     ver = model_dir / "1"
     ver.mkdir(parents=True)
-    shutil.copyfile(_PKG / "export" / "triton_model.py", ver / "model.py")
+    shutil.copyfile(_PKG / "runtime" / "triton_model.py", ver / "model.py")
     shutil.copyfile(graph_file, ver / graph_name)
     if sidecar is not None:
         shutil.copyfile(sidecar, sidecar_path(ver / graph_name))
@@ -365,7 +366,7 @@ def repository_bytes(graph_bytes: int, engine_bytes: int | None, opts: RepoOptio
     total = graph_bytes * (1 + int(opts.end_to_end and not use_plan) + int(opts.python_twin))
     if engine_bytes is not None:
         total += engine_bytes * (1 + int(opts.end_to_end and use_plan))
-    code = sum((_PKG / rel).stat().st_size for rel in RUNTIME_FILES) + (_PKG / "export" / "triton_model.py").stat().st_size
+    code = sum((_PKG / rel).stat().st_size for rel in RUNTIME_FILES) + (_PKG / "runtime" / "triton_model.py").stat().st_size
     return total + python_models * code
 
 

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from harmonic.boxes import box_area, iou_one_to_many
-from harmonic.contract import OUTPUT_NAMES
+from harmonic.contract import DET_BOXES, DET_CLASSES, DET_SCORES, NUM_DETS, OUTPUT_NAMES, RAW_OUTPUT_NAMES
 from harmonic.data.letterbox import LetterboxInfo, unletterbox_boxes
 
 
@@ -117,8 +117,9 @@ def topk_batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
 
 def find_raw_outputs(outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Pick ``boxes[B, A, 4]`` and ``scores[B, A, C]`` from a raw graph's outputs (by name, else by shape)."""
-    if "boxes" in outputs and "scores" in outputs:
-        return outputs["boxes"], outputs["scores"]
+    if all(name in outputs for name in RAW_OUTPUT_NAMES):
+        boxes, scores = (outputs[name] for name in RAW_OUTPUT_NAMES)
+        return boxes, scores
     three_d = [v for v in outputs.values() if v.ndim == 3]
     boxes = [v for v in three_d if v.shape[-1] == 4]
     scores = [v for v in three_d if not boxes or v is not boxes[0]]
@@ -132,13 +133,13 @@ def split_outputs(outputs: dict[str, np.ndarray], n: int, conf: float | None = N
 
     Boxes stay in letterboxed input pixels. ``conf`` drops detections scoring below it.
     """
-    num = np.asarray(outputs["num_dets"]).reshape(-1)
+    num = np.asarray(outputs[NUM_DETS]).reshape(-1)
     out = []
     for i in range(n):
         k = int(num[i])
-        boxes = np.asarray(outputs["det_boxes"][i, :k], dtype=np.float32)
-        scores = np.asarray(outputs["det_scores"][i, :k], dtype=np.float32)
-        classes = np.asarray(outputs["det_classes"][i, :k]).astype(np.int64)
+        boxes = np.asarray(outputs[DET_BOXES][i, :k], dtype=np.float32)
+        scores = np.asarray(outputs[DET_SCORES][i, :k], dtype=np.float32)
+        classes = np.asarray(outputs[DET_CLASSES][i, :k]).astype(np.int64)
         if conf is not None:
             m = scores >= conf
             boxes, scores, classes = boxes[m], scores[m], classes[m]

@@ -70,7 +70,7 @@ def test_repository_layout_and_configs_parse_with_tritons_schema(tmp_path, graph
     assert {o["name"]: [int(d) for d in o["dims"]] for o in e2e["output"]} == {k: v[1] for k, v in outs.items()}
     p = _params(e2e)
     assert p["harmonic.serving"] == "end_to_end" and p["harmonic.graph_file"] == "model.onnx"
-    assert (repo / "harmonicdet_e2e/1/model.py").read_text() == Path("harmonic/export/triton_model.py").read_text()
+    assert (repo / "harmonicdet_e2e/1/model.py").read_text() == Path("harmonic/runtime/triton_model.py").read_text()
     twin = _config(repo, "harmonicdet_py")
     assert twin["backend"] == "python" and twin["input"] == cfg["input"] and twin["output"] == cfg["output"]
     assert _params(twin)["harmonic.serving"] == "graph"

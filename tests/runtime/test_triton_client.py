@@ -79,17 +79,17 @@ def test_missing_tritonclient_is_one_line(tmp_path, capsys, monkeypatch):
     assert 'pip install "harmonicdet[triton]"' in err and len(err.splitlines()) == 1
 
 
-# ------------------------------------------------ the serving model (harmonic/export/triton_model.py) in-process
+# ------------------------------------------------ the serving model (harmonic/runtime/triton_model.py) in-process
 
 
 def _runner(graph: Path):
-    from harmonic.export.triton_model import GraphRunner
+    from harmonic.runtime.triton_model import GraphRunner
 
     return GraphRunner(open_backend(graph, provider="cpu"))
 
 
 def test_end_to_end_model_equals_local_inference_and_isolates_a_corrupt_image(tmp_path):
-    from harmonic.export.triton_model import end_to_end
+    from harmonic.runtime.triton_model import end_to_end
 
     graph = make_graph(tmp_path / "m.onnx", max_det=6)
     paths = write_images(tmp_path / "im", 5)
@@ -111,7 +111,7 @@ def test_end_to_end_model_equals_local_inference_and_isolates_a_corrupt_image(tm
 
 
 def test_graph_model_runs_fixed_batch_graphs_in_chunks(tmp_path):
-    from harmonic.export.triton_model import end_to_end, graph_batch
+    from harmonic.runtime.triton_model import end_to_end, graph_batch
 
     g1 = make_graph(tmp_path / "b1.onnx", batch=1, max_det=6)  # like Faster R-CNN's batch-1 graph
     gd = make_graph(tmp_path / "bd.onnx", max_det=6)
@@ -142,7 +142,7 @@ class _FakeSession:
         self.requests: list[int] = []
 
     def infer(self, array: np.ndarray) -> dict[str, np.ndarray]:
-        from harmonic.export.triton_model import end_to_end
+        from harmonic.runtime.triton_model import end_to_end
 
         self.requests.append(array.shape[0])
         if self.fail is not None:

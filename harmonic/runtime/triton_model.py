@@ -34,7 +34,15 @@ if os.path.isdir(os.path.join(_HERE, "harmonic")) and _HERE not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from harmonic.contract import OUTPUT_DTYPES, OUTPUT_NAMES, output_shapes  # noqa: E402
+from harmonic.contract import (  # noqa: E402
+    DET_BOXES,
+    DET_CLASSES,
+    DET_SCORES,
+    NUM_DETS,
+    OUTPUT_DTYPES,
+    OUTPUT_NAMES,
+    output_shapes,
+)
 from harmonic.data.images import ImageDecodeError, decode_buffer  # noqa: E402
 from harmonic.data.letterbox import LetterboxInfo  # noqa: E402
 from harmonic.errors import HarmonicError  # noqa: E402
@@ -124,7 +132,7 @@ def end_to_end(runner: GraphRunner, requests: list[list[Any]]) -> list[RequestRe
             owner.append((r, j))
     if chws:
         outs = runner.run(to_batch(chws))
-        k = outs["det_scores"].shape[1]
+        k = outs[DET_SCORES].shape[1]
         dets = split_outputs(outs, len(chws))
         per_req: dict[int, dict[str, np.ndarray]] = {}
         for (r, j), det, info in zip(owner, dets, infos):
@@ -135,10 +143,10 @@ def end_to_end(runner: GraphRunner, requests: list[list[Any]]) -> list[RequestRe
             d = unletterbox(det, info)
             m = len(d)
             o = per_req[r]
-            o["num_dets"][j, 0] = m
-            o["det_boxes"][j, :m] = d.boxes
-            o["det_scores"][j, :m] = d.scores
-            o["det_classes"][j, :m] = d.classes
+            o[NUM_DETS][j, 0] = m
+            o[DET_BOXES][j, :m] = d.boxes
+            o[DET_SCORES][j, :m] = d.scores
+            o[DET_CLASSES][j, :m] = d.classes
         for r, o in per_req.items():
             results[r] = RequestResult(o)
     for r in range(len(requests)):
