@@ -1,7 +1,7 @@
 """The exported model's contract, in one place (torch-free, standard library only).
 
 Export writes it, the runtime, the Triton repository and its Python-backend model read it
-(DESIGN.md "Exported graph"):
+(docs/design.md, "Exported graph"):
 
 - the graph's input and output names, dtypes and shapes (:data:`OUTPUT_NAMES`,
   :data:`RAW_OUTPUT_NAMES`, :func:`output_shapes`);

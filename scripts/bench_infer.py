@@ -3,7 +3,7 @@
 Measures, at the same batch and on the same backend:
 
 - end-to-end: files in -> detections out through the prefetching pipeline
-  (``harmonic.runtime.pipeline.infer_images``), images / wall time;
+  (``harmonic.runtime.runners.infer_images``), images / wall time;
 - engine-only: ``backend.infer`` on one ready batch in a loop (no decode, no pre/post);
 - resident memory (VmRSS) after 100 and after all (500) images: the pipeline keeps
   a bounded window of images, so it should not grow.
@@ -36,8 +36,9 @@ from harmonic.atomic import write_text  # noqa: E402
 from harmonic.data.images import decode_image  # noqa: E402
 from harmonic.runtime import open_backend  # noqa: E402
 from harmonic.runtime.bench import engine_only, summarize  # noqa: E402
-from harmonic.runtime.pipeline import RunStats, infer_images  # noqa: E402
+from harmonic.runtime.pipeline import RunStats  # noqa: E402
 from harmonic.runtime.preprocess import prepare_image, to_batch  # noqa: E402
+from harmonic.runtime.runners import infer_images  # noqa: E402
 from harmonic.runtime.sources import expand_sources  # noqa: E402
 
 

@@ -111,15 +111,17 @@ def raw_int8_ir(raw: Path, work: Path, calib_dir: Path, count: int) -> Path:
 
 def candidates(spec: tuple[str, Path, str | None], batches: list[np.ndarray], prepared: list[Any],
                records: list[Any], threads: int) -> list[dict[str, Any]]:
-    """The pre-NMS candidates (score >= 0.05) of the raw graph on ``batches``, as COCO results."""
+    """The pre-NMS candidates of the raw graph on ``batches``, as COCO results: every (box, class) pair at or above
+    the graph's own score threshold, what its NMS sees (as ``harmonic.experiments.runner.write_candidates``)."""
     backend, path, precision = spec
     out: list[dict[str, Any]] = []
     with open_backend(path, backend=backend, provider="cpu", precision=precision, threads=threads) as be:
         k = 0
+        floor = be.score_threshold or 0.0
         for x in batches:
             boxes, scores = find_raw_outputs(be.infer(x))
             for b, s in zip(boxes, scores):
-                a, c = np.nonzero(s >= AGREE_SCORE_MIN)
+                a, c = np.nonzero(s >= floor)
                 det = unletterbox(Detections(b[a], s[a, c], c), prepared[k][1])
                 out += coco_results(det, int(records[k].image_id))
                 k += 1

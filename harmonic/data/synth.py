@@ -9,7 +9,7 @@ drawn object is annotated, and its box is the full (not only the visible)
 object's extent. Shapes are rendered as polygon masks, so the ground-truth box
 is exactly the drawn pixels' extent. numpy + OpenCV only.
 
-Output (paths per ``DESIGN.md``)::
+Output (the dataset file of docs/data.md)::
 
     OUT/images/{train,val,test}/000001.jpg
     OUT/annotations/{train,val,test}.json   # COCO, category_id = index + 1

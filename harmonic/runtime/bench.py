@@ -153,7 +153,6 @@ def served_report(runner: Any, url: str | None, batch: int, warmup: int, stats: 
                   before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """``bench.json`` of a run against a served model: client-side request latency, throughput and the
     batches the server's dynamic batcher formed."""
-    from harmonic.runtime.triton_client import server_batches
 
     m = runner.model
     lat = [t for _, t in stats.requests]
@@ -252,3 +251,17 @@ def format_video(report: dict[str, Any]) -> str:
     if report.get("end_to_end_over_engine_only"):
         lines.append(f"end-to-end / engine-only: {100 * report['end_to_end_over_engine_only']:.0f}%")
     return "\n".join(lines)
+
+
+def server_batches(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Executions / inferences and the batch sizes the server formed between two statistics snapshots."""
+    def stats(s: dict[str, Any]) -> dict[str, Any]:
+        ms = (s.get("model_stats") or [{}])[0]
+        return {"inference_count": int(ms.get("inference_count", 0)), "execution_count": int(ms.get("execution_count", 0)),
+                "batches": {int(b["batch_size"]): int((b.get("compute_infer") or {}).get("count", 0))
+                            for b in ms.get("batch_stats") or []}}
+    a, b = stats(before), stats(after)
+    sizes = {k: v - a["batches"].get(k, 0) for k, v in b["batches"].items() if v - a["batches"].get(k, 0) > 0}
+    inf, ex = b["inference_count"] - a["inference_count"], b["execution_count"] - a["execution_count"]
+    return {"inferences": inf, "executions": ex, "mean_batch": inf / ex if ex else None,
+            "executions_by_batch_size": dict(sorted(sizes.items()))}

@@ -6,7 +6,8 @@ most ``prefetch`` assembled batches queued, so memory is bounded whatever the
 number of images. Results come back in input order, so they equal a plain loop's.
 Video frames come from one reader thread (:func:`iter_frame_batches`) through the same
 bounded queue; with ``realtime`` it drops frames instead of falling behind.
-:func:`harmonic.runtime.runners.run_batches` is the one run loop over these batches.
+:func:`harmonic.runtime.runners.run_batches` is the one run loop over these batches
+(:func:`harmonic.runtime.runners.infer_images` runs it over image files with a local backend).
 """
 
 from __future__ import annotations
@@ -326,23 +327,6 @@ class RunStats:
     latencies: list[float] = field(default_factory=list)
     requests: list[tuple[int, float]] = field(default_factory=list)
     first_batch: np.ndarray | None = None
-
-
-def infer_images(backend: Backend, paths: Sequence[Path], batch_size: int, conf: float | None = None,
-                 workers: int | None = None, prefetch: int = 2, stats: RunStats | None = None,
-                 on_skip: Callable[[Path, str], None] | None = None,
-                 fast_decode: bool = False) -> Iterator[tuple[ImageItem, Detections]]:
-    """Pipelined inference: yield ``(item, detections in original pixels)`` per image, in input order.
-
-    ``stats`` (when given) collects counts, skipped files and per-batch :class:`BatchTiming`.
-    The run loop is :func:`harmonic.runtime.runners.run_batches` with a local runner.
-    """
-    from harmonic.runtime.runners import LocalRunner, run_batches
-
-    runner = LocalRunner(backend)
-    batches = iter_batches(paths, backend.img_size, batch_size, workers, prefetch, fast_decode)
-    yield from run_batches(runner, batches, conf, stats,
-                           (lambda s: on_skip(s.path, s.reason)) if on_skip is not None else None)
 
 
 def infer_sequential(backend: Backend, paths: Sequence[Path], batch_size: int,

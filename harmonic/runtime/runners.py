@@ -16,7 +16,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +28,15 @@ from harmonic.contract import OUTPUT_NAMES
 from harmonic.data.letterbox import LetterboxInfo
 from harmonic.errors import HarmonicError
 from harmonic.runtime.backends.base import Backend
-from harmonic.runtime.pipeline import Batch, BatchTiming, ImageItem, RunStats, Skipped, run_engine
+from harmonic.runtime.pipeline import (
+    Batch,
+    BatchTiming,
+    ImageItem,
+    RunStats,
+    Skipped,
+    iter_batches,
+    run_engine,
+)
 from harmonic.runtime.postprocess import Detections, find_raw_outputs, refine, split_outputs, unletterbox
 from harmonic.runtime.preprocess import prepare_image, to_batch
 
@@ -342,3 +350,18 @@ def _finish(batch: Batch, res: RunResult, t_done: float, stats: RunStats,
             stats.detections += len(d)
             stats.latencies.append(t_done - it.t_start)
     yield from ok
+
+
+def infer_images(backend: Backend, paths: Sequence[Path], batch_size: int, conf: float | None = None,
+                 workers: int | None = None, prefetch: int = 2, stats: RunStats | None = None,
+                 on_skip: Callable[[Path, str], None] | None = None,
+                 fast_decode: bool = False) -> Iterator[tuple[ImageItem, Detections]]:
+    """Pipelined inference: yield ``(item, detections in original pixels)`` per image, in input order.
+
+    ``stats`` (when given) collects counts, skipped files and per-batch :class:`BatchTiming`.
+    The run loop is :func:`run_batches` with a :class:`LocalRunner`.
+    """
+    runner = LocalRunner(backend)
+    batches = iter_batches(paths, backend.img_size, batch_size, workers, prefetch, fast_decode)
+    yield from run_batches(runner, batches, conf, stats,
+                           (lambda s: on_skip(s.path, s.reason)) if on_skip is not None else None)

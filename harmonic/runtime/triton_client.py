@@ -411,20 +411,6 @@ def _server_gone(exc: BaseException) -> bool:
     return isinstance(exc, OSError) or "UNAVAILABLE" in status or "UNAVAILABLE" in str(exc)[:200]
 
 
-def server_batches(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """Executions / inferences and the batch sizes the server formed between two statistics snapshots."""
-    def stats(s: dict[str, Any]) -> dict[str, Any]:
-        ms = (s.get("model_stats") or [{}])[0]
-        return {"inference_count": int(ms.get("inference_count", 0)), "execution_count": int(ms.get("execution_count", 0)),
-                "batches": {int(b["batch_size"]): int((b.get("compute_infer") or {}).get("count", 0))
-                            for b in ms.get("batch_stats") or []}}
-    a, b = stats(before), stats(after)
-    sizes = {k: v - a["batches"].get(k, 0) for k, v in b["batches"].items() if v - a["batches"].get(k, 0) > 0}
-    inf, ex = b["inference_count"] - a["inference_count"], b["execution_count"] - a["execution_count"]
-    return {"inferences": inf, "executions": ex, "mean_batch": inf / ex if ex else None,
-            "executions_by_batch_size": dict(sorted(sizes.items()))}
-
-
 def check_args(args: Any) -> None:
     """``--triton`` / ``--model`` / ``--concurrency`` combinations (before any connection); ``args`` is the
     infer CLI's :class:`~harmonic.runtime.config.InferConfig` (or anything with its fields)."""

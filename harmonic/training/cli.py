@@ -19,7 +19,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     D = TrainConfig()  # noqa: N806
     p = argparse.ArgumentParser(prog="harmonic train", description="Train a detector with the HarmonicDet "
                                 "or the baseline loss (single process or under torchrun).")
-    p.add_argument("--data", type=Path, help="dataset yaml (see DESIGN.md; `harmonic synth` writes one)")
+    p.add_argument("--data", type=Path, help="dataset yaml (docs/data.md; `harmonic synth` writes one)")
     p.add_argument("--model", default=D.model, help="detector name (--list-models)")
     p.add_argument("--loss", default=D.loss, choices=["harmonic", "baseline"])
     p.add_argument("--epochs", type=int, default=D.epochs)

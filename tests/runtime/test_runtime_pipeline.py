@@ -6,7 +6,8 @@ import pytest
 from harmonic.errors import HarmonicError
 from harmonic.runtime import open_backend
 from harmonic.runtime.bench import end_to_end, format_table, summarize
-from harmonic.runtime.pipeline import BatchTiming, RunStats, infer_images, infer_sequential, iter_batches
+from harmonic.runtime.pipeline import BatchTiming, RunStats, infer_sequential, iter_batches
+from harmonic.runtime.runners import infer_images
 from harmonic.runtime.sources import expand_sources
 
 from .runtime_graphs import write_images

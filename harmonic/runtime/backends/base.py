@@ -1,6 +1,6 @@
 """The backend interface every runtime implements and :func:`open_backend` (the contract: :mod:`harmonic.contract`).
 
-A backend runs the exported graph (DESIGN.md "Exported graph"): input ``images``
+A backend runs the exported graph (docs/design.md, "Exported graph"): input ``images``
 float32 ``[B, 3, S, S]`` RGB in ``[0, 1]``, letterboxed; outputs ``num_dets``
 int32 ``[B, 1]``, ``det_boxes`` float32 ``[B, K, 4]`` (letterboxed input pixels),
 ``det_scores`` float32 ``[B, K]``, ``det_classes`` int32 ``[B, K]`` (0-based).
