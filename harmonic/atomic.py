@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from harmonic.errors import HarmonicError, RunFailure, filesystem_of, format_bytes, write_failure
 
@@ -64,6 +64,16 @@ def _fail(exc: BaseException, target: Path, temp: Path | None) -> BaseException:
     failure = write_failure(exc, target, temp)
     remove_quietly(temp)
     return failure or exc
+
+
+def _raise_failed(exc: BaseException, target: Path, temp: Path | None, made: Iterable[Path] = ()) -> NoReturn:
+    """In an ``except`` block: remove ``temp`` and the empty folders in ``made``, then raise the
+    :class:`WriteFailure` naming ``target`` for a failed write, else ``exc`` itself."""
+    err = _fail(exc, target, temp)
+    remove_empty(made)
+    if err is exc:
+        raise exc
+    raise err from exc
 
 
 def make_folders(folder: str | Path) -> list[Path]:
@@ -188,10 +198,7 @@ def place(temp: str | Path, target: str | Path) -> None:
             temp = Path(beside)
         _finish(temp, target)
     except BaseException as exc:
-        err = _fail(exc, target, temp)
-        if err is exc:
-            raise
-        raise err from exc
+        _raise_failed(exc, target, temp)
 
 
 def _mkstemp_closed(prefix: str, suffix: str, dir: Path) -> str:  # noqa: A002 - tempfile's name
@@ -292,11 +299,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         chmod_default(tmp)
         _finish(tmp, path)
     except BaseException as exc:
-        err = _fail(exc, path, tmp)
-        remove_empty(made)
-        if err is exc:
-            raise
-        raise err from exc
+        _raise_failed(exc, path, tmp, made)
 
 
 @contextmanager
@@ -369,10 +372,7 @@ def write_staged(path: Path, data: bytes) -> Path:
             os.close(fd)
         chmod_default(tmp)  # mkstemp makes it 0600: give the final file the usual mode
     except BaseException as exc:
-        err = _fail(exc, path, tmp)
-        if err is exc:
-            raise
-        raise err from exc
+        _raise_failed(exc, path, tmp)
     return tmp
 
 
@@ -395,11 +395,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it 0700
         _finish(tmp, path)
     except BaseException as exc:
-        err = _fail(exc, path, tmp)
-        remove_empty(made)
-        if err is exc:
-            raise
-        raise err from exc
+        _raise_failed(exc, path, tmp, made)
 
 
 @contextmanager
@@ -416,10 +412,7 @@ def scratch_dir(target: str | Path) -> Iterator[Path]:
         yield work
     except BaseException as exc:
         tempfile.tempdir = old
-        err = _fail(exc, target, work)
-        if err is exc:
-            raise
-        raise err from exc
+        _raise_failed(exc, target, work)
     finally:
         tempfile.tempdir = old
     remove_quietly(work)
@@ -446,10 +439,7 @@ class JsonListWriter:
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         except BaseException as exc:
-            err = _fail(exc, self.path, None)
-            if err is exc:
-                raise
-            raise err from exc
+            _raise_failed(exc, self.path, None)
         self.fd, self.tmp = fd, Path(tmp)
         self._put("[")
 

@@ -167,6 +167,24 @@ def check_format_version(meta: dict[str, Any], path: str | Path) -> None:
                             f"({METADATA_VERSION}); upgrade harmonic or export the model again with this one")
 
 
+def class_names(meta: dict[str, Any]) -> list[str] | None:
+    """The decoded metadata's class names (``None`` when it has none)."""
+    names = meta.get("names")
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
+def category_ids(meta: dict[str, Any]) -> list[int] | None:
+    """The dataset's category id of each class from the decoded metadata (the COCO ``category_id`` to write);
+    ``None`` (= class index + 1) when it has none, or a list that does not match the names."""
+    ids, names = meta.get("category_ids"), class_names(meta)
+    if not isinstance(ids, list) or (names is not None and len(ids) != len(names)):
+        return None
+    try:
+        return [int(c) for c in ids]
+    except (TypeError, ValueError):
+        return None
+
+
 def is_ours(meta: dict[str, Any]) -> bool:
     """Whether ``meta`` carries this schema (:data:`FORMAT_KEY` = :data:`METADATA_FORMAT`)."""
     return meta.get(FORMAT_KEY) == METADATA_FORMAT

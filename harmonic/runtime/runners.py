@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from harmonic.contract import OUTPUT_NAMES
+from harmonic.contract import OUTPUT_NAMES, category_ids, class_names
 from harmonic.data.letterbox import LetterboxInfo
 from harmonic.errors import HarmonicError
 from harmonic.runtime.backends.base import Backend
@@ -74,19 +74,12 @@ class Runner(ABC):
 
     @property
     def names(self) -> list[str] | None:
-        names = self.metadata.get("names")
-        return [str(n) for n in names] if isinstance(names, list) else None
+        return class_names(self.metadata)
 
     @property
     def category_ids(self) -> list[int] | None:
         """The dataset's category id of each class, ``None`` = index + 1."""
-        ids, names = self.metadata.get("category_ids"), self.names
-        if not isinstance(ids, list) or (names is not None and len(ids) != len(names)):
-            return None
-        try:
-            return [int(c) for c in ids]
-        except (TypeError, ValueError):
-            return None
+        return category_ids(self.metadata)
 
     def _float_meta(self, key: str) -> float | None:
         try:

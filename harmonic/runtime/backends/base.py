@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from harmonic.contract import ENGINE_SUFFIXES, IR_SUFFIXES, ONNX_SUFFIXES, is_ours
+from harmonic.contract import ENGINE_SUFFIXES, IR_SUFFIXES, ONNX_SUFFIXES, category_ids, class_names, is_ours
 from harmonic.errors import HarmonicError
 
 log = logging.getLogger(__name__)
@@ -93,20 +93,12 @@ class Backend(ABC):
 
     @property
     def names(self) -> list[str] | None:
-        names = self.metadata.get("names")
-        return list(names) if isinstance(names, list) else None
+        return class_names(self.metadata)
 
     @property
     def category_ids(self) -> list[int] | None:
         """The dataset's category id of each class (COCO ``category_id`` to write), ``None`` = index + 1."""
-        ids = self.metadata.get("category_ids")
-        names = self.names
-        if not isinstance(ids, list) or (names is not None and len(ids) != len(names)):
-            return None
-        try:
-            return [int(c) for c in ids]
-        except (TypeError, ValueError):
-            return None
+        return category_ids(self.metadata)
 
     @property
     def graph(self) -> str:
