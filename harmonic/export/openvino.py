@@ -36,6 +36,7 @@ from harmonic.runtime.backends.openvino_backend import (
     import_openvino,
     read_model,
     read_rt_metadata,
+    shared_core,
     write_rt_metadata,
 )
 from harmonic.runtime.backends.openvino_precision import (
@@ -158,8 +159,7 @@ def ir_metadata(meta: dict[str, str], precision: str, calib: int | None) -> dict
 def build_ir(onnx_path: Path, plan: OpenVinoPlan) -> Any:
     """The ``openvino.Model`` to save: ``onnx_path`` read by OpenVINO, quantised for ``int8``, its FP32
     scopes marked and the metadata set. One line when the graph has no HarmonicDet metadata."""
-    ov = import_openvino()
-    model = read_model(ov.Core(), onnx_path)
+    model = read_model(shared_core(), onnx_path)
     raw = read_rt_metadata(model)
     check_format_version(raw, onnx_path)
     meta = decode_metadata(raw)

@@ -4,7 +4,10 @@ model's runtime graph, bf16 refused (or run) as the CPU allows, and the bad-inpu
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,8 +128,7 @@ def test_bf16_sets_the_hint_marks_the_scopes_and_checks_the_compiled_model(tiny_
 
 
 def _ir(tmp_path, onnx_path, meta=None):
-    core = ov.Core()
-    model = core.read_model(str(onnx_path))
+    model = ovb.shared_core().read_model(str(onnx_path))
     if meta is not None:
         ovb.write_rt_metadata(model, meta)  # over the graph's own
     xml = tmp_path / "ir" / "model.xml"
@@ -190,3 +192,29 @@ def test_each_batch_size_runs_a_static_compile_that_matches(tiny_onnx, monkeypat
             np.testing.assert_array_equal(got["num_dets"], want["num_dets"])
             np.testing.assert_allclose(np.sort(got["det_scores"], 1), np.sort(want["det_scores"], 1), atol=1e-5)
         assert list(be._static) == [5, 1] and be.compiled.inputs[0].get_partial_shape().is_static
+
+
+def test_models_closed_in_any_order_leave_ctrl_c_working(tmp_path):
+    """OpenVINO's CPU plugin swaps the running thread's alternate signal stack per Core and puts the old one
+    back when that Core goes: two Cores closed first-in-first-out left the thread on freed memory, and
+    Ctrl-C then killed the process with SIGSEGV (exit -11). With one Core per process it is a
+    KeyboardInterrupt. A fresh interpreter, so no Core of this test process is involved."""
+    graph = make_graph(tmp_path / "m.onnx")
+    script = textwrap.dedent(f"""
+        import gc, os, signal
+        import numpy as np
+        from harmonic.runtime.backends import open_backend
+        from harmonic.runtime.pipeline import run_engine
+        x = np.zeros((1, 3, 64, 64), np.float32)
+        first = open_backend({str(graph)!r}, backend="openvino"); run_engine(first, x)
+        second = open_backend({str(graph)!r}, backend="openvino"); run_engine(second, x)
+        first.close(); del first; gc.collect()
+        second.close(); del second; gc.collect()
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt")
+    """)
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=root)
+    assert (done.returncode, done.stdout.strip()) == (0, "KeyboardInterrupt"), done.stderr[-2000:]

@@ -11,6 +11,7 @@ the runtime graph of the FP32 scopes) before it runs an image.
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 from pathlib import Path
@@ -57,6 +58,18 @@ def import_openvino(needed_for: str = "--backend openvino") -> Any:
     except ImportError:
         raise HarmonicError(f"openvino is not installed, needed for {needed_for}: {INSTALL_HINT}") from None
     return ov
+
+
+@functools.lru_cache(maxsize=1)
+def shared_core() -> Any:
+    """The process's one ``openvino.Core``, created on first use and kept until the process exits.
+
+    One per process, not one per model: OpenVINO's CPU plugin gives the thread that runs a model its
+    own alternate signal stack and, when its Core is destroyed, puts back the one it found. Cores
+    destroyed in any order but the reverse of their creation leave the thread on a freed stack, and the
+    next signal with a Python handler (Ctrl-C, SIGTERM) kills the process with SIGSEGV instead.
+    """
+    return import_openvino().Core()
 
 
 def first_line(exc: BaseException) -> str:
@@ -130,7 +143,7 @@ class OpenVinoBackend(Backend):
         ov = import_openvino()
         self._ov = ov
         self.path = Path(path)
-        core = ov.Core()
+        core = shared_core()
         model = read_model(core, self.path)
         if len(model.inputs) != 1:
             raise HarmonicError(f"{self.path}: expected one input, found {len(model.inputs)}")
