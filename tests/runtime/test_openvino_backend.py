@@ -202,6 +202,7 @@ def test_models_closed_in_any_order_leave_ctrl_c_working(tmp_path):
     graph = make_graph(tmp_path / "m.onnx")
     script = textwrap.dedent(f"""
         import gc, os, signal
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job inherits SIGINT ignored
         import numpy as np
         from harmonic.runtime.backends import open_backend
         from harmonic.runtime.pipeline import run_engine
