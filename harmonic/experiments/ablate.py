@@ -24,7 +24,7 @@ from harmonic.experiments.runner import BASELINE, Variant, run_experiment
 from harmonic.experiments.stats import compare, counts, image_replicates, metrics, run_data_from_dir
 
 # The paper's parts: harmonic factors (HL, Eq. 2-3), HIoU inside L_loc (alpha, Eq. 10-11), TC (Eq. 8);
-# then the mechanism variants of the full loss (issue: which part compresses the scores of focal heads),
+# then the mechanism variants of the full loss (which part compresses the scores of focal heads?),
 # and the positive control, beyond the paper: GFL's quality focal loss (+ IoU centre-ness for FCOS), a
 # loss known to make scores rank boxes by IoU: if the harness cannot see its gain, the harness is wrong.
 QFL_OPTIONS = (("harmonic_factors", False), ("alpha", 0.0), ("tc_weight", 0.0), ("quality_focal", True))

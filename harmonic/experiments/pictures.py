@@ -81,7 +81,7 @@ def score_bins_per_epoch(logs: Mapping[str, Path], out_png: Path) -> Path:
     """Mean score of the training positives per IoU bin, per epoch: one panel per model, a line per bin.
 
     A detector whose scores rank its boxes keeps the lines apart and ordered (higher IoU, higher
-    score); the compression the issue describes shows as lines bunched far below 1.
+    score); compressed scores show as lines bunched far below 1.
     """
     logs = dict(logs)
     fig = plots.new_figure(max(1, len(logs)), width=4.2, height=3.8)

@@ -1,4 +1,4 @@
-"""One EXIF policy for every decode path (issue 12 items 1 and 16), and the odd images users have."""
+"""One EXIF policy for every decode path, and the odd images users have."""
 
 from __future__ import annotations
 

@@ -116,7 +116,7 @@ def test_interrupted_regeneration_leaves_no_dataset_yaml(tmp_path, monkeypatch):
 
 
 def test_test_split_is_held_out_and_leaves_train_and_val_unchanged(tmp_path):
-    """Issue 16 item 2: train / val / test; the test images come from their own stream, after train and val."""
+    """Three splits, train / val / test; the test images come from their own stream, after train and val."""
     plain = synth.generate(tmp_path / "plain", 5, 3, seed=1, img_size=64, workers=1)
     full = synth.generate(tmp_path / "full", 5, 3, seed=1, img_size=64, workers=1, num_test=4)
     cfg = load_dataset_config(full)

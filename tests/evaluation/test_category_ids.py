@@ -1,4 +1,4 @@
-"""Issue 12 items 2 and 15: duplicate image ids are errors; every ground-truth form keeps its own ids."""
+"""Duplicate image ids are errors; every ground-truth form keeps its own ids."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 20 and issue 16 item 2: a user's own dataset through the experiment runner.
+"""A user's own dataset through the experiment runner.
 
 The split a comparison reports on (test, or val with a warning), checks before training, stage
 records that let a rerun reuse what is finished, and ``harmonic demo --data`` end to end on a

@@ -47,7 +47,7 @@ def graph(tmp_path: Path) -> Path:
                                          (5000, "harmonicdet_e2e/1/model.py")])
 def test_triton_repo_from_onnx_names_the_repository_file_not_the_input(tmp_path, graph, capsys, monkeypatch, extra,
                                                                          place):
-    """The issue's case: Python's copy puts the source (the input, on a healthy disk) in the exception."""
+    """Python's copy puts the source (the input, on a healthy disk) in the exception."""
     disk = tmp_path / "disk"
     full_disk(monkeypatch, disk, free=graph.stat().st_size + extra)
     assert _export("--onnx", graph, "--triton-repo", disk / "repo") == 1
@@ -151,7 +151,7 @@ def test_onnx_export_on_a_full_disk(tmp_path, checkpoint, capsys, monkeypatch, e
 
 @pytest.mark.slow
 def test_export_keeps_the_earlier_graph_when_the_repository_fills_the_disk(tmp_path, checkpoint, capsys, monkeypatch):
-    """The issue's case: the graph goes to a roomy disk over an earlier complete one, the repository to a
+    """The graph goes to a roomy disk over an earlier complete one, the repository to a
     full one. The new graph is never put in place, so the earlier one survives byte for byte."""
     roomy, small = tmp_path / "roomy", tmp_path / "small"
     roomy.mkdir()

@@ -1,4 +1,4 @@
-"""Issue 12 items 4, 5, 6, 11: the model is checked before outputs are touched, outputs are atomic,
+"""The model is checked before outputs are touched, outputs are atomic,
 partial annotations are evaluated on the inferred images only, and a huge --batch is capped."""
 
 from __future__ import annotations

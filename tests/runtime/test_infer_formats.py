@@ -1,4 +1,4 @@
-"""Issue 20: one ground-truth loader for every command. ``infer --annotations`` and ``harmonic eval``
+"""One ground-truth loader for every command. ``infer --annotations`` and ``harmonic eval``
 take a COCO json, a Pascal VOC folder, a YOLO labels folder or DATA.yaml:split and give the same AP;
 ``--image-list`` infers exactly the listed images and counts the folder's other files."""
 

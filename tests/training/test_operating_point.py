@@ -1,5 +1,5 @@
 """One operating point from training to export, the loss options through the CLI, and the
-first-iteration figures of issue 10 (equal loss with the paper's terms off, 1+beta_c at init)."""
+first-iteration figures (equal loss with the paper's terms off, 1+beta_c at init)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 12 items 7, 8, 9, 13, 14, 17, 18: bad training input stops with one line naming the file,
+"""Bad training input stops with one line naming the file,
 resume never repeats log records, never reports files that don't exist, never litters the folder."""
 
 from __future__ import annotations
