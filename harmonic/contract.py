@@ -185,6 +185,22 @@ def category_ids(meta: dict[str, Any]) -> list[int] | None:
         return None
 
 
+class MetadataClasses:
+    """The class names and category ids of an object that holds a model's decoded ``metadata``
+    (a runtime backend, a runner of the run loop)."""
+
+    metadata: dict[str, Any]
+
+    @property
+    def names(self) -> list[str] | None:
+        return class_names(self.metadata)
+
+    @property
+    def category_ids(self) -> list[int] | None:
+        """The dataset's category id of each class (the COCO ``category_id`` to write), ``None`` = index + 1."""
+        return category_ids(self.metadata)
+
+
 def is_ours(meta: dict[str, Any]) -> bool:
     """Whether ``meta`` carries this schema (:data:`FORMAT_KEY` = :data:`METADATA_FORMAT`)."""
     return meta.get(FORMAT_KEY) == METADATA_FORMAT

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from harmonic.contract import OUTPUT_NAMES, category_ids, class_names
+from harmonic.contract import OUTPUT_NAMES, MetadataClasses
 from harmonic.data.letterbox import LetterboxInfo
 from harmonic.errors import HarmonicError
 from harmonic.runtime.backends.base import Backend
@@ -62,7 +62,7 @@ def default_batch(backend: Any) -> int:
     return min(8, backend.max_batch) if backend.max_batch else 8
 
 
-class Runner(ABC):
+class Runner(MetadataClasses, ABC):
     """One model behind the run loop. ``img_size`` is ``None`` where the server letterboxes."""
 
     name: str = "?"
@@ -71,15 +71,6 @@ class Runner(ABC):
     #: requests in flight at once (a served model); a local engine runs one batch at a time
     concurrency: int = 1
     metadata: dict[str, Any]
-
-    @property
-    def names(self) -> list[str] | None:
-        return class_names(self.metadata)
-
-    @property
-    def category_ids(self) -> list[int] | None:
-        """The dataset's category id of each class, ``None`` = index + 1."""
-        return category_ids(self.metadata)
 
     def _float_meta(self, key: str) -> float | None:
         try:

@@ -6,17 +6,10 @@ import subprocess
 import sys
 
 from .runtime_graphs import make_graph
-from .test_runtime_cli import ROOT
+from .test_runtime_cli import BLOCK_IMPORTS, ROOT
 from .videos import write_video
 
-CODE = """
-import sys
-BLOCKED = {"torch", "torchvision", "onnx"}
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
-sys.meta_path.insert(0, Block())
+CODE = BLOCK_IMPORTS + """
 import numpy as np
 from harmonic import Detector
 det = Detector(sys.argv[1], conf=0.01)

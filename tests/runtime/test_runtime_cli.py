@@ -14,14 +14,17 @@ ROOT = Path(__file__).resolve().parents[2]
 # torch, torchvision and onnx behave as if not installed: an import hook raises ModuleNotFoundError.
 # (``sys.modules[name] = None`` would also block them, but scipy.stats then crashes probing
 # ``sys.modules["torch"].Tensor``, which never happens on a box without torch.)
-BLOCK = """
-import runpy, sys
+BLOCK_IMPORTS = """
+import sys
 BLOCKED = {"torch", "torchvision", "onnx"}
 class Block:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in BLOCKED:
             raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
 sys.meta_path.insert(0, Block())
+"""
+BLOCK = BLOCK_IMPORTS + """
+import runpy
 sys.argv = ["infer/run.py"] + sys.argv[1:]
 try:
     runpy.run_path("infer/run.py", run_name="__main__")

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from harmonic.contract import ENGINE_SUFFIXES, IR_SUFFIXES, ONNX_SUFFIXES, category_ids, class_names, is_ours
+from harmonic.contract import ENGINE_SUFFIXES, IR_SUFFIXES, ONNX_SUFFIXES, MetadataClasses, is_ours
 from harmonic.errors import HarmonicError
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def check_batch_range(batch: int, lo: int, hi: int | None, path: str | Path) -> 
             f"use --batch <= {hi} or re-export with a larger max batch")
 
 
-class Backend(ABC):
+class Backend(MetadataClasses, ABC):
     """One runtime behind one interface. Subclasses fill the attributes in ``__init__``."""
 
     name: str = "?"
@@ -90,15 +90,6 @@ class Backend(ABC):
     @property
     def img_size(self) -> int:
         return int(self.metadata["img_size"])
-
-    @property
-    def names(self) -> list[str] | None:
-        return class_names(self.metadata)
-
-    @property
-    def category_ids(self) -> list[int] | None:
-        """The dataset's category id of each class (COCO ``category_id`` to write), ``None`` = index + 1."""
-        return category_ids(self.metadata)
 
     @property
     def graph(self) -> str:
