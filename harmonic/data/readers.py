@@ -308,26 +308,35 @@ def _num(v: float) -> str:
 
 
 def write_voc(records: Sequence[ImageRecord], names: Sequence[str], xml_dir: str | Path) -> Path:
-    """One Pascal VOC xml per record (``<stem>.xml``, 1-based corners: ``xmin = x1 + 1``); returns ``xml_dir``."""
+    """One Pascal VOC xml per record (``<stem>.xml``, 1-based corners: ``xmin = x1 + 1``), written as one
+    group of outputs (all or none, earlier files kept on a failure); returns ``xml_dir``."""
+    from harmonic.atomic import output_group
+
     xml_dir = Path(xml_dir)
-    for r in records:
-        root = ET.Element("annotation")
-        ET.SubElement(root, "filename").text = Path(r.file_name).name
-        size = ET.SubElement(root, "size")
-        ET.SubElement(size, "width").text = str(r.width)
-        ET.SubElement(size, "height").text = str(r.height)
-        ET.SubElement(size, "depth").text = "3"
-        for box, label, ign in zip(r.boxes.tolist(), r.labels.tolist(), r.ignore.tolist()):
-            obj = ET.SubElement(root, "object")
-            ET.SubElement(obj, "name").text = str(names[label])
-            ET.SubElement(obj, "difficult").text = "1" if ign else "0"
-            bnd = ET.SubElement(obj, "bndbox")
-            for tag, v in zip(("xmin", "ymin", "xmax", "ymax"), (box[0] + 1, box[1] + 1, box[2], box[3])):
-                ET.SubElement(bnd, tag).text = _num(v)
-        out = xml_dir / Path(r.file_name).with_suffix(".xml")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        ET.ElementTree(root).write(out, encoding="utf-8")
+    with output_group(xml_dir):
+        for r in records:
+            _write_voc_xml(r, names, xml_dir / Path(r.file_name).with_suffix(".xml"))
     return xml_dir
+
+
+def _write_voc_xml(r: ImageRecord, names: Sequence[str], out: Path) -> None:
+    """One VOC annotation file: the record's size and objects (``difficult`` = ignored)."""
+    from harmonic.atomic import write_bytes
+
+    root = ET.Element("annotation")
+    ET.SubElement(root, "filename").text = Path(r.file_name).name
+    size = ET.SubElement(root, "size")
+    ET.SubElement(size, "width").text = str(r.width)
+    ET.SubElement(size, "height").text = str(r.height)
+    ET.SubElement(size, "depth").text = "3"
+    for box, label, ign in zip(r.boxes.tolist(), r.labels.tolist(), r.ignore.tolist()):
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = str(names[label])
+        ET.SubElement(obj, "difficult").text = "1" if ign else "0"
+        bnd = ET.SubElement(obj, "bndbox")
+        for tag, v in zip(("xmin", "ymin", "xmax", "ymax"), (box[0] + 1, box[1] + 1, box[2], box[3])):
+            ET.SubElement(bnd, tag).text = _num(v)
+    write_bytes(out, ET.tostring(root, encoding="utf-8"))
 
 
 # ---------------------------------------------------------------- YOLO

@@ -96,18 +96,19 @@ def evaluate(ground_truth: Any, detections: Any, candidates: Any = None, score_m
 
 def save_report(report: dict, path: str | Path) -> Path:
     """Write ``report`` as JSON; its ``pairs`` (if any) go to a ``.pairs.npz`` sidecar named in the JSON."""
-    from harmonic.atomic import atomic_path, write_json
+    from harmonic.atomic import atomic_path, output_group, write_json
 
     path = Path(path)
     out = {k: v for k, v in report.items() if k != "pairs"}
     pairs = report.get("pairs")
-    if pairs is not None:
-        sidecar = path.with_name(path.stem + ".pairs.npz")
-        with atomic_path(sidecar) as tmp:
-            np.savez_compressed(tmp, score=np.asarray(pairs["score"], dtype=np.float32),
-                                iou=np.asarray(pairs["iou"], dtype=np.float32))
-        out["pairs_file"] = sidecar.name
-    write_json(path, out, indent=2)
+    with output_group(path.parent):  # the JSON and its sidecar appear together, or neither
+        if pairs is not None:
+            sidecar = path.with_name(path.stem + ".pairs.npz")
+            with atomic_path(sidecar) as tmp:
+                np.savez_compressed(tmp, score=np.asarray(pairs["score"], dtype=np.float32),
+                                    iou=np.asarray(pairs["iou"], dtype=np.float32))
+            out["pairs_file"] = sidecar.name
+        write_json(path, out, indent=2)
     return path
 
 

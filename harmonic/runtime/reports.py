@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harmonic.errors import HarmonicError
+from harmonic.errors import HarmonicError, WriteFailure
 from harmonic.runtime.sources import ImageList
 
 log = logging.getLogger("harmonic.infer")
@@ -95,6 +95,8 @@ def evaluate_report(records: list[Any], dets: list[dict[str, Any]], names: list[
         from harmonic.evaluation.plots import scatter_score_iou
 
         scatter_score_iou(report, out / "score_iou.png", title)
-    except Exception as exc:  # a missing plot must not lose the report
+    except WriteFailure:  # a full disk fails the run's group of outputs, as any other write does
+        raise
+    except Exception as exc:  # a plot that cannot be drawn must not lose the report
         log.warning("score-IoU plot not written: %s", exc)
     return report

@@ -124,6 +124,23 @@ def test_voc_round_trip_and_difficult(tmp_path):
     _assert_same(recs, read_voc(tmp_path / "xml", tmp_path / "img", NAMES))
 
 
+def test_voc_files_are_one_group_on_a_full_disk(tmp_path, monkeypatch):
+    """The disk fills at the second file: the earlier files stay as they were, nothing is left behind."""
+    from harmonic.errors import WriteFailure
+    from tests.faults import full_disk, snapshot
+
+    recs = _records()
+    xml = tmp_path / "xml"
+    write_voc(recs, NAMES, xml)
+    first = (xml / "a.xml").stat().st_size
+    moved = [ImageRecord(r.image_id, r.file_name, r.width, r.height, r.boxes + 1, r.labels, r.ignore) for r in recs]
+    before = snapshot(xml)
+    full_disk(monkeypatch, xml, free=first + 10)
+    with pytest.raises(WriteFailure, match=r"b\.xml: no space left on device"):
+        write_voc(moved, NAMES, xml)
+    assert snapshot(xml) == before
+
+
 def test_voc_errors_and_size_from_image(tmp_path):
     (tmp_path / "xml").mkdir()
     _write_images(tmp_path / "img", [ImageRecord(1, "q.jpg", 33, 21)])

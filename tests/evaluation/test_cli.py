@@ -94,3 +94,21 @@ def test_compare_table_and_report_table_handle_missing_metrics():
     assert cells[0] == "n/a" and cells[2] == "+25.0" and cells[9] == "n/a" and cells[-1] == "n/a"
     text = format_report_table(b)
     assert "AP=50.0" in text and "Spearman=n/a" in text
+
+
+def test_report_and_its_pairs_sidecar_are_one_group_on_a_full_disk(tmp_path, monkeypatch):
+    """The sidecar is written first; a disk that fills on report.json keeps the earlier pair, both files."""
+    from harmonic.errors import WriteFailure
+    from tests.faults import full_disk, snapshot
+
+    rng = np.random.default_rng(0)
+    report = {"counts": {"images": 3}, "note": "x" * 4000,
+              "pairs": {"score": rng.random(500), "iou": rng.random(500)}}
+    out = tmp_path / "out"
+    save_report({**report, "pairs": {"score": rng.random(500), "iou": rng.random(500)}}, out / "report.json")
+    sidecar = (out / "report.pairs.npz").stat().st_size
+    before = snapshot(out)
+    full_disk(monkeypatch, out, free=sidecar + 1000)
+    with pytest.raises(WriteFailure, match=r"report\.json: no space left on device"):
+        save_report(report, out / "report.json")
+    assert snapshot(out) == before

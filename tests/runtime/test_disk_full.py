@@ -100,3 +100,29 @@ def test_infer_on_a_real_full_tmpfs(tmp_path, capsys):
         assert shutil.disk_usage(small).free == free
         assert snapshot(small) == {"out/detections.json": b"[]\n"}
         assert json.loads((out / "detections.json").read_text()) == []
+
+
+def test_score_iou_plot_on_a_full_disk_fails_the_group(tmp_path, setup, capsys, monkeypatch):
+    """With --annotations the report, its pairs sidecar and the score-IoU picture join the group: a disk
+    that fills on the picture keeps every earlier output (no new report beside an old picture), exit 1."""
+    import cv2
+
+    model, images, _ = setup
+    imgs, anns = [], []
+    for i, p in enumerate(sorted(images.iterdir())):
+        h, w = cv2.imread(str(p)).shape[:2]
+        imgs.append({"id": i + 1, "file_name": p.name, "width": w, "height": h})
+        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [1, 1, w / 2, h / 2],
+                     "area": w * h / 4, "iscrowd": 0})
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"images": imgs, "annotations": anns, "categories": [{"id": 1, "name": "red"}]}))
+    out = tmp_path / "out"
+    assert _infer(model, images, out, "--annotations", str(gt)) == 0
+    plot = (out / "score_iou.png").stat().st_size
+    others = sum(p.stat().st_size for p in out.iterdir() if p.name != "score_iou.png")
+    before = snapshot(out)
+    capsys.readouterr()
+    full_disk(monkeypatch, out, free=others + plot // 2)
+    assert _infer(model, images, out, "--annotations", str(gt)) == 1
+    assert _full_disk_line(_error(capsys), out / "score_iou.png")
+    assert snapshot(out) == before
