@@ -16,7 +16,7 @@ from harmonic.experiments.runner import (
     resolve_device,
 )
 
-# The CPU demo's recipe (measured on a 2-core CPU: see README "Results of the demo").
+# The CPU demo's recipe (measured on a 2-core CPU: see docs/results.md, "The demo, one seed").
 DEMO_MODEL = "fcos_resnet10s_fpn"
 # The synthetic task: 3 irregular shape classes at 15-60 % of the image, up to 5 per image, occluding and
 # touching each other on textured, cluttered backgrounds: hard to localise precisely, easy to recognise.
