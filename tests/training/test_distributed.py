@@ -42,19 +42,9 @@ def _argv(data: Path, out: Path) -> list[str]:
             "--max-iters-per-epoch", "2", "--log-every", "1", "--val-every", "1", "--warmup-iters", "1"]
 
 
-def spawn(argv: list[str], dump: str) -> None:
-    """Two gloo ranks through ``torch.multiprocessing.spawn`` (``python -m tests.training.test_distributed ...``)."""
-    mp.spawn(_worker, args=(2, _free_port(), argv, dump), nprocs=2, join=True)
-
-
 def test_ddp_gloo_two_processes_identical_weights(synth_yaml, tmp_path):
     out = tmp_path / "ddp"
-    # the ranks are spawned from a fresh interpreter, not from the test process: a pytest process that has
-    # loaded every runtime of the suite (ONNX Runtime, OpenVINO, the Triton client) got SIGSEGV from the
-    # kernel while it waited for the spawned ranks
-    r = subprocess.run([sys.executable, "-m", "tests.training.test_distributed", str(tmp_path),
-                        *_argv(synth_yaml, out)], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    mp.spawn(_worker, args=(2, _free_port(), _argv(synth_yaml, out), str(tmp_path)), nprocs=2, join=True)
     w0, w1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert set(w0) == set(w1)
     for k in w0:
@@ -80,7 +70,3 @@ def test_same_command_under_torchrun(synth_yaml, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert load_checkpoint(out / "last.pt")["epoch"] == 0
     assert read_jsonl(out / "log.jsonl")[0]["world_size"] == 2
-
-
-if __name__ == "__main__":  # the spawning process of test_ddp_gloo_two_processes_identical_weights
-    spawn(sys.argv[2:], sys.argv[1])
