@@ -52,6 +52,7 @@ RUNTIME_FILES = (
     "runtime/backends/tensorrt_backend.py",
 )
 _PKG = Path(__file__).resolve().parents[1]  # .../harmonic
+_TRITON_MODEL = _PKG / "runtime" / "triton_model.py"  # copied as each Python-backend model.py
 
 
 @dataclass(frozen=True)
@@ -276,7 +277,7 @@ def _copy_runtime(dest: Path) -> None:
 def _python_model(model_dir: Path, graph_file: Path, graph_name: str, sidecar: Path | None = None) -> None:
     ver = model_dir / "1"
     ver.mkdir(parents=True)
-    shutil.copyfile(_PKG / "runtime" / "triton_model.py", ver / "model.py")
+    shutil.copyfile(_TRITON_MODEL, ver / "model.py")
     shutil.copyfile(graph_file, ver / graph_name)
     if sidecar is not None:
         shutil.copyfile(sidecar, sidecar_path(ver / graph_name))
@@ -366,7 +367,7 @@ def repository_bytes(graph_bytes: int, engine_bytes: int | None, opts: RepoOptio
     total = graph_bytes * (1 + int(opts.end_to_end and not use_plan) + int(opts.python_twin))
     if engine_bytes is not None:
         total += engine_bytes * (1 + int(opts.end_to_end and use_plan))
-    code = sum((_PKG / rel).stat().st_size for rel in RUNTIME_FILES) + (_PKG / "runtime" / "triton_model.py").stat().st_size
+    code = sum((_PKG / rel).stat().st_size for rel in RUNTIME_FILES) + _TRITON_MODEL.stat().st_size
     return total + python_models * code
 
 
